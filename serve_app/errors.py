@@ -1,0 +1,65 @@
+"""Domain errors raised by the core. Each edge (HTTP, AMQP) translates them.
+
+``retryable`` says whether the same job may succeed on another attempt; the AMQP edge uses it to
+choose between a retry and an immediate error result.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingsError(ServiceError):
+    """A configuration value is invalid."""
+
+
+class AudioError(ServiceError):
+    """The audio given cannot be used, whatever we retry."""
+
+
+class EmptyAudioError(AudioError):
+    pass
+
+
+class AudioTooLargeError(AudioError):
+    pass
+
+
+class AudioTooLongError(AudioError):
+    pass
+
+
+class UnsupportedFormatError(AudioError):
+    pass
+
+
+class UndecodableAudioError(AudioError):
+    pass
+
+
+class InvalidOptionError(ServiceError):
+    """A request parameter is out of range or not supported by the model."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotServedError(ServiceError):
+    """The request names a model this deployment does not serve."""
+
+
+class ModelUnavailableError(ServiceError):
+    """A served model cannot be loaded (missing weights, no network for a download)."""
+
+
+class InferenceError(ServiceError):
+    """The model failed on audio that decoded fine; another replica may succeed."""
+
+    retryable = True

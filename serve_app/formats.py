@@ -1,0 +1,63 @@
+"""Result out: a Transcript rendered as each OpenAI response format."""
+
+from __future__ import annotations
+
+import json
+
+from serve_app.schemas import ResponseFormat, Transcript, VerboseTranscription
+
+MEDIA_TYPES: dict[ResponseFormat, str] = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "text/plain; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def render(transcript: Transcript, response_format: ResponseFormat, words: bool = False) -> str:
+    if response_format == "json":
+        return json.dumps({"text": transcript.text}, ensure_ascii=False)
+    if response_format == "verbose_json":
+        return verbose(transcript, words).model_dump_json(exclude_none=True)
+    if response_format == "text":
+        return transcript.text
+    if response_format == "srt":
+        return to_srt(transcript)
+    return to_vtt(transcript)
+
+
+def verbose(transcript: Transcript, words: bool = False) -> VerboseTranscription:
+    segments = [s.model_copy(update={"words": None}) for s in transcript.segments]
+    return VerboseTranscription(
+        task=transcript.task,
+        language=transcript.language,
+        duration=transcript.duration,
+        text=transcript.text,
+        segments=segments,
+        words=transcript.words if words else None,
+    )
+
+
+def to_srt(transcript: Transcript) -> str:
+    blocks = [
+        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        for n, s in enumerate(transcript.segments, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(transcript: Transcript) -> str:
+    blocks = [
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n"
+        for s in transcript.segments
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _timestamp(seconds: float, decimal_marker: str) -> str:
+    millis = round(max(seconds, 0.0) * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"

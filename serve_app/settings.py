@@ -1,0 +1,92 @@
+"""The one settings class. Environment variable names follow the Whisper-Local seed.
+
+Read it inside replicas (``load_settings()``), never at import time: replicas on other nodes get
+their own environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from serve_app.errors import SettingsError
+
+ComputeType = Literal[
+    "default",
+    "auto",
+    "int8",
+    "int8_float16",
+    "int8_float32",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # Model
+    whisper_model: str = Field("base", min_length=1)
+    whisper_extra_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # None picks int8 on CPU and float16 on CUDA.
+    whisper_compute_type: ComputeType | None = None
+    whisper_cpu_threads: int = Field(0, ge=0)
+    whisper_num_workers: int = Field(1, ge=1)
+    whisper_beam_size: int = Field(5, ge=1, le=20)
+    whisper_vad_min_silence_ms: int = Field(500, ge=0)
+    models_dir: Path = Path("./models")
+
+    # Audio limits
+    max_file_size_mb: float = Field(100, gt=0)
+    max_audio_duration_sec: float = Field(3600, gt=0)
+    audio_sample_rate: int = 16000
+    tmp_dir: Path = Path("/tmp/whisper")
+
+    # Messaging
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
+    workers_count: int = Field(4, ge=1)
+
+    @field_validator("whisper_extra_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("audio_sample_rate")
+    @classmethod
+    def _whisper_needs_16k(cls, value: int) -> int:
+        # Whisper's feature extractor is trained on 16 kHz input; any other rate silently
+        # degrades every transcript, so refuse it instead of resampling to it.
+        if value != 16000:
+            raise ValueError("Whisper models need 16000 Hz audio")
+        return value
+
+    @property
+    def max_file_size_bytes(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)
+
+    @property
+    def served_models(self) -> list[str]:
+        """The default model first, then extra ones, without repeats."""
+        return list(dict.fromkeys([self.whisper_model, *self.whisper_extra_models]))
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment; a bad value names the variable it came from."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            variable = str(err["loc"][0]).upper() if err["loc"] else "?"
+            value = err.get("input")
+            problems.append(f"{variable}={value!r}: {err['msg']}")
+        raise SettingsError("Invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,156 @@
+"""The model runs here: load a Whisper model once, transcribe decoded audio into a Transcript."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from serve_app.settings import Settings
+from serve_app.weights import resolve_model_path
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+logger = logging.getLogger(__name__)
+
+OPENAI_MODEL_ALIAS = "whisper-1"
+LANGUAGES = frozenset(_LANGUAGE_CODES)
+_FALLBACK_STEP = 0.2
+
+
+def served_model(requested: str | None, settings: Settings) -> str:
+    """Map the model a client asked for to one this service holds."""
+    if not requested or requested == OPENAI_MODEL_ALIAS:
+        return settings.whisper_model
+    if requested in settings.served_models:
+        return requested
+    raise ModelNotServedError(
+        f"Model '{requested}' is not served here; available: "
+        + ", ".join([*settings.served_models, OPENAI_MODEL_ALIAS])
+    )
+
+
+def normalize_language(language: str | None) -> str | None:
+    """'' or None means detect; 'en-US' and 'EN' mean 'en'."""
+    if language is None or not language.strip():
+        return None
+    code = language.strip().lower().replace("_", "-").split("-")[0]
+    if code not in LANGUAGES:
+        raise InvalidOptionError(f"Unknown language code '{language}'", param="language")
+    return code
+
+
+def temperature_schedule(temperature: float) -> tuple[float, ...]:
+    """OpenAI semantics: start at the given temperature and fall back upwards on failures."""
+    steps = np.arange(temperature, 1.0 + 1e-6, _FALLBACK_STEP)
+    return tuple(round(float(t), 2) for t in steps) or (temperature,)
+
+
+def resolve_compute_type(settings: Settings, device: str) -> str:
+    if settings.whisper_compute_type is not None:
+        return settings.whisper_compute_type
+    return "float16" if device == "cuda" else "int8" if device == "cpu" else "default"
+
+
+class Transcriber:
+    """One loaded Whisper model and the decoding defaults it applies to every request."""
+
+    def __init__(self, name: str, model: WhisperModel, settings: Settings) -> None:
+        self.name = name
+        self._model = model
+        self._beam_size = settings.whisper_beam_size
+        self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
+
+    @classmethod
+    def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
+        from faster_whisper import WhisperModel
+
+        device = device or settings.whisper_device
+        path = resolve_model_path(name, settings.models_dir)
+        model = WhisperModel(
+            path,
+            device=device,
+            compute_type=resolve_compute_type(settings, device),
+            cpu_threads=settings.whisper_cpu_threads,
+            num_workers=settings.whisper_num_workers,
+        )
+        logger.info("Loaded model %s from %s on %s", name, path, device)
+        return cls(name, model, settings)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    def check_options(self, options: TranscribeOptions) -> str | None:
+        language = normalize_language(options.language)
+        if not self.multilingual:
+            if language not in (None, "en"):
+                raise InvalidOptionError(
+                    f"Model {self.name} is English-only; it cannot transcribe '{language}'",
+                    param="language",
+                )
+            if options.task == "translate":
+                raise InvalidOptionError(
+                    f"Model {self.name} is English-only; it cannot translate", param="model"
+                )
+        return language
+
+    def transcribe(self, audio: np.ndarray[Any, Any], options: TranscribeOptions) -> Transcript:
+        """Blocking: run it off the event loop."""
+        language = self.check_options(options)
+        segments, info = self._model.transcribe(
+            audio,
+            language=language,
+            task=options.task,
+            initial_prompt=options.prompt or None,
+            temperature=temperature_schedule(options.temperature),
+            beam_size=self._beam_size,
+            word_timestamps=options.word_timestamps,
+            vad_filter=True,
+            vad_parameters=self._vad_parameters,
+        )
+        converted = _convert_segments(segments)  # the generator does the work here
+        return Transcript(
+            text="".join(segment.text for segment in converted).strip(),
+            language=info.language,
+            language_probability=info.language_probability,
+            duration=info.duration,
+            segments=converted,
+            model=self.name,
+            task=options.task,
+        )
+
+
+def _convert_segments(segments: Iterable[Any]) -> list[Segment]:
+    return [
+        Segment(
+            id=index,
+            seek=segment.seek,
+            start=round(segment.start, 3),
+            end=round(segment.end, 3),
+            text=segment.text,
+            tokens=list(segment.tokens),
+            temperature=segment.temperature,
+            avg_logprob=segment.avg_logprob,
+            compression_ratio=segment.compression_ratio,
+            no_speech_prob=segment.no_speech_prob,
+            words=None
+            if segment.words is None
+            else [
+                Word(
+                    start=round(w.start, 3),
+                    end=round(w.end, 3),
+                    word=w.word,
+                    probability=w.probability,
+                )
+                for w in segment.words
+            ],
+        )
+        for index, segment in enumerate(segments)
+    ]

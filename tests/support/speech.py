@@ -1,0 +1,94 @@
+"""Synthesized speech for tests and benchmarks: espeak-ng speaks a reference text, ffmpeg encodes.
+
+Reference texts live in tests/fixtures/<lang>_<name>.txt; the language prefix picks the voice.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import jiwer
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+VOICES = {"en": "en-us", "es": "es"}
+
+# ffmpeg arguments per container, chosen to be what real producers send.
+ENCODINGS: dict[str, list[str]] = {
+    ".wav": ["-c:a", "pcm_s16le"],
+    ".mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    ".ogg": ["-c:a", "libvorbis", "-q:a", "3"],
+    ".opus": ["-c:a", "libopus", "-b:a", "24k"],
+    ".m4a": ["-c:a", "aac", "-b:a", "64k"],
+    ".flac": ["-c:a", "flac"],
+    ".aac": ["-c:a", "aac", "-b:a", "64k", "-f", "adts"],
+    ".wma": ["-c:a", "wmav2", "-b:a", "64k"],
+    ".webm": ["-c:a", "libopus", "-b:a", "24k"],
+    ".mp4": ["-c:a", "aac", "-b:a", "64k"],
+}
+
+
+def reference(name: str) -> str:
+    return (FIXTURES / f"{name}.txt").read_text().strip()
+
+
+def synthesize(name: str, out_dir: Path, words_per_minute: int = 150) -> Path:
+    """Speak fixtures/<name>.txt into <out_dir>/<name>.wav (espeak-ng's 22.05 kHz mono)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wav = out_dir / f"{name}.wav"
+    if not wav.exists():
+        voice = VOICES[name.split("_", 1)[0]]
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-s",
+                str(words_per_minute),
+                "-w",
+                str(wav),
+                "-f",
+                str(FIXTURES / f"{name}.txt"),
+            ],
+            check=True,
+        )
+    return wav
+
+
+def encode(source: Path, suffix: str, out_dir: Path, extra: list[str] | None = None) -> Path:
+    """Re-encode ``source`` into the container named by ``suffix``."""
+    target = out_dir / f"{source.stem}{suffix}"
+    if not target.exists():
+        ffmpeg(["-i", str(source), *ENCODINGS[suffix], *(extra or []), str(target)])
+    return target
+
+
+def ffmpeg(args: list[str]) -> None:
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
+
+
+_normalize = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.SubstituteRegexes({r"[^\w\s']": " "}),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def word_error_rate(reference_text: str, hypothesis: str) -> float:
+    return float(
+        jiwer.wer(
+            reference_text,
+            hypothesis,
+            reference_transform=_normalize,
+            hypothesis_transform=_normalize,
+        )
+    )
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
