@@ -1,0 +1,1 @@
+"""HTTP edge: FastAPI routers by feature, built per Gateway replica by ``create_api``."""

@@ -1,0 +1,28 @@
+"""Assemble the FastAPI app a Gateway replica serves."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serve_app.api import errors, health, openai
+from serve_app.api.deps import Backend
+from serve_app.api.limits import BodySizeLimit
+
+# Multipart framing and the small form fields ride on top of the file itself.
+_MULTIPART_OVERHEAD = 1024 * 1024
+
+
+def create_api(backend: Backend) -> FastAPI:
+    app = FastAPI(
+        title="whisper-serve",
+        summary="Speech to text with faster-whisper on Ray Serve; OpenAI-compatible",
+        version="0.1.0",
+    )
+    app.state.backend = backend
+    app.add_middleware(
+        BodySizeLimit, max_bytes=backend.settings.max_file_size_bytes + _MULTIPART_OVERHEAD
+    )
+    errors.install(app)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    return app

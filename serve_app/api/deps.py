@@ -1,0 +1,39 @@
+"""What routes depend on, injected through ``app.state`` by the Gateway replica."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, Request
+
+from serve_app.audio import AudioArray, AudioLimits
+from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import Settings
+
+
+class Backend(Protocol):
+    """The model side as routes see it; the Gateway deployment implements it over handles."""
+
+    settings: Settings
+
+    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript: ...
+
+    async def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+def get_backend(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+def get_limits(backend: Annotated[Backend, Depends(get_backend)]) -> AudioLimits:
+    settings = backend.settings
+    return AudioLimits(
+        max_bytes=settings.max_file_size_bytes,
+        max_duration_s=settings.max_audio_duration_sec,
+        sample_rate=settings.audio_sample_rate,
+    )
+
+
+BackendDep = Annotated[Backend, Depends(get_backend)]
+LimitsDep = Annotated[AudioLimits, Depends(get_limits)]

@@ -1,0 +1,67 @@
+"""Domain errors to HTTP statuses, in OpenAI's error shape so its clients read the message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serve_app import errors
+
+logger = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[errors.ServiceError], int]] = [
+    (errors.EmptyAudioError, 400),
+    (errors.AudioTooLargeError, 413),
+    (errors.AudioTooLongError, 413),
+    (errors.UnsupportedFormatError, 415),
+    (errors.UndecodableAudioError, 415),
+    (errors.InvalidOptionError, 422),
+    (errors.ModelNotServedError, 422),
+    (errors.ModelUnavailableError, 503),
+    (errors.InferenceError, 500),
+]
+
+
+def status_for(exc: errors.ServiceError) -> int:
+    for error_type, status in _STATUS:
+        if isinstance(exc, error_type):
+            return status
+    return 500
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": kind, "param": param, "code": status}},
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServiceError)
+    async def _service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return error_response(status, exc.message, getattr(exc, "param", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        # loc is ("body", field, index...): the field is what a client can fix.
+        loc: Sequence[Any] = problems[0].get("loc", ()) if problems else ()
+        param = str(loc[1]) if len(loc) > 1 else None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in problems
+        )
+        return error_response(422, message or "Invalid request", param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))

@@ -1,0 +1,106 @@
+"""OpenAI-compatible routes: /v1/audio/transcriptions, /v1/audio/translations, /v1/models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from serve_app import formats
+from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.api.uploads import decode_upload
+from serve_app.errors import InvalidOptionError
+from serve_app.schemas import (
+    ModelCard,
+    ModelList,
+    ResponseFormat,
+    TranscribeOptions,
+    VerboseTranscription,
+)
+from serve_app.transcriber import OPENAI_MODEL_ALIAS, normalize_language, served_model
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+Granularity = Literal["segment", "word"]
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The transcript, in the requested response_format",
+        "content": {
+            "application/json": {"schema": VerboseTranscription.model_json_schema()},
+            "text/plain": {},
+            "text/vtt": {},
+        },
+    },
+    400: {"description": "Empty file"},
+    413: {"description": "File too large or audio too long"},
+    415: {"description": "Unsupported or undecodable audio"},
+    422: {"description": "Invalid parameters"},
+}
+
+
+@router.post("/audio/transcriptions", responses=_RESPONSES)
+async def create_transcription(
+    backend: BackendDep,
+    limits: LimitsDep,
+    file: Annotated[UploadFile, File(description="Audio file")],
+    model: Annotated[str | None, Form()] = None,
+    language: Annotated[str | None, Form(description="ISO-639-1; empty to detect")] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    timestamp_granularities: Annotated[
+        list[Granularity] | None, Form(alias="timestamp_granularities[]")
+    ] = None,
+    stream: Annotated[bool, Form()] = False,
+) -> Response:
+    if stream:
+        raise InvalidOptionError("stream=true is not supported yet", param="stream")
+    # Cheap checks first: a bad parameter should not cost a decode.
+    options = TranscribeOptions(
+        model=served_model(model, backend.settings),
+        language=normalize_language(language),
+        prompt=prompt,
+        temperature=temperature,
+        word_timestamps=response_format == "verbose_json"
+        and "word" in (timestamp_granularities or []),
+    )
+    return await _respond(backend, limits, file, options, response_format)
+
+
+@router.post("/audio/translations", responses=_RESPONSES)
+async def create_translation(
+    backend: BackendDep,
+    limits: LimitsDep,
+    file: Annotated[UploadFile, File(description="Audio file")],
+    model: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+) -> Response:
+    options = TranscribeOptions(
+        model=served_model(model, backend.settings),
+        task="translate",
+        prompt=prompt,
+        temperature=temperature,
+    )
+    return await _respond(backend, limits, file, options, response_format)
+
+
+@router.get("/models")
+async def list_models(backend: BackendDep) -> ModelList:
+    names = [*backend.settings.served_models, OPENAI_MODEL_ALIAS]
+    return ModelList(data=[ModelCard(id=name) for name in names])
+
+
+async def _respond(
+    backend: BackendDep,
+    limits: LimitsDep,
+    file: UploadFile,
+    options: TranscribeOptions,
+    response_format: ResponseFormat,
+) -> Response:
+    decoded = await decode_upload(file, limits)
+    transcript = await backend.transcribe(decoded.samples, options)
+    body = formats.render(transcript, response_format, words=options.word_timestamps)
+    return Response(content=body, media_type=formats.MEDIA_TYPES[response_format])

@@ -1,0 +1,1 @@
+"""Ray Serve edges: thin deployments around the plain-Python core."""

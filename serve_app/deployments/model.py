@@ -1,0 +1,58 @@
+"""The model-holding deployment: one Whisper model per replica, inference off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from serve_app.audio import AudioArray
+from serve_app.errors import InferenceError, ServiceError
+from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import load_settings
+from serve_app.transcriber import Transcriber, served_model
+
+logger = logging.getLogger("ray.serve")
+
+# A replica whose model keeps failing on audio that decoded fine is replaced by Serve.
+_UNHEALTHY_AFTER_FAILURES = 3
+
+
+@serve.deployment(
+    name="TranscriberCPU",
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=4,
+    graceful_shutdown_timeout_s=300,
+)
+class TranscriberDeployment:
+    def __init__(self, device: str | None = None) -> None:
+        self._settings = load_settings()
+        self._device = device
+        self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)
+        self._failures = 0
+
+    @serve.multiplexed(max_num_models_per_replica=3)
+    async def _model(self, model_id: str) -> Transcriber:
+        if model_id == self._default.name:
+            return self._default
+        return await asyncio.to_thread(Transcriber.load, model_id, self._settings, self._device)
+
+    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        name = served_model(options.model or serve.get_multiplexed_model_id(), self._settings)
+        transcriber: Transcriber = await self._model(name)
+        transcriber.check_options(options)
+        try:
+            transcript = await asyncio.to_thread(transcriber.transcribe, audio, options)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            self._failures += 1
+            logger.exception("Inference failed (%d in a row)", self._failures)
+            raise InferenceError(f"Inference failed: {exc.__class__.__name__}: {exc}") from exc
+        self._failures = 0
+        return transcript
+
+    def check_health(self) -> None:
+        if self._failures >= _UNHEALTHY_AFTER_FAILURES:
+            raise RuntimeError(f"{self._failures} inference failures in a row")

@@ -1,0 +1,67 @@
+"""The official openai client, unchanged, against the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.conftest import Service
+from tests.support import speech
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key="not-needed", max_retries=0)
+
+
+def test_transcription_json(client: openai.OpenAI, clip) -> None:
+    with open(clip("en_office", ".mp3"), "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert speech.word_error_rate(speech.reference("en_office"), result.text) < 0.2
+
+
+def test_transcription_text_and_srt(client: openai.OpenAI, clip) -> None:
+    path: Path = clip("en_office", ".opus")
+    with open(path, "rb") as f:
+        text = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="text")
+    assert isinstance(text, str) and "fox" in text.lower()
+    with open(path, "rb") as f:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+    assert isinstance(srt, str) and " --> " in srt
+
+
+def test_transcription_verbose_with_words(client: openai.OpenAI, clip) -> None:
+    with open(clip("es_agua", ".flac"), "rb") as f:
+        result = client.audio.transcriptions.create(
+            model="base",
+            file=f,
+            language="es",
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert result.language == "es"
+    assert result.segments and result.words
+    assert speech.word_error_rate(speech.reference("es_agua"), result.text) < 0.3
+
+
+def test_translation(client: openai.OpenAI, clip) -> None:
+    with open(clip("es_agua", ".mp3"), "rb") as f:
+        result = client.audio.translations.create(model="base", file=f)
+    assert "water" in result.text.lower()
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert {m.id for m in client.models.list()} == {"tiny.en", "base", "whisper-1"}
+
+
+def test_errors_surface_as_api_errors(client: openai.OpenAI, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio" * 100)
+    with open(bad, "rb") as f, pytest.raises(openai.APIStatusError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert info.value.status_code == 415
+    assert "Cannot" in info.value.message
+    with open(bad, "rb") as f, pytest.raises(openai.UnprocessableEntityError):
+        client.audio.transcriptions.create(model="no-such-model", file=f)
