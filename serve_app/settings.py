@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
     # None picks int8 on CPU and float16 on CUDA.
     whisper_compute_type: ComputeType | None = None
+    # 0: CTranslate2's default (4, at most the machine's cores), whatever Ray's OMP cap says.
     whisper_cpu_threads: int = Field(0, ge=0)
     whisper_num_workers: int = Field(1, ge=1)
     whisper_beam_size: int = Field(5, ge=1, le=20)

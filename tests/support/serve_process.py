@@ -1,0 +1,84 @@
+"""Run the real `serve run serve_config.yaml` in a subprocess, as a user would.
+
+Only the HTTP port is changed, so tests and benchmarks exercise the config file users run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServiceFailedError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_run(
+    work: Path, env: dict[str, str], wait_healthy_s: float | None = 300
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """Yield (url, process, log path); stops Serve and its local Ray on exit."""
+    port = free_port()
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    config_path = work / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    full_env = {**os.environ, **env}
+    full_env.pop("RAY_ADDRESS", None)
+    log = work / "serve.log"
+    serve_bin = Path(sys.executable).parent / "serve"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(serve_bin), "run", str(config_path)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if wait_healthy_s is not None:
+            wait_healthy(url, proc, log, wait_healthy_s)
+        yield url, proc, log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceFailedError(
+                f"serve run exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise ServiceFailedError(f"not healthy after {timeout_s:.0f}s:\n{log.read_text()[-4000:]}")
