@@ -30,9 +30,7 @@ def _plain(model: str, clip: Path, runs: int, models_dir: Path) -> tuple[float, 
 
     settings = Settings()
     started = time.perf_counter()
-    whisper = WhisperModel(
-        resolve_model_path(model, models_dir), device="cpu", compute_type="int8"
-    )
+    whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
     load_s = time.perf_counter() - started
     times, text = [], ""
     for _ in range(runs):
@@ -56,9 +54,10 @@ def _post(client: httpx.Client, clip: Path) -> httpx.Response:
 def _service(model: str, clip: Path, runs: int, work: Path) -> tuple[float, list[float], str]:
     env = {"WHISPER_MODEL": model, "MODELS_DIR": str(work / "models")}
     started = time.perf_counter()
-    with serve_run(work, env, wait_healthy_s=None) as (url, _, _), httpx.Client(
-        base_url=url, timeout=300
-    ) as client:
+    with (
+        serve_run(work, env, wait_healthy_s=None) as (url, _, _),
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
         while True:  # a new user retrying until the first transcript comes back
             try:
                 response = _post(client, clip)
@@ -95,14 +94,20 @@ def main() -> None:
     plain = statistics.median(plain_times)
     served = statistics.median(service_times)
     print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU; clip {duration} s mp3")
-    print(f"plain faster-whisper: load {load_s:.1f} s; transcribe median {plain:.2f} s "
-          f"(runs {', '.join(f'{t:.2f}' for t in plain_times)}); "
-          f"WER {speech.word_error_rate(reference, plain_text):.3f}")
-    print(f"service: serve run -> first transcript {first_s:.1f} s; request median {served:.2f} s "
-          f"(runs {', '.join(f'{t:.2f}' for t in service_times)}); "
-          f"WER {speech.word_error_rate(reference, service_text):.3f}")
-    print(f"service / plain time: {served / plain:.2f}x  (plain speed {duration / plain:.1f}x "
-          f"real time, service {duration / served:.1f}x)")
+    print(
+        f"plain faster-whisper: load {load_s:.1f} s; transcribe median {plain:.2f} s "
+        f"(runs {', '.join(f'{t:.2f}' for t in plain_times)}); "
+        f"WER {speech.word_error_rate(reference, plain_text):.3f}"
+    )
+    print(
+        f"service: serve run -> first transcript {first_s:.1f} s; request median {served:.2f} s "
+        f"(runs {', '.join(f'{t:.2f}' for t in service_times)}); "
+        f"WER {speech.word_error_rate(reference, service_text):.3f}"
+    )
+    print(
+        f"service / plain time: {served / plain:.2f}x  (plain speed {duration / plain:.1f}x "
+        f"real time, service {duration / served:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
