@@ -1,6 +1,7 @@
 """The Serve application: ``serve run serve_config.yaml`` imports ``build_app`` from here.
 
 Gateway (HTTP in, audio checked) -> one or more model pools (CPU, GPU) -> transcript out.
+Ingest (RabbitMQ in, path and audio checked) -> the same pools -> result on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 from ray.serve import Application, Deployment
 
 from serve_app.deployments.gateway import Gateway
+from serve_app.deployments.ingest import Ingest
 from serve_app.deployments.model import TranscriberDeployment
 
 
@@ -23,6 +25,8 @@ class PoolArgs(BaseModel):
 
 class AppArgs(BaseModel):
     pools: list[PoolArgs] = Field(default_factory=lambda: [PoolArgs()], min_length=1)
+    # The RabbitMQ ingest (Whisper-Local contract); off for an HTTP-only service.
+    ingest: bool = True
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -31,7 +35,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     transcriber = cast(Deployment, TranscriberDeployment)
     gateway = cast(Deployment, Gateway)
     pools = [transcriber.options(name=pool.name).bind(device=pool.device) for pool in parsed.pools]
-    return gateway.bind(pools, [pool.weight for pool in parsed.pools])
+    weights = [pool.weight for pool in parsed.pools]
+    ingest = cast(Deployment, Ingest).bind(pools, weights) if parsed.ingest else None
+    return gateway.bind(pools, weights, ingest)
 
 
 app = build_app()

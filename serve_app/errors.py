@@ -27,6 +27,14 @@ class EmptyAudioError(AudioError):
     pass
 
 
+class AudioNotFoundError(AudioError):
+    pass
+
+
+class PathNotAllowedError(AudioError):
+    """A path from outside points where the service must not read."""
+
+
 class AudioTooLargeError(AudioError):
     pass
 
@@ -63,3 +71,13 @@ class InferenceError(ServiceError):
     """The model failed on audio that decoded fine; another replica may succeed."""
 
     retryable = True
+
+
+class ReplicaUnavailableError(ServiceError):
+    """A model replica died, timed out or could not be reached; the job may be retried."""
+
+    retryable = True
+
+
+class MalformedRequestError(ServiceError):
+    """A queued request is missing fields or has wrong types."""

@@ -6,9 +6,10 @@ sees a faster-whisper type.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Task = Literal["transcribe", "translate"]
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
@@ -83,3 +84,47 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- AMQP messages (the Whisper-Local contract) ------------------------------------------------
+
+
+class QueuedTranscriptionRequest(BaseModel):
+    """A request on ``whisper_transcriptions``; unknown fields are kept for republishing."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attachment_id: StrictInt
+    audio_file_path: StrictStr
+    language: StrictStr | None = None
+    import_batch_id: StrictInt | None = None
+    retry_count: StrictInt = Field(0, ge=0)
+
+
+class ResultSegment(BaseModel):
+    id: int
+    start: float
+    end: float
+    text: str
+
+
+class QueuedTranscriptionResult(BaseModel):
+    """A result on ``whisper_results``: the seed's fields, plus language and segments."""
+
+    attachment_id: int
+    texto: str
+    duration: float
+    model: str
+    success: bool
+    import_batch_id: int | None
+    error_message: str | None = None
+    language: str | None = None
+    segments: list[ResultSegment] | None = None
+
+    def to_json(self) -> bytes:
+        # import_batch_id is always present (even null); the optional fields only when set.
+        body = self.model_dump(exclude={"error_message", "language", "segments"})
+        optional = self.model_dump(
+            include={"error_message", "language", "segments"}, exclude_none=True
+        )
+        return json.dumps({**body, **optional}, ensure_ascii=False).encode()

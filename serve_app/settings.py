@@ -50,15 +50,28 @@ class Settings(BaseSettings):
     audio_sample_rate: int = 16000
     tmp_dir: Path = Path("/tmp/whisper")
 
-    # Messaging
+    # Messaging: WORKERS_COUNT is the prefetch (jobs taken at once) of each ingest replica.
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
     workers_count: int = Field(4, ge=1)
+    # Queued audio_file_path values must resolve inside one of these (TMP_DIR is added).
+    allowed_audio_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("/tmp/shared_audio")]
+    )
+    # Per attempt; keep it under RabbitMQ's consumer_timeout (30 min by default).
+    job_timeout_sec: float = Field(1500, gt=0)
+    amqp_reconnect_max_sec: float = Field(30, gt=0)
+    ingest_shutdown_grace_sec: float = Field(90, ge=0)
 
-    @field_validator("whisper_extra_models", mode="before")
+    # Durable records
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    result_retention_hours: float = Field(168, gt=0)
+
+    @field_validator("whisper_extra_models", "allowed_audio_roots", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("audio_sample_rate")
@@ -73,6 +86,16 @@ class Settings(BaseSettings):
     @property
     def max_file_size_bytes(self) -> int:
         return int(self.max_file_size_mb * 1024 * 1024)
+
+    @property
+    def audio_roots(self) -> list[Path]:
+        return [*self.allowed_audio_roots, self.tmp_dir]
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'whisper.db'}"
 
     @property
     def served_models(self) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from serve_app.audio import AudioArray, AudioLimits
+from serve_app.pipeline import audio_limits
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 
@@ -27,12 +28,7 @@ def get_backend(request: Request) -> Backend:
 
 
 def get_limits(backend: Annotated[Backend, Depends(get_backend)]) -> AudioLimits:
-    settings = backend.settings
-    return AudioLimits(
-        max_bytes=settings.max_file_size_bytes,
-        max_duration_s=settings.max_audio_duration_sec,
-        sample_rate=settings.audio_sample_rate,
-    )
+    return audio_limits(backend.settings)
 
 
 BackendDep = Annotated[Backend, Depends(get_backend)]

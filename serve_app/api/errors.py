@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.EmptyAudioError, 400),
+    (errors.AudioNotFoundError, 404),
+    (errors.PathNotAllowedError, 422),
     (errors.AudioTooLargeError, 413),
     (errors.AudioTooLongError, 413),
     (errors.UnsupportedFormatError, 415),
@@ -25,6 +27,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.ModelNotServedError, 422),
     (errors.ModelUnavailableError, 503),
     (errors.InferenceError, 500),
+    (errors.ReplicaUnavailableError, 503),
 ]
 
 

@@ -12,9 +12,11 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
-from serve_app.pools import Pool, PoolRouter
+from serve_app.deployments.client import ModelClient
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
+
+_STATUS_TIMEOUT_S = 3
 
 
 @serve.deployment(
@@ -24,32 +26,30 @@ from serve_app.settings import load_settings
 )
 @serve.ingress()
 class Gateway:
-    def __init__(self, pools: list[DeploymentHandle[Any]], weights: list[float]) -> None:
+    def __init__(
+        self,
+        pools: list[DeploymentHandle[Any]],
+        weights: list[float],
+        ingest: DeploymentHandle[Any] | None = None,
+    ) -> None:
         self.settings = load_settings()
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
         tempfile.tempdir = str(self.settings.tmp_dir)
-        self._router = PoolRouter(
-            [
-                Pool(handle.deployment_name, handle, weight)
-                for handle, weight in zip(pools, weights, strict=True)
-            ]
-        )
+        self._models = ModelClient(pools, weights)
+        self._ingest = ingest
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
 
     async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
-        with self._router.lease() as pool:
-            handle = pool.target.options(multiplexed_model_id=options.model or "")
-            result: Transcript = await handle.transcribe.remote(audio, options)
-            return result
+        return await self._models.transcribe(audio, options)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(serve.get_replica_context().app_name)
         pools: dict[str, Any] = {}
-        for pool in self._router.pools:
+        for pool in self._models.router.pools:
             deployment = app.deployments.get(pool.name) if app else None
             pools[pool.name] = {
                 "status": str(deployment.status.value) if deployment else "MISSING",
@@ -58,8 +58,21 @@ class Gateway:
             }
         # Ready when some pool can take work now: a running replica, or a settled deployment
         # (scaled to zero, it starts one on the first request).
-        healthy = any(
+        ready = any(
             info["replicas"].get("RUNNING", 0) > 0 or info["status"] == "HEALTHY"
             for info in pools.values()
         )
-        return healthy, {"models": self.settings.served_models, "pools": pools}
+        details: dict[str, Any] = {"models": self.settings.served_models, "pools": pools}
+        if self._ingest is not None:
+            details["broker"] = await self._broker_status()
+        return ready, details
+
+    async def _broker_status(self) -> dict[str, Any]:
+        assert self._ingest is not None
+        try:
+            status: dict[str, Any] = await asyncio.wait_for(
+                self._ingest.status.remote(), _STATUS_TIMEOUT_S
+            )
+        except Exception as exc:
+            return {"status": "unknown", "last_error": f"ingest unreachable: {exc!r}"[:300]}
+        return status

@@ -31,7 +31,8 @@ def _check(config: dict[str, Any]) -> tuple[AppArgs, set[str]]:
     args = AppArgs.model_validate(app["args"])
     deployments = {d["name"] for d in app["deployments"]}
     # Every configured deployment exists in the built app and every pool is configured.
-    assert deployments == {"Gateway"} | {pool.name for pool in args.pools}
+    assert deployments == {"Gateway", "Ingest"} | {pool.name for pool in args.pools}
+    assert args.ingest
     return args, deployments
 
 

@@ -1,0 +1,43 @@
+"""A transcription job from a file path: path checked, audio checked, model runs.
+
+Used by every edge that takes a path rather than an upload (AMQP ingest, JSON jobs); the model
+call is passed in, so this runs without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from serve_app import audio
+from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
+from serve_app.paths import resolve_audio_path
+from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import Settings
+
+TranscribeFn = Callable[[AudioArray, TranscribeOptions], Awaitable[Transcript]]
+
+
+def audio_limits(settings: Settings) -> AudioLimits:
+    return AudioLimits(
+        max_bytes=settings.max_file_size_bytes,
+        max_duration_s=settings.max_audio_duration_sec,
+        sample_rate=settings.audio_sample_rate,
+    )
+
+
+async def transcribe_file(
+    raw_path: str, options: TranscribeOptions, settings: Settings, transcribe: TranscribeFn
+) -> Transcript:
+    path = resolve_audio_path(raw_path, settings.audio_roots)
+    audio.check_extension(raw_path)
+    limits = audio_limits(settings)
+    audio.check_size(path.stat().st_size, limits)
+    decoded = await asyncio.to_thread(_decode_path, path, limits)
+    return await transcribe(decoded.samples, options)
+
+
+def _decode_path(path: Path, limits: AudioLimits) -> DecodedAudio:
+    with open(path, "rb") as f:
+        return audio.decode(f, limits)
