@@ -215,7 +215,7 @@ class IngestConsumer:
             if exc.retryable:
                 await self._retry_or_fail(message, parsed, key, attempt, exc.message)
             else:
-                await self._answer(message, self._error(request, exc.message), key)
+                await self._answer(message, self._error(request, exc.message, attempt), key)
             return
         except TimeoutError:
             reason = f"Timed out after {self._config.job_timeout_s:.0f}s"
@@ -226,11 +226,17 @@ class IngestConsumer:
             reason = f"{exc.__class__.__name__}: {exc}"
             await self._retry_or_fail(message, parsed, key, attempt, reason)
             return
-        await self._answer(message, c.success_result(request, transcript), key)
+        await self._answer(message, c.success_result(request, transcript, attempt + 1), key)
 
-    def _error(self, request: QueuedTranscriptionRequest, text: str) -> QueuedTranscriptionResult:
+    def _error(
+        self, request: QueuedTranscriptionRequest, text: str, attempt: int
+    ) -> QueuedTranscriptionResult:
         return c.error_result(
-            request.attachment_id, request.import_batch_id, self._config.model_name, text
+            request.attachment_id,
+            request.import_batch_id,
+            self._config.model_name,
+            text,
+            attempts=attempt + 1,
         )
 
     async def _retry_or_fail(
@@ -244,7 +250,7 @@ class IngestConsumer:
         request = parsed.request
         if attempt >= c.MAX_RETRIES:
             text = f"Failed after {attempt + 1} attempts: {reason}"
-            await self._answer(message, self._error(request, text), key)
+            await self._answer(message, self._error(request, text, attempt), key)
             return
         count = attempt + 1
         logger.warning(

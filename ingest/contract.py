@@ -131,7 +131,7 @@ def retry_headers(headers: dict[str, Any], count: int) -> dict[str, Any]:
 
 
 def success_result(
-    request: QueuedTranscriptionRequest, transcript: Transcript
+    request: QueuedTranscriptionRequest, transcript: Transcript, attempts: int = 1
 ) -> QueuedTranscriptionResult:
     return QueuedTranscriptionResult(
         attachment_id=request.attachment_id,
@@ -145,11 +145,16 @@ def success_result(
             ResultSegment(id=s.id, start=s.start, end=s.end, text=s.text.strip())
             for s in transcript.segments
         ],
+        attempts=attempts,
     )
 
 
 def error_result(
-    attachment_id: int, import_batch_id: int | None, model: str, message: str
+    attachment_id: int,
+    import_batch_id: int | None,
+    model: str,
+    message: str,
+    attempts: int | None = None,
 ) -> QueuedTranscriptionResult:
     return QueuedTranscriptionResult(
         attachment_id=attachment_id,
@@ -159,6 +164,7 @@ def error_result(
         success=False,
         import_batch_id=import_batch_id,
         error_message=message,
+        attempts=attempts,
     )
 
 

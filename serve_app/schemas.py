@@ -120,11 +120,11 @@ class QueuedTranscriptionResult(BaseModel):
     error_message: str | None = None
     language: str | None = None
     segments: list[ResultSegment] | None = None
+    attempts: int | None = None
 
     def to_json(self) -> bytes:
         # import_batch_id is always present (even null); the optional fields only when set.
-        body = self.model_dump(exclude={"error_message", "language", "segments"})
-        optional = self.model_dump(
-            include={"error_message", "language", "segments"}, exclude_none=True
-        )
+        optional_fields = {"error_message", "language", "segments", "attempts"}
+        body = self.model_dump(exclude=optional_fields)
+        optional = self.model_dump(include=optional_fields, exclude_none=True)
         return json.dumps({**body, **optional}, ensure_ascii=False).encode()

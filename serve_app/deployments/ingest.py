@@ -72,7 +72,9 @@ class Ingest:
             await asyncio.sleep(_PURGE_EVERY_S)
 
     async def status(self) -> dict[str, Any]:
-        return self._consumer.status.as_dict()
+        # Counters are this replica's; connection state is shared by all of them.
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {**self._consumer.status.as_dict(), "replica": replica}
 
     def check_health(self) -> None:
         # A broker outage is not a replica fault (restarting would not help); a dead loop is.

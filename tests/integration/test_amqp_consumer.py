@@ -163,6 +163,7 @@ async def test_retry_then_final_error_after_three_attempts_5s_apart(results, led
     assert all(4.5 < gap < 9 for gap in gaps), gaps
     assert result["success"] is False
     assert result["error_message"] == "Failed after 3 attempts: replica crashed"
+    assert result["attempts"] == 3
     assert len(results.all(job["attachment_id"])) == 1
     assert amqp.queue_depth(URL, c.RETRY_QUEUE)[0] == 0
 
@@ -182,7 +183,7 @@ async def test_retry_then_success(results, ledger, real_job, clip) -> None:
         amqp.publish(URL, job)
         result = await asyncio.to_thread(results.wait, job["attachment_id"], 40)
         await asyncio.sleep(1)
-    assert calls == 2 and result["success"] is True
+    assert calls == 2 and result["success"] is True and result["attempts"] == 2
     assert len(results.all(job["attachment_id"])) == 1
 
 

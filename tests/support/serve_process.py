@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -33,12 +34,20 @@ def free_port() -> int:
 
 @contextmanager
 def serve_run(
-    work: Path, env: dict[str, str], wait_healthy_s: float | None = 300
+    work: Path,
+    env: dict[str, str],
+    wait_healthy_s: float | None = 300,
+    deployments: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """Yield (url, process, log path); stops Serve and its local Ray on exit."""
+    """Yield (url, process, log path); stops Serve and its local Ray on exit.
+
+    ``deployments`` overrides options of named deployments (e.g. shorter autoscaling delays).
+    """
     port = free_port()
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
+    for deployment in config["applications"][0]["deployments"]:
+        _merge(deployment, (deployments or {}).get(deployment["name"], {}))
     config_path = work / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     full_env = {**os.environ, **env}
@@ -66,6 +75,14 @@ def serve_run(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:

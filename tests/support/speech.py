@@ -35,24 +35,18 @@ def reference(name: str) -> str:
 
 def synthesize(name: str, out_dir: Path, words_per_minute: int = 150) -> Path:
     """Speak fixtures/<name>.txt into <out_dir>/<name>.wav (espeak-ng's 22.05 kHz mono)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     wav = out_dir / f"{name}.wav"
     if not wav.exists():
-        voice = VOICES[name.split("_", 1)[0]]
-        subprocess.run(
-            [
-                "espeak-ng",
-                "-v",
-                voice,
-                "-s",
-                str(words_per_minute),
-                "-w",
-                str(wav),
-                "-f",
-                str(FIXTURES / f"{name}.txt"),
-            ],
-            check=True,
-        )
+        speak(reference(name), VOICES[name.split("_", 1)[0]], wav, words_per_minute)
+    return wav
+
+
+def speak(text: str, voice: str, wav: Path, words_per_minute: int = 150) -> Path:
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(wav), text],
+        check=True,
+    )
     return wav
 
 

@@ -136,7 +136,7 @@ def test_success_result_adds_language_and_segments_only() -> None:
         segments=[segment],
         model="base",
     )
-    result = json.loads(c.success_result(request, transcript).to_json())
+    result = json.loads(c.success_result(request, transcript, attempts=2).to_json())
     assert result == {
         "attachment_id": 9,
         "texto": "Hola.",
@@ -146,4 +146,5 @@ def test_success_result_adds_language_and_segments_only() -> None:
         "import_batch_id": 7,
         "language": "es",
         "segments": [{"id": 0, "start": 0.0, "end": 1.2, "text": "Hola."}],
+        "attempts": 2,
     }

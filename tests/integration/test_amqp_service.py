@@ -1,0 +1,245 @@
+"""The Serve app's RabbitMQ ingest, driven exactly as an outside producer and consumer would:
+plain pika publishing the seed's request JSON on "/", reading whisper_results."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ingest import contract as c
+from tests.integration.conftest import (
+    INGEST_REPLICAS,
+    MAX_FILE_SIZE_MB,
+    RABBITMQ_URL,
+    WORKERS_COUNT,
+    Service,
+)
+from tests.support import amqp, speech
+
+_ids = itertools.count(int(time.time()) % 100000 * 1000 + 500)
+
+
+def _job(path: Path | str, **extra: Any) -> dict[str, Any]:
+    return {
+        "attachment_id": next(_ids),
+        "audio_file_path": str(path),
+        "language": "",
+        "import_batch_id": None,
+        **extra,
+    }
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _pool_replicas(service: Service) -> int:
+    pools: Any = service.health()["pools"]
+    return int(pools["TranscriberCPU"]["replicas"].get("RUNNING", 0))
+
+
+def test_topology_is_the_contracts(service: Service) -> None:
+    with amqp.connect(RABBITMQ_URL) as conn:
+        amqp.declare_like_a_producer(conn.channel())  # PRECONDITION_FAILED if anything differs
+    listing = json.loads(
+        amqp.rabbitmqctl("list_queues", "name", "durable", "arguments", "--formatter", "json")
+    )
+    queues = {q["name"]: q for q in listing}
+    assert all(
+        queues[q]["durable"]
+        for q in (c.REQUEST_QUEUE, c.RESULT_QUEUE, c.RETRY_QUEUE, c.REJECTED_QUEUE)
+    )
+    assert {n: v for n, _, v in queues[c.RETRY_QUEUE]["arguments"]} == c.RETRY_QUEUE_ARGUMENTS
+    # Several ingest replicas are competing consumers of the one request queue.
+    _, consumers = amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)
+    assert consumers == INGEST_REPLICAS
+
+
+def test_health_reports_the_broker(service: Service) -> None:
+    broker: Any = service.health()["broker"]
+    assert broker["status"] == "up" and broker["connected"] and broker["consuming"]
+
+
+def test_success_with_the_words_checked(service: Service, results, clip) -> None:
+    job = _job(clip("en_office", ".mp3"), import_batch_id=42, language="en")
+    amqp.publish(RABBITMQ_URL, job)
+    result = results.wait(job["attachment_id"])
+    assert result["success"] is True
+    assert speech.word_error_rate(speech.reference("en_office"), result["texto"]) < 0.2
+    assert result["model"] == "tiny.en" and result["import_batch_id"] == 42
+    assert 12 < result["duration"] < 13.5
+    assert "error_message" not in result
+    assert result["language"] == "en" and result["segments"][0]["start"] == 0.0
+    props = results.properties(job["attachment_id"])[0]
+    assert props.delivery_mode == 2
+    assert props.message_id and props.correlation_id == str(job["attachment_id"])
+
+
+def _deterministic_cases(
+    service: Service, speech_dir: Path, clip: Any
+) -> dict[str, tuple[dict[str, Any], str]]:
+    root = service.audio_dir
+    (root / "notes.txt").write_text("not audio")
+    (root / "empty.mp3").write_bytes(b"")
+    (root / "junk.mp3").write_bytes(b"this is not an mp3 file " * 500)
+    (root / "big.wav").write_bytes(b"\0" * (MAX_FILE_SIZE_MB + 1) * 1024 * 1024)
+    (root / "folder.mp3").mkdir(exist_ok=True)
+    secret = root.parent / "secret.mp3"
+    shutil.copy(clip("en_office", ".mp3"), secret)
+    link = root / "escape.mp3"
+    if not link.is_symlink():
+        link.symlink_to(secret)
+    long_file = root / "ten_minutes.opus"
+    speech.ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=600",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "6k",
+            str(long_file),
+        ]
+    )
+    spanish = clip("es_agua", ".mp3")
+    return {
+        "missing": (_job(root / "missing.mp3"), f"Audio file not found: {root}/missing.mp3"),
+        "extension": (_job(root / "notes.txt"), "Unsupported audio extension .txt"),
+        "empty": (_job(root / "empty.mp3"), "Audio file is empty"),
+        "undecodable": (_job(root / "junk.mp3"), "Cannot"),
+        "too large": (_job(root / "big.wav"), "limit is 2.0 MB"),
+        "too long": (_job(long_file), "limit is 120 s"),
+        "directory": (_job(root / "folder.mp3"), "not a regular file"),
+        "outside roots": (_job("/etc/passwd.mp3"), "outside the allowed directories"),
+        "traversal": (_job(f"{root}/../secret.mp3"), "outside the allowed directories"),
+        "symlink escape": (_job(link), "outside the allowed directories"),
+        "url": (_job("http://example.com/a.mp3"), "must be an absolute path"),
+        "ffmpeg concat": (_job(f"concat:{root}/junk.mp3|{secret}"), "must be an absolute path"),
+        "bad language": (_job(spanish, language="klingon"), "Unknown language code"),
+        "english-only model": (_job(spanish, language="es"), "English-only"),
+        "malformed": (
+            {"attachment_id": next(_ids), "audio_file_path": ["x"], "import_batch_id": 5},
+            "Malformed request",
+        ),
+    }
+
+
+def test_deterministic_errors_get_one_error_result_at_once(
+    service: Service, results, speech_dir: Path, clip
+) -> None:
+    cases = _deterministic_cases(service, speech_dir, clip)
+    started = time.monotonic()
+    amqp.publish(RABBITMQ_URL, *(job for job, _ in cases.values()))
+    for name, (job, expected) in cases.items():
+        result = results.wait(job["attachment_id"], timeout=30)
+        assert result["success"] is False, name
+        assert expected in result["error_message"], (name, result["error_message"])
+        assert result["texto"] == "" and result["duration"] == 0, name
+        assert result["import_batch_id"] == job.get("import_batch_id"), name
+    # No retry happened: all answered before one retry TTL could pass, and nothing follows.
+    assert time.monotonic() - started < c.RETRY_TTL_MS / 1000
+    time.sleep(c.RETRY_TTL_MS / 1000 + 1)
+    for name, (job, _) in cases.items():
+        assert len(results.all(job["attachment_id"])) == 1, name
+
+
+def test_unanswerable_messages_are_parked(service: Service, results, clip) -> None:
+    amqp.drain(RABBITMQ_URL, c.REJECTED_QUEUE)
+    good = _job(clip("en_office", ".ogg"))
+    amqp.publish(RABBITMQ_URL, b"\x00\x01binary", {"audio_file_path": "/x.mp3"}, good)
+    assert results.wait(good["attachment_id"])["success"] is True
+    _wait_for(lambda: amqp.queue_depth(RABBITMQ_URL, c.REJECTED_QUEUE)[0] == 2, 10, "parking")
+    parked = amqp.drain(RABBITMQ_URL, c.REJECTED_QUEUE)
+    assert sorted(h[c.REJECT_REASON_HEADER].split(" ")[0] for h, _ in parked) == ["body", "no"]
+
+
+def test_replica_killed_mid_job_is_retried_and_answered_once(
+    service: Service, results, clip
+) -> None:
+    job = _job(clip("en_thirty", ".mp3"))
+    amqp.publish(RABBITMQ_URL, job)
+    _wait_for(
+        lambda: service.health()["broker"]["in_flight"] >= 1,  # type: ignore[index]
+        30,
+        "the job in flight",
+    )
+    time.sleep(1)  # let decoding finish and inference start
+    pids = subprocess.run(
+        ["pgrep", "-f", "ServeReplica:whisper:TranscriberCPU"], capture_output=True, text=True
+    ).stdout.split()
+    assert pids, "no model replica process found"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    result = results.wait(job["attachment_id"], timeout=180)
+    assert result["success"] is True, result
+    assert speech.word_error_rate(speech.reference("en_thirty"), result["texto"]) < 0.3
+    assert result["attempts"] == 2  # the first attempt died with the replica
+    time.sleep(2)
+    assert len(results.all(job["attachment_id"])) == 1
+    _wait_for(lambda: _pool_replicas(service) >= 1, 120, "the model pool to recover")
+
+
+def test_backlog_scales_model_replicas_up_then_down(service: Service, results, clip) -> None:
+    _wait_for(lambda: _pool_replicas(service) == 1, 120, "a single replica to start from")
+    jobs = [_job(clip("en_thirty", ".mp3")) for _ in range(16)]
+    amqp.publish(RABBITMQ_URL, *jobs)
+    peak, unacked_samples = 1, []
+    deadline = time.monotonic() + 300
+    while not all(results.all(j["attachment_id"]) for j in jobs):
+        assert time.monotonic() < deadline, "backlog not done in 300s"
+        peak = max(peak, _pool_replicas(service))
+        answered = sum(bool(results.all(j["attachment_id"])) for j in jobs)
+        ready, _ = amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)
+        unacked_samples.append(len(jobs) - answered - ready)
+        time.sleep(1)
+    assert peak == 2, "the backlog should have scaled the pool to max_replicas"
+    # Unacked messages stay within what the ingest replicas may hold (+1 for sampling skew).
+    assert max(unacked_samples) <= INGEST_REPLICAS * WORKERS_COUNT + 1, unacked_samples
+    assert all(len(results.all(j["attachment_id"])) == 1 for j in jobs)
+    _wait_for(lambda: _pool_replicas(service) == 1, 90, "the idle pool to scale back down")
+
+
+def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
+    service: Service, results, clip
+) -> None:
+    jobs = [
+        _job(clip("en_office", s))
+        for s in (".mp3", ".ogg", ".flac", ".wav", ".m4a", ".opus", ".webm", ".aac")
+    ]
+    amqp.publish(RABBITMQ_URL, *jobs)
+    _wait_for(lambda: any(results.all(j["attachment_id"]) for j in jobs), 60, "a first result")
+    amqp.rabbitmqctl("stop_app")
+    try:
+        _wait_for(
+            lambda: service.health()["broker"]["status"] == "down",
+            30,  # type: ignore[index]
+            "health to report the broker down",
+        )
+        assert service.health()["status"] == "degraded"
+        time.sleep(2)
+    finally:
+        amqp.rabbitmqctl("start_app")
+    _wait_for(
+        lambda: service.health()["broker"]["status"] == "up",
+        90,  # type: ignore[index]
+        "the ingest to resume consuming",
+    )
+    for job in jobs:
+        assert results.wait(job["attachment_id"], timeout=180)["success"] is True
+    time.sleep(c.RETRY_TTL_MS / 1000 + 2)
+    counts = {j["attachment_id"]: len(results.all(j["attachment_id"])) for j in jobs}
+    assert set(counts.values()) == {1}, counts
