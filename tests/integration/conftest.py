@@ -4,19 +4,25 @@ Settings come from the environment exactly as a user would set them: tiny.en by 
 language does not matter for most tests), base for Spanish, small limits to test them cheaply.
 The only config changes: the HTTP port, two competing ingest replicas, and autoscaling delays
 short enough to watch in a test.
+
+The app starts while RabbitMQ is stopped (it must still serve HTTP and report the broker down),
+and its shutdown is checked at the end: every job in flight is answered once or handed back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from ingest import contract as c
-from tests.support import amqp
+from tests.support import amqp, speech
 from tests.support.serve_process import ServiceFailedError, serve_run
 
 MAX_FILE_SIZE_MB = 2
@@ -36,13 +42,16 @@ class Service:
     tmp_dir: Path
     audio_dir: Path
     log: Path
+    # /health and /v1/models as seen while the broker was down at start.
+    health_broker_down: dict[str, Any] = field(default_factory=dict)
+    models_broker_down: int = 0
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> dict[str, Any]:
         with self.client(timeout=30) as client:
-            body: dict[str, object] = client.get("/health").json()
+            body: dict[str, Any] = client.get("/health").json()
             return body
 
 
@@ -73,12 +82,63 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "ALLOWED_AUDIO_ROOTS": f"{audio_dir},{speech_dir}",
         "RABBITMQ_URL": RABBITMQ_URL,
         "WORKERS_COUNT": str(WORKERS_COUNT),
+        # Short, so that shutdown hands unfinished jobs back instead of finishing them all.
+        "INGEST_SHUTDOWN_GRACE_SEC": "1",
     }
+    amqp.rabbitmqctl("stop_app")
     try:
         with serve_run(work, env, deployments=DEPLOYMENT_OVERRIDES) as (url, _, log):
-            yield Service(url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log)
+            service = Service(url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log)
+            service.health_broker_down = service.health()
+            with service.client() as client:
+                service.models_broker_down = client.get("/v1/models").status_code
+            amqp.rabbitmqctl("start_app")
+            # Each ingest replica reconnects on its own backoff schedule (at most 30 s apart).
+            _wait(
+                lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[1] == INGEST_REPLICAS,
+                120,
+                "every ingest replica to consume",
+            )
+            yield service
+            in_flight = _jobs_in_flight_at_shutdown(service, speech_dir)
+        _check_shutdown(in_flight)
     except ServiceFailedError as exc:
         pytest.fail(str(exc))
+    finally:
+        amqp.rabbitmqctl("start_app")
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
+    """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
+    clip = speech.encode(speech.synthesize("en_thirty", speech_dir), ".mp3", speech_dir)
+    ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(3)]
+    amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
+    _wait(lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] == 0, 30, "jobs taken")
+    return ids
+
+
+def _check_shutdown(ids: list[int]) -> None:
+    """After `serve run` stopped: each job was answered exactly once or is back in the queue,
+    never both, never neither."""
+    answered: dict[int, int] = dict.fromkeys(ids, 0)
+    for _, body in amqp.drain(RABBITMQ_URL, c.RESULT_QUEUE):
+        result = json.loads(body)
+        if result["attachment_id"] in answered:
+            answered[result["attachment_id"]] += 1
+    requeued = [
+        json.loads(body)["attachment_id"] for _, body in amqp.drain(RABBITMQ_URL, c.REQUEST_QUEUE)
+    ]
+    for job in ids:
+        assert answered[job] + requeued.count(job) == 1, (answered, requeued)
+    assert requeued, "the short shutdown grace should have handed some job back"
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,13 @@ def test_topology_is_the_contracts(service: Service) -> None:
     assert consumers == INGEST_REPLICAS
 
 
+def test_app_started_and_served_http_while_the_broker_was_down(service: Service) -> None:
+    down = service.health_broker_down
+    assert down["status"] == "degraded" and down["broker"]["status"] == "down"
+    assert down["broker"]["last_error"]  # why, for whoever reads /health
+    assert service.models_broker_down == 200
+
+
 def test_health_reports_the_broker(service: Service) -> None:
     broker: Any = service.health()["broker"]
     assert broker["status"] == "up" and broker["connected"] and broker["consuming"]
