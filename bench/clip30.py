@@ -1,9 +1,10 @@
 """What a new user sees: time from `serve run` to the first transcript, and a 30 s clip through
 the service against plain faster-whisper with the same model and decoding options, same machine.
 
-    .venv/bin/python -m bench.clip30 [--runs 3] [--model base]
+    .venv/bin/python -m bench.clip30 [--runs 5] [--model base]
 
-Plain faster-whisper runs first, alone; then the service starts and runs alone.
+The service starts first (timed to its first transcript); then plain faster-whisper and the
+service take turns on the same clip, never at the same time.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,25 +28,24 @@ from tests.support.serve_process import serve_run
 CLIP = "en_thirty"
 
 
-def _plain(model: str, clip: Path, runs: int, models_dir: Path) -> tuple[float, list[float], str]:
+def _plain_model(model: str, models_dir: Path) -> tuple[Callable[[Path], str], float]:
     from faster_whisper import WhisperModel
 
     settings = Settings()
     started = time.perf_counter()
     whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
     load_s = time.perf_counter() - started
-    times, text = [], ""
-    for _ in range(runs):
-        started = time.perf_counter()
+
+    def transcribe(clip: Path) -> str:
         segments, _ = whisper.transcribe(
             str(clip),
             beam_size=settings.whisper_beam_size,
             vad_filter=True,
             vad_parameters={"min_silence_duration_ms": settings.whisper_vad_min_silence_ms},
         )
-        text = "".join(s.text for s in segments).strip()
-        times.append(time.perf_counter() - started)
-    return load_s, times, text
+        return "".join(s.text for s in segments).strip()
+
+    return transcribe, load_s
 
 
 def _post(client: httpx.Client, clip: Path) -> httpx.Response:
@@ -51,51 +53,62 @@ def _post(client: httpx.Client, clip: Path) -> httpx.Response:
         return client.post("/v1/audio/transcriptions", files={"file": (clip.name, f)})
 
 
-def _service(model: str, clip: Path, runs: int, work: Path) -> tuple[float, list[float], str]:
-    env = {"WHISPER_MODEL": model, "MODELS_DIR": str(work / "models")}
+def _timed(fn: Callable[[], str]) -> tuple[float, str]:
     started = time.perf_counter()
-    with (
-        serve_run(work, env, wait_healthy_s=None) as (url, _, _),
-        httpx.Client(base_url=url, timeout=300) as client,
-    ):
-        while True:  # a new user retrying until the first transcript comes back
-            try:
-                response = _post(client, clip)
-                if response.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        first_s = time.perf_counter() - started
-        times, text = [], ""
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            response = _post(client, clip)
-            response.raise_for_status()
-            times.append(time.perf_counter() - t0)
-            text = response.json()["text"]
-    return first_s, times, text
+    text = fn()
+    return time.perf_counter() - started, text
+
+
+def _service_text(client: httpx.Client, clip: Path) -> str:
+    response = _post(client, clip)
+    response.raise_for_status()
+    text: str = response.json()["text"]
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", default="base")
     args = parser.parse_args()
+    plain_times: list[float] = []
+    service_times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        wav = speech.synthesize(CLIP, work)
-        clip = speech.encode(wav, ".mp3", work)
+        clip = speech.encode(speech.synthesize(CLIP, work), ".mp3", work)
+        duration = float(ffprobe_duration(clip))
         reference = speech.reference(CLIP)
-        load_s, plain_times, plain_text = _plain(args.model, clip, args.runs, work / "models")
-        first_s, service_times, service_text = _service(args.model, clip, args.runs, work)
+        env = {"WHISPER_MODEL": args.model, "MODELS_DIR": str(work / "models")}
+        started = time.perf_counter()
+        with (
+            serve_run(work, env, wait_healthy_s=None) as (url, _, _),
+            httpx.Client(base_url=url, timeout=300) as client,
+        ):
+            while True:  # a new user retrying until the first transcript comes back
+                try:
+                    if _post(client, clip).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            first_s = time.perf_counter() - started
+            plain, load_s = _plain_model(args.model, work / "models")
+            plain(clip)  # warm-up, as the service's first request was
+            # Alternate the two so that drift in the machine's speed hits both alike.
+            for _ in range(args.runs):
+                elapsed, plain_text = _timed(lambda: plain(clip))
+                plain_times.append(elapsed)
+                elapsed, service_text = _timed(lambda: _service_text(client, clip))
+                service_times.append(elapsed)
 
-    duration = 31.6
-    plain = statistics.median(plain_times)
+    plain_s = statistics.median(plain_times)
     served = statistics.median(service_times)
-    print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU; clip {duration} s mp3")
     print(
-        f"plain faster-whisper: load {load_s:.1f} s; transcribe median {plain:.2f} s "
+        f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU; "
+        f"clip {duration:.1f} s mp3; {args.runs} alternating runs each"
+    )
+    print(
+        f"plain faster-whisper: load {load_s:.1f} s; transcribe median {plain_s:.2f} s "
         f"(runs {', '.join(f'{t:.2f}' for t in plain_times)}); "
         f"WER {speech.word_error_rate(reference, plain_text):.3f}"
     )
@@ -105,9 +118,18 @@ def main() -> None:
         f"WER {speech.word_error_rate(reference, service_text):.3f}"
     )
     print(
-        f"service / plain time: {served / plain:.2f}x  (plain speed {duration / plain:.1f}x "
+        f"service / plain time: {served / plain_s:.2f}x  (plain {duration / plain_s:.1f}x "
         f"real time, service {duration / served:.1f}x)"
     )
+
+
+def ffprobe_duration(path: Path) -> str:
+    return subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 if __name__ == "__main__":
