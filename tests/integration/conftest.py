@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
                 service.models_broker_down = client.get("/v1/models").status_code
             amqp.rabbitmqctl("start_app")
             # Each ingest replica reconnects on its own backoff schedule (at most 30 s apart).
-            _wait(
+            speech.wait_until(
                 lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[1] == INGEST_REPLICAS,
                 120,
                 "every ingest replica to consume",
@@ -108,20 +108,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         amqp.rabbitmqctl("start_app")
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-
-
 def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
     """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
     clip = speech.encode(speech.synthesize("en_thirty", speech_dir), ".mp3", speech_dir)
     ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(3)]
     amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
-    _wait(lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] == 0, 30, "jobs taken")
+    speech.wait_until(
+        lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] == 0, 30, "jobs taken"
+    )
     return ids
 
 

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,6 @@ def _job(path: Path | str, **extra: Any) -> dict[str, Any]:
         "import_batch_id": None,
         **extra,
     }
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _pool_replicas(service: Service) -> int:
@@ -108,20 +99,7 @@ def _deterministic_cases(
     link = root / "escape.mp3"
     if not link.is_symlink():
         link.symlink_to(secret)
-    long_file = root / "ten_minutes.opus"
-    speech.ffmpeg(
-        [
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=300:duration=600",
-            "-c:a",
-            "libopus",
-            "-b:a",
-            "6k",
-            str(long_file),
-        ]
-    )
+    long_file = speech.low_bitrate_opus(root / "ten_minutes.opus", 600)
     spanish = clip("es_agua", ".mp3")
     return {
         "missing": (_job(root / "missing.mp3"), f"Audio file not found: {root}/missing.mp3"),
@@ -169,7 +147,9 @@ def test_unanswerable_messages_are_parked(service: Service, results, clip) -> No
     good = _job(clip("en_office", ".ogg"))
     amqp.publish(RABBITMQ_URL, b"\x00\x01binary", {"audio_file_path": "/x.mp3"}, good)
     assert results.wait(good["attachment_id"])["success"] is True
-    _wait_for(lambda: amqp.queue_depth(RABBITMQ_URL, c.REJECTED_QUEUE)[0] == 2, 10, "parking")
+    speech.wait_until(
+        lambda: amqp.queue_depth(RABBITMQ_URL, c.REJECTED_QUEUE)[0] == 2, 10, "parking"
+    )
     parked = amqp.drain(RABBITMQ_URL, c.REJECTED_QUEUE)
     assert sorted(h[c.REJECT_REASON_HEADER].split(" ")[0] for h, _ in parked) == ["body", "no"]
 
@@ -179,7 +159,7 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
 ) -> None:
     job = _job(clip("en_thirty", ".mp3"))
     amqp.publish(RABBITMQ_URL, job)
-    _wait_for(
+    speech.wait_until(
         lambda: service.health()["broker"]["in_flight"] >= 1,  # type: ignore[index]
         30,
         "the job in flight",
@@ -197,11 +177,11 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
     assert result["attempts"] == 2  # the first attempt died with the replica
     time.sleep(2)
     assert len(results.all(job["attachment_id"])) == 1
-    _wait_for(lambda: _pool_replicas(service) >= 1, 120, "the model pool to recover")
+    speech.wait_until(lambda: _pool_replicas(service) >= 1, 120, "the model pool to recover")
 
 
 def test_backlog_scales_model_replicas_up_then_down(service: Service, results, clip) -> None:
-    _wait_for(lambda: _pool_replicas(service) == 1, 120, "a single replica to start from")
+    speech.wait_until(lambda: _pool_replicas(service) == 1, 120, "a single replica to start from")
     jobs = [_job(clip("en_thirty", ".mp3")) for _ in range(16)]
     amqp.publish(RABBITMQ_URL, *jobs)
     peak, unacked_samples = 1, []
@@ -217,7 +197,7 @@ def test_backlog_scales_model_replicas_up_then_down(service: Service, results, c
     # Unacked messages stay within what the ingest replicas may hold (+1 for sampling skew).
     assert max(unacked_samples) <= INGEST_REPLICAS * WORKERS_COUNT + 1, unacked_samples
     assert all(len(results.all(j["attachment_id"])) == 1 for j in jobs)
-    _wait_for(lambda: _pool_replicas(service) == 1, 90, "the idle pool to scale back down")
+    speech.wait_until(lambda: _pool_replicas(service) == 1, 90, "the idle pool to scale back down")
 
 
 def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
@@ -228,10 +208,12 @@ def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
         for s in (".mp3", ".ogg", ".flac", ".wav", ".m4a", ".opus", ".webm", ".aac")
     ]
     amqp.publish(RABBITMQ_URL, *jobs)
-    _wait_for(lambda: any(results.all(j["attachment_id"]) for j in jobs), 60, "a first result")
+    speech.wait_until(
+        lambda: any(results.all(j["attachment_id"]) for j in jobs), 60, "a first result"
+    )
     amqp.rabbitmqctl("stop_app")
     try:
-        _wait_for(
+        speech.wait_until(
             lambda: service.health()["broker"]["status"] == "down",
             30,  # type: ignore[index]
             "health to report the broker down",
@@ -240,7 +222,7 @@ def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
         time.sleep(2)
     finally:
         amqp.rabbitmqctl("start_app")
-    _wait_for(
+    speech.wait_until(
         lambda: service.health()["broker"]["status"] == "up",
         90,  # type: ignore[index]
         "the ingest to resume consuming",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jiwer
@@ -56,6 +58,36 @@ def encode(source: Path, suffix: str, out_dir: Path, extra: list[str] | None = N
     if not target.exists():
         ffmpeg(["-i", str(source), *ENCODINGS[suffix], *(extra or []), str(target)])
     return target
+
+
+def tone(target: Path, seconds: int, codec_args: list[str]) -> Path:
+    """A sine tone of the given length: long audio in a small file, for duration limits."""
+    if not target.exists():
+        ffmpeg(
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency=300:duration={seconds}",
+                "-ac",
+                "1",
+                *codec_args,
+                str(target),
+            ]
+        )
+    return target
+
+
+def low_bitrate_opus(target: Path, seconds: int) -> Path:
+    return tone(target, seconds, ["-c:a", "libopus", "-b:a", "6k"])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
 
 
 def ffmpeg(args: list[str]) -> None:

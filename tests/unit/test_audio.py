@@ -76,23 +76,9 @@ def test_header_only_file_has_no_samples(clip) -> None:
 
 
 def _long_tone(out: Path, seconds: int, suffix: str) -> Path:
-    target = out / f"tone_{seconds}{suffix}"
-    if not target.exists():
-        speech.ffmpeg(
-            [
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency=440:duration={seconds}",
-                "-ac",
-                "1",
-                "-ar",
-                "16000",
-                *speech.ENCODINGS[suffix],
-                str(target),
-            ]
-        )
-    return target
+    return speech.tone(
+        out / f"tone_{seconds}{suffix}", seconds, ["-ar", "16000", *speech.ENCODINGS[suffix]]
+    )
 
 
 def test_declared_duration_over_limit_is_refused_before_decoding(speech_dir: Path) -> None:
