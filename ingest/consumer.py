@@ -86,6 +86,9 @@ class IngestConsumer:
         self._requests: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Jobs whose delivery died with its channel: the broker redelivers them, so finishing
+        # them too could answer a job twice, and settling them on a reopened channel fails.
+        self._abandoned: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -112,6 +115,7 @@ class IngestConsumer:
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         consumer_channel = await connection.channel()
+        consumer_channel.close_callbacks.add(self._abandon_in_flight)
         await consumer_channel.set_qos(prefetch_count=self._config.prefetch)
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._out = await topology.declare(self._publisher)
@@ -125,6 +129,16 @@ class IngestConsumer:
         self.status.connected = False
         if not self._stopping.is_set():
             self.status.last_error = "connection lost; reconnecting"
+
+    def _abandon_in_flight(self, *_: Any) -> None:
+        if self._tasks:
+            logger.warning(
+                "Channel lost with %d jobs in flight; the broker will redeliver them",
+                len(self._tasks),
+            )
+        for task in self._tasks:
+            self._abandoned.add(task)
+            task.cancel()
 
     def _on_reconnected(self, *_: Any) -> None:
         self.status.connected = True
@@ -167,9 +181,10 @@ class IngestConsumer:
             await self._handle(message)
             await message.ack()
         except asyncio.CancelledError:
-            logger.info("Shutting down: handing message %s back", message.delivery_tag)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            if task not in self._abandoned:
+                logger.info("Shutting down: handing message %s back", message.delivery_tag)
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
             raise
         except PublishError as exc:
             logger.error("Could not publish (%s); requeueing the request", exc)
@@ -183,6 +198,7 @@ class IngestConsumer:
         finally:
             self.status.in_flight -= 1
             self._tasks.discard(task)
+            self._abandoned.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         headers: dict[str, Any] = dict(message.headers or {})

@@ -15,8 +15,16 @@ from pika.adapters.blocking_connection import BlockingChannel
 from ingest import contract as c
 
 
-def connect(url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(url))
+def connect(url: str, attempts: int = 20) -> pika.BlockingConnection:
+    # Right after `rabbitmqctl start_app` the listener may still refuse for a moment.
+    for attempt in range(attempts):
+        try:
+            return pika.BlockingConnection(pika.URLParameters(url))
+        except pika.exceptions.AMQPConnectionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def declare_like_a_producer(channel: BlockingChannel) -> None:
