@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     whisper_cpu_threads: int = Field(0, ge=0)
     whisper_num_workers: int = Field(1, ge=1)
     whisper_beam_size: int = Field(5, ge=1, le=20)
+    # Long audio: files of FANOUT_MIN_SEC or more are cut in silences into windows of at most
+    # CHUNK_MAX_WINDOW_SEC, decoded WHISPER_BATCH_SIZE at a time, in work units of about
+    # FANOUT_UNIT_SEC spread over replicas.
+    whisper_batch_size: int = Field(8, ge=1, le=64)
+    chunk_max_window_sec: float = Field(30, gt=1, le=30)
+    fanout_unit_sec: float = Field(150, gt=0)
+    fanout_min_sec: float = Field(60, ge=0)
     whisper_vad_min_silence_ms: int = Field(500, ge=0)
     models_dir: Path = Path("./models")
 

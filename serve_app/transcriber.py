@@ -73,7 +73,11 @@ class Transcriber:
         self.name = name
         self._model = model
         self._beam_size = settings.whisper_beam_size
+        self._batch_size = settings.whisper_batch_size
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
+        from faster_whisper import BatchedInferencePipeline
+
+        self._batched = BatchedInferencePipeline(model)
 
     @classmethod
     def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
@@ -123,6 +127,38 @@ class Transcriber:
             vad_filter=True,
             vad_parameters=self._vad_parameters,
         )
+        return self._collect(segments, info, options)
+
+    def transcribe_windows(
+        self,
+        audio: np.ndarray[Any, Any],
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+    ) -> Transcript:
+        """Blocking: decode the given speech windows (seconds) in batches, no VAD pass."""
+        language = self.check_options(options)
+        segments, info = self._batched.transcribe(
+            audio,
+            language=language,
+            task=options.task,
+            initial_prompt=options.prompt or None,
+            temperature=temperature_schedule(options.temperature),
+            beam_size=self._beam_size,
+            word_timestamps=options.word_timestamps,
+            clip_timestamps=windows,
+            batch_size=self._batch_size,
+        )
+        return self._collect(segments, info, options)
+
+    def detect_language(self, audio: np.ndarray[Any, Any]) -> tuple[str, float]:
+        if not self.multilingual:
+            return "en", 1.0
+        language, probability, _ = self._model.detect_language(audio)
+        return language, probability
+
+    def _collect(
+        self, segments: Iterable[Any], info: Any, options: TranscribeOptions
+    ) -> Transcript:
         converted = _convert_segments(segments)  # the generator does the work here
         return Transcript(
             text="".join(segment.text for segment in converted).strip(),

@@ -1,4 +1,5 @@
-"""Calling the model pools from another deployment, with Ray's failures made domain errors."""
+"""Calling the model pools from another deployment: short audio in one call, long audio fanned
+out over replicas by units, Ray's failures made domain errors."""
 
 from __future__ import annotations
 
@@ -7,30 +8,68 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.audio import AudioArray
+from serve_app.chunking import ChunkingOptions
 from serve_app.errors import ReplicaUnavailableError, ServiceError
+from serve_app.fanout import FanOut, ProgressFn
 from serve_app.pools import Pool, PoolRouter
 from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import Settings
 
 
 class ModelClient:
-    def __init__(self, pools: list[DeploymentHandle[Any]], weights: list[float]) -> None:
+    def __init__(
+        self, pools: list[DeploymentHandle[Any]], weights: list[float], settings: Settings
+    ) -> None:
         self.router = PoolRouter(
             [
                 Pool(handle.deployment_name, handle, weight)
                 for handle, weight in zip(pools, weights, strict=True)
             ]
         )
+        self._sample_rate = settings.audio_sample_rate
+        self._chunking = ChunkingOptions(
+            max_window_s=settings.chunk_max_window_sec,
+            unit_s=settings.fanout_unit_sec,
+            min_fanout_s=settings.fanout_min_sec,
+            vad_min_silence_ms=settings.whisper_vad_min_silence_ms,
+        )
 
-    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
+    async def transcribe(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_progress: ProgressFn | None = None,
+    ) -> Transcript:
+        duration = len(audio) / self._sample_rate
+        if duration < self._chunking.min_fanout_s:
+            result: Transcript = await self._call("transcribe", options.model, audio, options)
+            if on_progress:
+                on_progress(duration, duration)
+            return result
+        model = options.model
+
+        async def unit(
+            part: AudioArray, windows: list[dict[str, float]], opts: TranscribeOptions
+        ) -> Transcript:
+            transcript: Transcript = await self._call("transcribe_unit", model, part, windows, opts)
+            return transcript
+
+        async def detect(part: AudioArray) -> tuple[str, float]:
+            found: tuple[str, float] = await self._call("detect_language", model, part)
+            return found
+
+        fan_out = FanOut(unit, detect, self._chunking, self._sample_rate)
+        return await fan_out.transcribe(audio, options, on_progress)
+
+    async def _call(self, method: str, model: str | None, *args: Any) -> Any:
         with self.router.lease() as pool:
-            handle = pool.target.options(multiplexed_model_id=options.model or "")
+            handle = pool.target.options(multiplexed_model_id=model or "")
             try:
-                result: Transcript = await handle.transcribe.remote(audio, options)
+                return await getattr(handle, method).remote(*args)
             except ServiceError:
                 raise  # a domain error raised in the replica keeps its type across Ray
             except Exception as exc:  # replica died, unreachable, overloaded: worth a retry
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
                 raise ReplicaUnavailableError(
-                    f"Model replica in {pool.name} failed: {exc.__class__.__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                    f"Model replica in {pool.name} failed: {exc.__class__.__name__}: {first_line}"
                 ) from exc
-            return result

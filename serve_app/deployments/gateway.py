@@ -36,7 +36,7 @@ class Gateway:
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
         tempfile.tempdir = str(self.settings.tmp_dir)
-        self._models = ModelClient(pools, weights)
+        self._models = ModelClient(pools, weights, self.settings)
         self._ingest = ingest
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -36,7 +36,7 @@ class Ingest:
         self, pools: list[DeploymentHandle[Any]], weights: list[float]
     ) -> None:
         self._settings = settings = load_settings()
-        self._client = ModelClient(pools, weights)
+        self._client = ModelClient(pools, weights, settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ledger = await asyncio.to_thread(lambda: ResultLedger(make_engine(settings.database)))
         self._consumer = IngestConsumer(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ray import serve
 
@@ -39,11 +41,35 @@ class TranscriberDeployment:
         return await asyncio.to_thread(Transcriber.load, model_id, self._settings, self._device)
 
     async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        """A whole (short) file: sequential decoding with the previous text as context."""
+        transcriber = await self._for(options)
+        result: Transcript = await self._infer(transcriber.transcribe, audio, options)
+        return result
+
+    async def transcribe_unit(
+        self, audio: AudioArray, windows: list[dict[str, float]], options: TranscribeOptions
+    ) -> Transcript:
+        """One work unit of a long file: its speech windows decoded in batches."""
+        transcriber = await self._for(options)
+        result: Transcript = await self._infer(
+            transcriber.transcribe_windows, audio, windows, options
+        )
+        return result
+
+    async def detect_language(self, audio: AudioArray) -> tuple[str, float]:
+        transcriber = await self._for(TranscribeOptions())
+        found: tuple[str, float] = await self._infer(transcriber.detect_language, audio)
+        return found
+
+    async def _for(self, options: TranscribeOptions) -> Transcriber:
         name = served_model(options.model or serve.get_multiplexed_model_id(), self._settings)
         transcriber: Transcriber = await self._model(name)
         transcriber.check_options(options)
+        return transcriber
+
+    async def _infer(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            transcript = await asyncio.to_thread(transcriber.transcribe, audio, options)
+            result = await asyncio.to_thread(fn, *args)
         except ServiceError:
             raise
         except Exception as exc:
@@ -51,7 +77,7 @@ class TranscriberDeployment:
             logger.exception("Inference failed (%d in a row)", self._failures)
             raise InferenceError(f"Inference failed: {exc.__class__.__name__}: {exc}") from exc
         self._failures = 0
-        return transcript
+        return result
 
     def check_health(self) -> None:
         if self._failures >= _UNHEALTHY_AFTER_FAILURES:

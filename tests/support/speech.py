@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,36 @@ def synthesize(name: str, out_dir: Path, words_per_minute: int = 150) -> Path:
     if not wav.exists():
         speak(reference(name), VOICES[name.split("_", 1)[0]], wav, words_per_minute)
     return wav
+
+
+def paragraphs(name: str) -> list[str]:
+    return [p.strip() for p in (FIXTURES / f"{name}.txt").read_text().split("\n\n") if p.strip()]
+
+
+def long_recording(
+    name: str, out_dir: Path, pause_s: float = 1.2, voices: tuple[str, ...] = ("en-us",)
+) -> tuple[Path, str]:
+    """Each paragraph of fixtures/<name>.txt spoken in turn with a pause between them, once
+    per voice (several voices make a longer file that does not repeat one voice's errors).
+    Returns the WAV and its reference text."""
+    target = out_dir / f"{name}_{'_'.join(voices)}.wav"
+    texts = paragraphs(name) * len(voices)
+    if not target.exists():
+        parts = []
+        for i, text in enumerate(texts):
+            voice = voices[i * len(voices) // len(texts)]
+            parts.append(speak(text, voice, out_dir / f"{target.stem}_{i:03d}.wav"))
+        with wave.open(str(parts[0])) as first:
+            params = first.getparams()
+        silence = b"\0" * int(params.framerate * pause_s) * params.sampwidth
+        with wave.open(str(target), "wb") as out:
+            out.setparams(params)
+            for part in parts:
+                with wave.open(str(part)) as w:
+                    out.writeframes(w.readframes(w.getnframes()))
+                out.writeframes(silence)
+                part.unlink()
+    return target, " ".join(texts)
 
 
 def speak(text: str, voice: str, wav: Path, words_per_minute: int = 150) -> Path:

@@ -1,0 +1,146 @@
+"""Long audio across replicas: plan work units, detect the language once, transcribe units in
+parallel (each one's windows batched inside its replica), retry failed units, merge in order.
+
+The model calls are passed in, so this is plain asyncio and runs without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from serve_app.audio import AudioArray
+from serve_app.chunking import ChunkingOptions, WorkUnit, plan
+from serve_app.errors import ServiceError
+from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+
+logger = logging.getLogger(__name__)
+
+UnitFn = Callable[[AudioArray, list[dict[str, float]], TranscribeOptions], Awaitable[Transcript]]
+DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
+ProgressFn = Callable[[float, float], None]
+
+
+class UnitFailedError(ServiceError):
+    """One part of a long file failed all its attempts."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class FanOut:
+    transcribe_unit: UnitFn
+    detect_language: DetectFn
+    options: ChunkingOptions
+    sample_rate: int = 16000
+    attempts: int = 3
+
+    async def transcribe(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_progress: ProgressFn | None = None,
+    ) -> Transcript:
+        units = await asyncio.to_thread(plan, audio, self.sample_rate, self.options)
+        duration = len(audio) / self.sample_rate
+        if not units:  # no speech at all
+            return _empty(duration, options)
+        language, probability = options.language, 1.0
+        if language is None:
+            first = units[0].windows[0]
+            language, probability = await self.detect_language(audio[first.start : first.end])
+        fixed = options.model_copy(update={"language": language})
+        done = 0.0
+
+        async def run(unit: WorkUnit) -> Transcript:
+            nonlocal done
+            result = await self._unit_with_retries(audio, unit, fixed, len(units))
+            done += (unit.end - unit.start) / self.sample_rate
+            if on_progress:
+                on_progress(done, duration)
+            return result
+
+        parts = await asyncio.gather(*(run(unit) for unit in units))
+        logger.info("Transcribed %.0f s in %d units", duration, len(units))
+        return merge(units, parts, self.sample_rate, duration, language, probability)
+
+    async def _unit_with_retries(
+        self, audio: AudioArray, unit: WorkUnit, options: TranscribeOptions, total: int
+    ) -> Transcript:
+        windows = unit.relative_windows(self.sample_rate)
+        error: ServiceError | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self.transcribe_unit(audio[unit.start : unit.end], windows, options)
+            except ServiceError as exc:
+                if not exc.retryable:
+                    raise
+                error = exc
+                logger.warning("Part %d failed (attempt %d): %s", unit.index + 1, attempt, exc)
+        assert error is not None
+        start, end = unit.start / self.sample_rate, unit.end / self.sample_rate
+        raise UnitFailedError(
+            f"Part {unit.index + 1} of {total} ({start:.1f}-{end:.1f} s) failed after "
+            f"{self.attempts} attempts: {error.message}",
+            retryable=True,
+        )
+
+
+def merge(
+    units: list[WorkUnit],
+    parts: list[Transcript],
+    sample_rate: int,
+    duration: float,
+    language: str,
+    language_probability: float,
+) -> Transcript:
+    """Unit transcripts, in order, with timestamps made absolute and ids renumbered."""
+    segments: list[Segment] = []
+    for unit, part in zip(units, parts, strict=True):
+        offset = unit.start / sample_rate
+        for segment in part.segments:
+            segments.append(
+                segment.model_copy(
+                    update={
+                        "id": len(segments),
+                        "start": round(segment.start + offset, 3),
+                        "end": round(min(segment.end + offset, duration), 3),
+                        "words": None
+                        if segment.words is None
+                        else [_shift(w, offset, duration) for w in segment.words],
+                    }
+                )
+            )
+    return Transcript(
+        text=" ".join(s.text.strip() for s in segments if s.text.strip()),
+        language=language,
+        language_probability=language_probability,
+        duration=duration,
+        segments=segments,
+        model=parts[0].model,
+        task=parts[0].task,
+    )
+
+
+def _shift(word: Word, offset: float, duration: float) -> Word:
+    return word.model_copy(
+        update={
+            "start": round(word.start + offset, 3),
+            "end": round(min(word.end + offset, duration), 3),
+        }
+    )
+
+
+def _empty(duration: float, options: TranscribeOptions) -> Transcript:
+    return Transcript(
+        text="",
+        language=options.language or "",
+        language_probability=0.0,
+        duration=duration,
+        segments=[],
+        model=options.model or "",
+        task=options.task,
+    )

@@ -1,0 +1,176 @@
+"""Fan-out coordination with stand-in model calls (pure logic: planning, retries, merging)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app import audio
+from serve_app.chunking import ChunkingOptions, Window, WorkUnit
+from serve_app.errors import InferenceError, InvalidOptionError
+from serve_app.fanout import FanOut, UnitFailedError, merge
+from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from tests.support import speech
+
+SR = 16000
+
+
+def _segment(start: float, end: float, text: str) -> Segment:
+    return Segment(
+        id=0,
+        seek=0,
+        start=start,
+        end=end,
+        text=text,
+        tokens=[],
+        temperature=0,
+        avg_logprob=-0.1,
+        compression_ratio=1,
+        no_speech_prob=0.01,
+        words=[Word(start=start, end=end, word=text, probability=0.9)],
+    )
+
+
+def _part(*segments: Segment) -> Transcript:
+    return Transcript(
+        text="",
+        language="en",
+        language_probability=1,
+        duration=0,
+        segments=list(segments),
+        model="tiny.en",
+    )
+
+
+def test_merge_makes_timestamps_absolute_and_renumbers() -> None:
+    units = [
+        WorkUnit(0, 0, SR * 100, (Window(0, SR * 100),)),
+        WorkUnit(1, SR * 120, SR * 200, (Window(SR * 120, SR * 200),)),
+    ]
+    parts = [_part(_segment(0, 5, " one"), _segment(5, 9, " two")), _part(_segment(1, 4, " three"))]
+    merged = merge(units, parts, SR, 200.0, "en", 0.9)
+    assert [(s.id, s.start, s.end) for s in merged.segments] == [
+        (0, 0, 5),
+        (1, 5, 9),
+        (2, 121, 124),
+    ]
+    assert merged.segments[2].words[0].start == 121  # type: ignore[index]
+    assert merged.text == "one two three"
+    assert merged.duration == 200.0 and merged.language == "en"
+
+
+@pytest.fixture(scope="module")
+def long_audio(speech_dir: Path) -> np.ndarray:
+    wav, _ = speech.long_recording("en_long", speech_dir)
+    with open(wav, "rb") as f:
+        return audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples
+
+
+class StandIn:
+    """Records calls; answers each unit with one segment per window."""
+
+    def __init__(self, fail: dict[int, list[Exception]] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[int] = []
+        self.detected: list[int] = []
+        self.running = 0
+        self.peak = 0
+
+    async def unit(
+        self, part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+    ) -> Transcript:
+        index = len(self.calls)
+        self.calls.append(len(part))
+        assert options.language == "en"
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.05)
+        self.running -= 1
+        errors = self.fail.get(len(part), [])
+        if errors:
+            raise errors.pop(0)
+        return _part(*(_segment(w["start"], w["end"], f" w{index}") for w in windows))
+
+    async def detect(self, part: np.ndarray) -> tuple[str, float]:
+        self.detected.append(len(part))
+        return "en", 0.97
+
+
+async def test_units_run_in_parallel_and_merge_in_order(long_audio: np.ndarray) -> None:
+    stand_in = StandIn()
+    progress: list[tuple[float, float]] = []
+    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(unit_s=60), SR)
+    result = await fan_out.transcribe(
+        long_audio, TranscribeOptions(), lambda done, total: progress.append((done, total))
+    )
+    assert len(stand_in.calls) >= 4 and stand_in.peak == len(stand_in.calls)
+    assert len(stand_in.detected) == 1  # language detected once, for the whole file
+    assert result.language == "en" and result.language_probability == 0.97
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and result.segments[-1].end <= result.duration
+    assert [s.id for s in result.segments] == list(range(len(result.segments)))
+    assert len(progress) == len(stand_in.calls)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert progress[-1][1] == pytest.approx(len(long_audio) / SR)
+
+
+async def test_a_fixed_language_skips_detection(long_audio: np.ndarray) -> None:
+    stand_in = StandIn()
+    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR)
+    await fan_out.transcribe(long_audio, TranscribeOptions(language="en"))
+    assert stand_in.detected == []
+
+
+async def test_a_failed_unit_is_retried(long_audio: np.ndarray) -> None:
+    probe = StandIn()
+    fan_out = FanOut(probe.unit, probe.detect, ChunkingOptions(), SR)
+    await fan_out.transcribe(long_audio, TranscribeOptions())
+    second_len = probe.calls[1]
+    stand_in = StandIn(fail={second_len: [InferenceError("replica died")]})
+    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR)
+    result = await fan_out.transcribe(long_audio, TranscribeOptions())
+    assert stand_in.calls.count(second_len) == 2 and result.segments
+
+
+async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarray) -> None:
+    probe = StandIn()
+    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+        long_audio, TranscribeOptions()
+    )
+    second_len = probe.calls[1]
+    stand_in = StandIn(fail={second_len: [InferenceError("boom")] * 3})
+    with pytest.raises(
+        UnitFailedError,
+        match=r"^Part 2 of \d+ \([\d.]+-[\d.]+ s\) failed "
+        r"after 3 attempts: boom$",
+    ) as info:
+        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+            long_audio, TranscribeOptions()
+        )
+    assert info.value.retryable
+
+
+async def test_deterministic_errors_are_not_retried(long_audio: np.ndarray) -> None:
+    probe = StandIn()
+    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+        long_audio, TranscribeOptions()
+    )
+    first_len = probe.calls[0]
+    stand_in = StandIn(fail={first_len: [InvalidOptionError("bad")]})
+    with pytest.raises(InvalidOptionError):
+        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+            long_audio, TranscribeOptions()
+        )
+    assert stand_in.calls.count(first_len) == 1
+
+
+async def test_silence_gives_an_empty_transcript() -> None:
+    stand_in = StandIn()
+    result = await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+        np.zeros(SR * 90, dtype=np.float32), TranscribeOptions(model="tiny.en")
+    )
+    assert result.text == "" and result.segments == [] and result.duration == 90
+    assert stand_in.calls == []
