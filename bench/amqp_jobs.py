@@ -11,50 +11,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from serve_app.settings import Settings
-from serve_app.weights import resolve_model_path
+from bench.common import plain_sequential, short_clips
 from tests.support import amqp, speech
 from tests.support.serve_process import serve_run
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def _sentences() -> list[str]:
-    text = " ".join(speech.reference(n) for n in ("en_thirty", "en_office"))
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-
-
-def make_clips(out: Path, count: int) -> list[tuple[Path, str]]:
-    sentences = _sentences()
-    clips = []
-    for i in range(count):
-        text = sentences[i % len(sentences)]
-        wav = speech.speak(text, "en-us", out / f"clip{i:02d}.wav", 150 + 10 * (i % 3))
-        clips.append((speech.encode(wav, ".mp3", out), text))
-    return clips
-
-
 def plain(model: str, clips: list[tuple[Path, str]], models_dir: Path) -> tuple[float, float]:
-    from faster_whisper import WhisperModel
-
-    settings = Settings()
-    whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
+    transcribe = plain_sequential(model, models_dir)
     started = time.perf_counter()
-    errors = []
-    for path, text in clips:
-        segments, _ = whisper.transcribe(
-            str(path),
-            beam_size=settings.whisper_beam_size,
-            vad_filter=True,
-            vad_parameters={"min_silence_duration_ms": settings.whisper_vad_min_silence_ms},
-        )
-        errors.append(speech.word_error_rate(text, "".join(s.text for s in segments)))
+    errors = [speech.word_error_rate(text, transcribe(path)) for path, text in clips]
     return time.perf_counter() - started, statistics.mean(errors)
 
 
@@ -99,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        clips = make_clips(work / "audio", args.clips)
+        clips = short_clips(work / "audio", args.clips)
         audio_s = sum(float(os.path.getsize(p)) for p, _ in clips)  # for the record only
         plain_s, plain_wer = plain(args.model, clips, work / "models")
         service_s, service_wer = service(args.model, clips, work)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,32 +19,11 @@ from pathlib import Path
 
 import httpx
 
-from serve_app.settings import Settings
-from serve_app.weights import resolve_model_path
+from bench.common import duration, plain_sequential
 from tests.support import speech
 from tests.support.serve_process import serve_run
 
 CLIP = "en_thirty"
-
-
-def _plain_model(model: str, models_dir: Path) -> tuple[Callable[[Path], str], float]:
-    from faster_whisper import WhisperModel
-
-    settings = Settings()
-    started = time.perf_counter()
-    whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
-    load_s = time.perf_counter() - started
-
-    def transcribe(clip: Path) -> str:
-        segments, _ = whisper.transcribe(
-            str(clip),
-            beam_size=settings.whisper_beam_size,
-            vad_filter=True,
-            vad_parameters={"min_silence_duration_ms": settings.whisper_vad_min_silence_ms},
-        )
-        return "".join(s.text for s in segments).strip()
-
-    return transcribe, load_s
 
 
 def _post(client: httpx.Client, clip: Path) -> httpx.Response:
@@ -76,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clip = speech.encode(speech.synthesize(CLIP, work), ".mp3", work)
-        duration = float(ffprobe_duration(clip))
+        seconds = duration(clip)
         reference = speech.reference(CLIP)
         env = {"WHISPER_MODEL": args.model, "MODELS_DIR": str(work / "models")}
         started = time.perf_counter()
@@ -92,7 +70,9 @@ def main() -> None:
                     pass
                 time.sleep(0.5)
             first_s = time.perf_counter() - started
-            plain, load_s = _plain_model(args.model, work / "models")
+            loading = time.perf_counter()
+            plain = plain_sequential(args.model, work / "models")
+            load_s = time.perf_counter() - loading
             plain(clip)  # warm-up, as the service's first request was
             # Alternate the two so that drift in the machine's speed hits both alike.
             for _ in range(args.runs):
@@ -105,7 +85,7 @@ def main() -> None:
     served = statistics.median(service_times)
     print(
         f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU; "
-        f"clip {duration:.1f} s mp3; {args.runs} alternating runs each"
+        f"clip {seconds:.1f} s mp3; {args.runs} alternating runs each"
     )
     print(
         f"plain faster-whisper: load {load_s:.1f} s; transcribe median {plain_s:.2f} s "
@@ -118,18 +98,9 @@ def main() -> None:
         f"WER {speech.word_error_rate(reference, service_text):.3f}"
     )
     print(
-        f"service / plain time: {served / plain_s:.2f}x  (plain {duration / plain_s:.1f}x "
-        f"real time, service {duration / served:.1f}x)"
+        f"service / plain time: {served / plain_s:.2f}x  (plain {seconds / plain_s:.1f}x "
+        f"real time, service {seconds / served:.1f}x)"
     )
-
-
-def ffprobe_duration(path: Path) -> str:
-    return subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def _deterministic_cases(
     link = root / "escape.mp3"
     if not link.is_symlink():
         link.symlink_to(secret)
-    long_file = speech.low_bitrate_opus(root / "ten_minutes.opus", 600)
+    long_file = speech.low_bitrate_opus(root / "fifteen_minutes.opus", 900)
     spanish = clip("es_agua", ".mp3")
     return {
         "missing": (_job(root / "missing.mp3"), f"Audio file not found: {root}/missing.mp3"),
@@ -107,7 +107,7 @@ def _deterministic_cases(
         "empty": (_job(root / "empty.mp3"), "Audio file is empty"),
         "undecodable": (_job(root / "junk.mp3"), "Cannot"),
         "too large": (_job(root / "big.wav"), "limit is 2.0 MB"),
-        "too long": (_job(long_file), "limit is 120 s"),
+        "too long": (_job(long_file), "limit is 600 s"),
         "directory": (_job(root / "folder.mp3"), "not a regular file"),
         "outside roots": (_job("/etc/passwd.mp3"), "outside the allowed directories"),
         "traversal": (_job(f"{root}/../secret.mp3"), "outside the allowed directories"),

@@ -237,11 +237,11 @@ def test_chunked_body_over_the_limit_is_cut_off(service: Service) -> None:
 
 
 def test_audio_over_the_duration_limit_is_413(service: Service, speech_dir: Path) -> None:
-    # Ten minutes of low-bitrate Opus: a small file whose decoded length is over the limit.
-    long_file = speech.low_bitrate_opus(speech_dir / "ten_minutes.opus", 600)
+    # Fifteen minutes of low-bitrate Opus: a small file whose decoded length is over the limit.
+    long_file = speech.low_bitrate_opus(speech_dir / "fifteen_minutes.opus", 900)
     assert long_file.stat().st_size < MAX_FILE_SIZE_MB * 1024 * 1024
     response = _post(service, long_file)
-    assert response.status_code == 413 and "limit is 120 s" in _error(response)
+    assert response.status_code == 413 and "limit is 600 s" in _error(response)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,89 @@
+"""Shared by the benchmark scripts: plain faster-whisper baselines, clips, replica memory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from serve_app.settings import Settings
+from serve_app.weights import resolve_model_path
+from tests.support import speech
+
+
+def plain_sequential(model: str, models_dir: Path) -> Callable[[Path], str]:
+    """faster-whisper the seeds' way: WhisperModel.transcribe, beam 5, VAD on (500 ms)."""
+    from faster_whisper import WhisperModel
+
+    settings = Settings()
+    whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
+
+    def transcribe(clip: Path) -> str:
+        segments, _ = whisper.transcribe(
+            str(clip),
+            beam_size=settings.whisper_beam_size,
+            vad_filter=True,
+            vad_parameters={"min_silence_duration_ms": settings.whisper_vad_min_silence_ms},
+        )
+        return " ".join(s.text.strip() for s in segments)
+
+    return transcribe
+
+
+def plain_batched(model: str, models_dir: Path, batch_size: int = 8) -> Callable[[Path], str]:
+    """faster-whisper's BatchedInferencePipeline with its defaults."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
+    pipeline = BatchedInferencePipeline(whisper)
+
+    def transcribe(clip: Path) -> str:
+        segments, _ = pipeline.transcribe(str(clip), batch_size=batch_size)
+        return " ".join(s.text.strip() for s in segments)
+
+    return transcribe
+
+
+def sentences() -> list[str]:
+    text = " ".join(speech.reference(n) for n in ("en_thirty", "en_office"))
+    text += " " + " ".join(speech.paragraphs("en_long"))
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def short_clips(out: Path, count: int) -> list[tuple[Path, str]]:
+    """One sentence each (2-10 s), at three speaking rates."""
+    chosen = [s for s in sentences() if 6 <= len(s.split()) <= 24]
+    clips = []
+    for i in range(count):
+        text = chosen[i % len(chosen)]
+        wav = speech.speak(text, "en-us", out / f"clip{i:02d}.wav", 150 + 10 * (i % 3))
+        clips.append((speech.encode(wav, ".mp3", out), text))
+    return clips
+
+
+def duration(path: Path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.strip())
+
+
+def replica_peak_memory_mb(deployment: str = "TranscriberCPU") -> list[float]:
+    """Peak resident memory (VmHWM) of each live replica process of a deployment."""
+    pids = subprocess.run(
+        ["pgrep", "-f", f"ServeReplica:whisper:{deployment}"], capture_output=True, text=True
+    ).stdout.split()
+    peaks = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if match:
+            peaks.append(int(match.group(1)) / 1024)
+    return peaks
