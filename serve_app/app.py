@@ -14,6 +14,7 @@ from ray.serve import Application, Deployment
 from serve_app.deployments.gateway import Gateway
 from serve_app.deployments.ingest import Ingest
 from serve_app.deployments.model import TranscriberDeployment
+from serve_app.settings import load_settings
 
 
 class PoolArgs(BaseModel):
@@ -30,6 +31,9 @@ class AppArgs(BaseModel):
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
+    # Replicas read their own settings; checking them here too makes `serve run` stop at once
+    # with the variable's name instead of retrying replicas that cannot start.
+    load_settings()
     parsed = AppArgs.model_validate(args or {})
     # serve.deployment turns these classes into Deployments; Ray's stubs do not say so.
     transcriber = cast(Deployment, TranscriberDeployment)
@@ -39,5 +43,3 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     ingest = cast(Deployment, Ingest).bind(pools, weights) if parsed.ingest else None
     return gateway.bind(pools, weights, ingest)
 
-
-app = build_app()

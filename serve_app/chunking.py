@@ -17,7 +17,8 @@ class ChunkingOptions:
     # A silence longer than this ends a window even when the window has room left, so windows
     # do not carry long silences (where Whisper tends to invent text).
     max_gap_s: float = 2.0
-    unit_s: float = 150.0
+    # About eight 30 s windows: one full batch at the default batch size.
+    unit_s: float = 240.0
     # Even a file shorter than unit_s is split this many ways (when it has that many windows),
     # so that it spreads over replicas.
     min_units: int = 2

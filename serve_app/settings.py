@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # FANOUT_UNIT_SEC spread over replicas.
     whisper_batch_size: int = Field(8, ge=1, le=64)
     chunk_max_window_sec: float = Field(30, gt=1, le=30)
-    fanout_unit_sec: float = Field(150, gt=0)
+    fanout_unit_sec: float = Field(240, gt=0)
     fanout_min_sec: float = Field(60, ge=0)
     whisper_vad_min_silence_ms: int = Field(500, ge=0)
     models_dir: Path = Path("./models")
