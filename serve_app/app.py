@@ -42,4 +42,3 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     weights = [pool.weight for pool in parsed.pools]
     ingest = cast(Deployment, Ingest).bind(pools, weights) if parsed.ingest else None
     return gateway.bind(pools, weights, ingest)
-
