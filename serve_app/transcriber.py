@@ -115,15 +115,9 @@ class Transcriber:
 
     def transcribe(self, audio: np.ndarray[Any, Any], options: TranscribeOptions) -> Transcript:
         """Blocking: run it off the event loop."""
-        language = self.check_options(options)
         segments, info = self._model.transcribe(
             audio,
-            language=language,
-            task=options.task,
-            initial_prompt=options.prompt or None,
-            temperature=temperature_schedule(options.temperature),
-            beam_size=self._beam_size,
-            word_timestamps=options.word_timestamps,
+            **self._decoding(options),
             vad_filter=True,
             vad_parameters=self._vad_parameters,
         )
@@ -136,19 +130,24 @@ class Transcriber:
         options: TranscribeOptions,
     ) -> Transcript:
         """Blocking: decode the given speech windows (seconds) in batches, no VAD pass."""
-        language = self.check_options(options)
         segments, info = self._batched.transcribe(
             audio,
-            language=language,
-            task=options.task,
-            initial_prompt=options.prompt or None,
-            temperature=temperature_schedule(options.temperature),
-            beam_size=self._beam_size,
-            word_timestamps=options.word_timestamps,
+            **self._decoding(options),
             clip_timestamps=windows,
             batch_size=self._batch_size,
         )
         return self._collect(segments, info, options)
+
+    def _decoding(self, options: TranscribeOptions) -> dict[str, Any]:
+        """What both decoding paths take from a request (checked) and from settings."""
+        return {
+            "language": self.check_options(options),
+            "task": options.task,
+            "initial_prompt": options.prompt or None,
+            "temperature": temperature_schedule(options.temperature),
+            "beam_size": self._beam_size,
+            "word_timestamps": options.word_timestamps,
+        }
 
     def detect_language(self, audio: np.ndarray[Any, Any]) -> tuple[str, float]:
         if not self.multilingual:
