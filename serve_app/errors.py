@@ -81,3 +81,25 @@ class ReplicaUnavailableError(ServiceError):
 
 class MalformedRequestError(ServiceError):
     """A queued request is missing fields or has wrong types."""
+
+
+class JobNotFoundError(ServiceError):
+    """No job has this id (or it was deleted after its retention time)."""
+
+
+class JobStateError(ServiceError):
+    """The job is not in a state that allows this (a finished job cannot be cancelled)."""
+
+
+class JobNotReadyError(ServiceError):
+    """The job has no result yet, or never will (failed, cancelled)."""
+
+
+class QueueUnavailableError(ServiceError):
+    """The job could not be queued durably (RabbitMQ down); nothing was accepted."""
+
+    retryable = True
+
+
+class UnauthorizedError(ServiceError):
+    """Missing or unknown API key."""

@@ -7,7 +7,8 @@ sees a faster-whisper type.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -128,3 +129,80 @@ class QueuedTranscriptionResult(BaseModel):
         body = self.model_dump(exclude=optional_fields)
         optional = self.model_dump(include=optional_fields, exclude_none=True)
         return json.dumps({**body, **optional}, ensure_ascii=False).encode()
+
+
+# --- Async jobs (HTTP and AMQP) --------------------------------------------------------------
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobSource = Literal["http", "amqp"]
+JobEventType = Literal[
+    "queued", "running", "progress", "segment", "completed", "failed", "cancelled"
+]
+FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class JobSubmission(BaseModel):
+    """POST /v1/jobs as JSON: audio already on a path the service can read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio_file_path: str = Field(min_length=1)
+    model: str | None = None
+    language: str | None = None
+    task: Task = "transcribe"
+    prompt: str | None = None
+    word_timestamps: bool = False
+    callback_url: str | None = None
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+
+
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookState(BaseModel):
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttempt] = Field(default_factory=list)
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["transcription.job"] = "transcription.job"
+    source: JobSource
+    # The AMQP request's attachment_id, for jobs from the Whisper-Local queue.
+    external_id: str | None = None
+    status: JobStatus
+    model: str
+    language: str | None = None
+    options: TranscribeOptions
+    filename: str | None = None
+    # Where the service reads the audio (spool paths are internal): never in responses.
+    audio_path: str = Field("", exclude=True)
+    attempts: int = 0
+    # 0..1 by audio seconds done; exact once the duration is known.
+    progress: float = 0.0
+    duration: float | None = None
+    processed_seconds: float = 0.0
+    queue_position: int | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    webhook: WebhookState | None = None
+    result: Transcript | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    next_cursor: str | None = None
+
+
+class JobEvent(BaseModel):
+    id: int
+    type: JobEventType
+    data: dict[str, Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serve_app.errors import SettingsError
@@ -74,7 +74,20 @@ class Settings(BaseSettings):
     database_url: str | None = None
     result_retention_hours: float = Field(168, gt=0)
 
-    @field_validator("whisper_extra_models", "allowed_audio_roots", mode="before")
+    # Async jobs (HTTP): uploads wait in SPOOL_DIR (a shared path when replicas run on several
+    # nodes); finished jobs, their audio and results are deleted after JOB_RETENTION_HOURS.
+    spool_dir: Path | None = None
+    job_retention_hours: float = Field(24, gt=0)
+    # Webhooks: the final job JSON is signed with WEBHOOK_SECRET (HMAC-SHA256) and retried
+    # with exponential backoff from WEBHOOK_BACKOFF_SEC, WEBHOOK_MAX_ATTEMPTS times in all.
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_sec: float = Field(2, gt=0)
+    webhook_timeout_sec: float = Field(10, gt=0)
+    # Comma-separated; when set, every /v1 route needs `Authorization: Bearer <key>`.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    @field_validator("whisper_extra_models", "allowed_audio_roots", "api_keys", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -96,13 +109,22 @@ class Settings(BaseSettings):
 
     @property
     def audio_roots(self) -> list[Path]:
-        return [*self.allowed_audio_roots, self.tmp_dir]
+        return [*self.allowed_audio_roots, self.tmp_dir, self.spool]
+
+    @property
+    def spool(self) -> Path:
+        return (self.spool_dir or self.data_dir / "spool").resolve()
 
     @property
     def database(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{self.data_dir.resolve() / 'whisper.db'}"
+        """A SQLAlchemy URL; plain postgresql:// URLs get the psycopg (3) driver."""
+        url = self.database_url
+        if not url:
+            return f"sqlite:///{self.data_dir.resolve() / 'whisper.db'}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url.removeprefix(prefix)
+        return url
 
     @property
     def served_models(self) -> list[str]:

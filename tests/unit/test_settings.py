@@ -78,3 +78,24 @@ def test_invalid_values_name_the_variable(
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert f"{variable}={value!r}" in str(info.value)
+
+
+def test_postgres_urls_get_the_psycopg_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@db:5432/whisper")
+    assert load_settings().database == "postgresql+psycopg://postgres@db:5432/whisper"
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/d")
+    assert load_settings().database == "postgresql+psycopg://u@h/d"
+
+
+def test_api_keys_are_a_secret_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEYS", " key-one, key-two ,")
+    settings = load_settings()
+    assert [k.get_secret_value() for k in settings.api_keys] == ["key-one", "key-two"]
+    assert "key-one" not in repr(settings)
+
+
+def test_spool_defaults_under_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.spool == (tmp_path / "spool").resolve()
+    assert settings.spool in settings.audio_roots

@@ -1,0 +1,10 @@
+"""Durable state shared by replicas: jobs and their events, and published AMQP results.
+
+SQLite under DATA_DIR by default (one node); DATABASE_URL pointing to PostgreSQL for a cluster.
+"""
+
+from serve_app.store.db import make_engine, migrate, open_engine
+from serve_app.store.jobs import JobStore
+from serve_app.store.ledger import ResultLedger
+
+__all__ = ["JobStore", "ResultLedger", "make_engine", "migrate", "open_engine"]

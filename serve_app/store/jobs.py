@@ -1,0 +1,456 @@
+"""The job store: every job from HTTP or AMQP, its state, result and events.
+
+State changes are conditional updates ("running -> completed only if still running"), so a
+cancel racing a completion, or two replicas racing over one job, leave one consistent answer.
+Calls are blocking: run them in a thread from async code.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
+from serve_app.schemas import (
+    FINISHED,
+    Job,
+    JobEvent,
+    JobSource,
+    JobStatus,
+    TranscribeOptions,
+    Transcript,
+    WebhookAttempt,
+    WebhookState,
+)
+from serve_app.store.tables import job_events, jobs
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored here is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    source: JobSource
+    audio_path: str
+    options: TranscribeOptions
+    model: str
+    spooled: bool = False
+    filename: str | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    external_id: str | None = None
+    id: str | None = None
+    status: JobStatus = "queued"
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """What retention removed: the caller deletes spooled audio it owned."""
+
+    id: str
+    audio_path: str
+    spooled: bool
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # --- create and read ------------------------------------------------------------------------
+
+    def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a job; with an idempotency key already used, return that job instead.
+
+        Returns (job, created)."""
+        if new.idempotency_key is not None:
+            existing = self.find_by_idempotency_key(new.idempotency_key)
+            if existing is not None:
+                return existing, False
+        job_id = new.id or uuid.uuid4().hex
+        stamp = now()
+        values: dict[str, Any] = {
+            "id": job_id,
+            "source": new.source,
+            "status": new.status,
+            "idempotency_key": new.idempotency_key,
+            "external_id": new.external_id,
+            "options": new.options.model_dump(mode="json"),
+            "audio_path": new.audio_path,
+            "filename": new.filename,
+            "spooled": new.spooled,
+            "model": new.model,
+            "language": new.options.language,
+            "callback_url": new.callback_url,
+            "attempts": 0,
+            "processed_s": 0.0,
+            "webhook_status": "pending" if new.callback_url else None,
+            "webhook_attempts": [],
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(jobs).values(**values))
+                self._event(conn, job_id, new.status, {"status": new.status})
+        except IntegrityError:
+            # Two submissions with one key raced: the other one won.
+            if new.idempotency_key is None:
+                raise
+            existing = self.find_by_idempotency_key(new.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        return self.get(job_id), True
+
+    def get(self, job_id: str, with_result: bool = True) -> Job:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            if row is None:
+                raise JobNotFoundError(f"No job with id '{job_id}'")
+            position = self._queue_position(conn, row)
+        return _to_job(row, with_result, position)
+
+    def find(self, job_id: str) -> Job | None:
+        try:
+            return self.get(job_id)
+        except JobNotFoundError:
+            return None
+
+    def list_jobs(
+        self, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; ``cursor`` continues after the last job of the previous page."""
+        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        if cursor is not None:
+            created, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    jobs.c.created_at < created,
+                    and_(jobs.c.created_at == created, jobs.c.id < last_id),
+                )
+            )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.limit(limit + 1)).mappings().all()
+            page = [_to_job(r, False, self._queue_position(conn, r)) for r in rows[:limit]]
+        more = len(rows) > limit
+        return page, _encode_cursor(page[-1]) if more and page else None
+
+    def events_after(self, job_id: str, after: int = 0) -> list[JobEvent]:
+        query = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after)
+            .order_by(job_events.c.id)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [JobEvent(id=r["id"], type=r["type"], data=r["data"]) for r in rows]
+
+    # --- the life of a job ----------------------------------------------------------------------
+
+    def start(self, job_id: str) -> Job | None:
+        """queued -> running, counting the attempt. None if the job is gone or finished
+        (cancelled while queued, or already answered before a redelivery)."""
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+                .values(
+                    status="running",
+                    attempts=jobs.c.attempts + 1,
+                    started_at=func.coalesce(jobs.c.started_at, now()),
+                    updated_at=now(),
+                )
+            ).rowcount
+            if changed:
+                # A new attempt streams its segments again, numbered from 0.
+                attempt = conn.execute(select(jobs.c.attempts).where(jobs.c.id == job_id)).scalar()
+                self._event(conn, job_id, "running", {"status": "running", "attempt": attempt})
+        return self.find(job_id) if changed else None
+
+    def record_progress(self, job_id: str, done_s: float, total_s: float) -> None:
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .values(processed_s=done_s, duration=total_s, updated_at=now())
+            ).rowcount
+            if changed:
+                progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
+                self._event(
+                    conn,
+                    job_id,
+                    "progress",
+                    {
+                        "processed_seconds": round(done_s, 3),
+                        "duration": total_s,
+                        "progress": progress,
+                    },
+                )
+
+    def record_segments(self, job_id: str, segments: list[dict[str, Any]]) -> None:
+        """Segment events of a running job; late ones from cancelled work are dropped, so a
+        finished job's last event stays its last."""
+        with self._engine.begin() as conn:
+            status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+            if status != "running":
+                return
+            for segment in segments:
+                self._event(conn, job_id, "segment", segment)
+
+    def complete(self, job_id: str, transcript: Transcript) -> bool:
+        result = transcript.model_dump(mode="json")
+        return self._finish(
+            job_id,
+            "completed",
+            {
+                "result": result,
+                "language": transcript.language,
+                "duration": transcript.duration,
+                "processed_s": transcript.duration,
+                "error": None,
+            },
+            {"status": "completed", "result": result},
+        )
+
+    def fail(self, job_id: str, error: str) -> bool:
+        return self._finish(
+            job_id,
+            "failed",
+            {"error": error},
+            {"status": "failed", "error": error},
+            from_states=("queued", "running"),
+        )
+
+    def requeue(self, job_id: str, error: str) -> None:
+        """A retryable failure: back to queued until the retry arrives."""
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .values(status="queued", error=error, updated_at=now())
+            ).rowcount
+            if changed:
+                self._event(conn, job_id, "queued", {"status": "queued", "retry_after": error})
+
+    def cancel(self, job_id: str) -> Job:
+        """queued or running -> cancelled at once; a running job stops at its next chunk."""
+        done = self._finish(
+            job_id,
+            "cancelled",
+            {"error": "Cancelled by request"},
+            {"status": "cancelled"},
+            from_states=("queued", "running"),
+        )
+        job = self.get(job_id)
+        if not done:
+            raise JobStateError(f"Job {job_id} is already {job.status}; it cannot be cancelled")
+        return job
+
+    def status(self, job_id: str) -> JobStatus | None:
+        with self._engine.connect() as conn:
+            value = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        return None if value is None else cast(JobStatus, value)
+
+    def _finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        values: dict[str, Any],
+        event: dict[str, Any],
+        from_states: tuple[str, ...] = ("running",),
+    ) -> bool:
+        stamp = now()
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states))
+                .values(status=status, finished_at=stamp, updated_at=stamp, **values)
+                .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), stamp), else_=None))
+            ).rowcount
+            if changed:
+                self._event(conn, job_id, status, event)
+        return bool(changed)
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def claim_webhooks(self, lease: timedelta, limit: int = 10) -> list[Job]:
+        """Finished jobs whose webhook is due; each is leased so other replicas skip it."""
+        stamp = now()
+        with self._engine.connect() as conn:
+            due = conn.execute(
+                select(jobs.c.id, jobs.c.webhook_next_at)
+                .where(jobs.c.webhook_status == "pending", jobs.c.webhook_next_at <= stamp)
+                .order_by(jobs.c.webhook_next_at)
+                .limit(limit)
+            ).all()
+        claimed = []
+        for job_id, next_at in due:
+            with self._engine.begin() as conn:
+                won = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.webhook_next_at == next_at)
+                    .values(webhook_next_at=stamp + lease)
+                ).rowcount
+            if won:
+                claimed.append(self.get(job_id))
+        return claimed
+
+    def record_webhook_attempt(
+        self, job_id: str, attempt: WebhookAttempt, delivered: bool, retry_at: datetime | None
+    ) -> None:
+        with self._engine.begin() as conn:
+            current = conn.execute(
+                select(jobs.c.webhook_attempts).where(jobs.c.id == job_id)
+            ).scalar()
+            attempts = [*(current or []), attempt.model_dump(mode="json")]
+            status = "delivered" if delivered else "pending" if retry_at else "failed"
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    webhook_attempts=attempts,
+                    webhook_status=status,
+                    webhook_next_at=None if delivered else retry_at,
+                    updated_at=now(),
+                )
+            )
+
+    # --- retention ------------------------------------------------------------------------------
+
+    def purge_finished(self, older_than: timedelta) -> list[FinishedJob]:
+        """Delete jobs finished before the cutoff, with their events; webhooks still being
+        delivered wait."""
+        cutoff = now() - older_than
+        condition = and_(
+            jobs.c.status.in_(tuple(FINISHED)),
+            jobs.c.finished_at < cutoff,
+            or_(jobs.c.webhook_status.is_(None), jobs.c.webhook_status != "pending"),
+        )
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.audio_path, jobs.c.spooled).where(condition)
+            ).all()
+            ids = [r.id for r in rows]
+            if ids:
+                conn.execute(delete(job_events).where(job_events.c.job_id.in_(ids)))
+                conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+        return [FinishedJob(r.id, r.audio_path, bool(r.spooled)) for r in rows]
+
+    def audio_path_if_spooled(self, job_id: str) -> str | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(jobs.c.audio_path, jobs.c.spooled).where(jobs.c.id == job_id)
+            ).first()
+        return row.audio_path if row is not None and row.spooled else None
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job that was never queued (the broker refused it)."""
+        with self._engine.begin() as conn:
+            conn.execute(delete(job_events).where(job_events.c.job_id == job_id))
+            conn.execute(delete(jobs).where(jobs.c.id == job_id))
+
+    def spooled_paths(self) -> set[str]:
+        """Spooled audio of jobs that still need it (not finished)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.audio_path).where(
+                    jobs.c.spooled.is_(True), jobs.c.status.not_in(tuple(FINISHED))
+                )
+            ).all()
+        return {r.audio_path for r in rows}
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        with self._engine.connect() as conn:
+            job_id = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar()
+        return None if job_id is None else self.find(job_id)
+
+    @staticmethod
+    def _event(conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        conn.execute(
+            insert(job_events).values(job_id=job_id, type=kind, data=data, created_at=now())
+        )
+
+    @staticmethod
+    def _queue_position(conn: Connection, row: RowMapping) -> int | None:
+        """1 for the next job to start; counts queued jobs accepted earlier."""
+        if row["status"] != "queued":
+            return None
+        ahead = conn.execute(
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.status == "queued", jobs.c.created_at < row["created_at"])
+        ).scalar()
+        return int(ahead or 0) + 1
+
+
+def _to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:
+    duration = row["duration"]
+    processed = float(row["processed_s"] or 0.0)
+    if row["status"] == "completed":
+        progress = 1.0
+    elif duration:
+        progress = round(min(processed / duration, 1.0), 4)
+    else:
+        progress = 0.0
+    webhook = None
+    if row["callback_url"]:
+        webhook = WebhookState(
+            url=row["callback_url"],
+            status=row["webhook_status"] or "pending",
+            attempts=[WebhookAttempt.model_validate(a) for a in row["webhook_attempts"] or []],
+        )
+    return Job(
+        id=row["id"],
+        source=row["source"],
+        external_id=row["external_id"],
+        status=row["status"],
+        model=row["model"],
+        language=row["language"],
+        options=TranscribeOptions.model_validate(row["options"]),
+        filename=row["filename"],
+        audio_path=row["audio_path"],
+        attempts=row["attempts"],
+        progress=progress,
+        duration=duration,
+        processed_seconds=processed,
+        queue_position=position,
+        error=row["error"],
+        created_at=_aware(row["created_at"]),
+        started_at=_aware(row["started_at"]),
+        finished_at=_aware(row["finished_at"]),
+        webhook=webhook,
+        result=Transcript.model_validate(row["result"]) if with_result and row["result"] else None,
+    )
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except ValueError:
+        raise InvalidOptionError("Invalid cursor", param="cursor") from None

@@ -1,0 +1,73 @@
+"""The durable schema: jobs, their events, and the ledger of published AMQP results.
+
+Changes to it go through a migration in ``migrations/versions``; ``db.migrate`` applies them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+published_results = Table(
+    "published_results",
+    metadata,
+    Column("job_key", String(64), primary_key=True),
+    Column("attachment_id", BigInteger, nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("source", String(8), nullable=False),  # http | amqp
+    Column("status", String(16), nullable=False, index=True),
+    Column("idempotency_key", String(255), unique=True),
+    Column("external_id", String(64)),  # the AMQP attachment_id
+    Column("options", JSON, nullable=False),
+    Column("audio_path", Text, nullable=False),
+    Column("filename", String(255)),
+    Column("spooled", Boolean, nullable=False, default=False),  # audio_path is ours to delete
+    Column("model", String(100), nullable=False),
+    Column("language", String(16)),
+    Column("callback_url", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("duration", Float),
+    Column("processed_s", Float, nullable=False, default=0.0),
+    Column("error", Text),
+    Column("result", JSON),
+    Column("webhook_status", String(16)),  # pending | delivered | failed
+    Column("webhook_attempts", JSON),
+    Column("webhook_next_at", DateTime(timezone=True), index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True), index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    # The SSE event id: increasing, so Last-Event-ID is "everything after this".
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), index=True),
+    Column("type", String(16), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
