@@ -30,12 +30,15 @@ from aio_pika.abc import (
 from ingest import contract as c
 from ingest import topology
 from serve_app.errors import ServiceError
+from serve_app.jobs import JobRunner, Outcome
 from serve_app.schemas import QueuedTranscriptionRequest, QueuedTranscriptionResult, Transcript
 from serve_app.store import ResultLedger
 
 logger = logging.getLogger(__name__)
 
-JobRunner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
+RunRequest = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
+# Told (job key, error message) when a contract job is answered with an error.
+FailedHook = Callable[[str, str], Awaitable[None]]
 # After a failed publish the message is requeued; pause so a broken route is not a hot loop.
 _REQUEUE_PAUSE_S = 1.0
 
@@ -74,17 +77,26 @@ class PublishError(Exception):
 
 
 class IngestConsumer:
-    def __init__(self, config: ConsumerConfig, run_job: JobRunner, ledger: ResultLedger) -> None:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        run_job: RunRequest,
+        ledger: ResultLedger,
+        jobs: JobRunner | None = None,
+        on_failed: FailedHook | None = None,
+    ) -> None:
         self._config = config
         self._run_job = run_job
         self._ledger = ledger
+        # HTTP jobs, consumed from the service's own queue when given.
+        self._jobs = jobs
+        self._on_failed = on_failed
         self.status = ConsumerStatus()
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         # Results and retries go out on the confirming channel; requests come in on another.
         self._out: topology.Topology | None = None
-        self._requests: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumed: list[tuple[AbstractQueue, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         # Jobs whose delivery died with its channel: the broker redelivers them, so finishing
         # them too could answer a job twice, and settling them on a reopened channel fails.
@@ -119,11 +131,17 @@ class IngestConsumer:
         await consumer_channel.set_qos(prefetch_count=self._config.prefetch)
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._out = await topology.declare(self._publisher)
-        self._requests = (await topology.declare(consumer_channel)).requests
-        self._consumer_tag = await self._requests.consume(self._on_message)
+        incoming = await topology.declare(consumer_channel)
+        self._consumed = [(incoming.requests, await incoming.requests.consume(self._on_request))]
+        if self._jobs is not None:
+            self._consumed.append((incoming.jobs, await incoming.jobs.consume(self._on_job)))
         self.status.connected = self.status.consuming = True
         self.status.last_error = None
-        logger.info("Consuming %s with prefetch %d", c.REQUEST_QUEUE, self._config.prefetch)
+        logger.info(
+            "Consuming %s with prefetch %d",
+            ", ".join(queue.name for queue, _ in self._consumed),
+            self._config.prefetch,
+        )
 
     def _on_connection_lost(self, *_: Any) -> None:
         self.status.connected = False
@@ -149,9 +167,9 @@ class IngestConsumer:
         rest back to the broker (nack with requeue). Never acks an unanswered job."""
         self._stopping.set()
         self.status.consuming = False
-        if self._requests and self._consumer_tag:
+        for queue, tag in self._consumed:
             with contextlib.suppress(Exception):
-                await self._requests.cancel(self._consumer_tag)
+                await queue.cancel(tag)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self._config.shutdown_grace_s)
             for task in pending:
@@ -170,15 +188,37 @@ class IngestConsumer:
     def purge_old_records(self) -> int:
         return self._ledger.purge(self._config.result_retention)
 
+    async def submit_job(self, job_id: str) -> None:
+        """Queue an accepted HTTP job durably; PublishError if the broker does not confirm."""
+        if self._out is None or not self.status.connected:
+            raise PublishError(self.status.last_error or "not connected to RabbitMQ")
+        message = aio_pika.Message(
+            body=c.job_message(job_id),
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=job_id,
+        )
+        await self._publish(self._out.job_exchange, message, c.JOB_ROUTING_KEY)
+
     # --- one message ----------------------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_request(self, message: AbstractIncomingMessage) -> None:
+        await self._settle(message, self._handle)
+
+    async def _on_job(self, message: AbstractIncomingMessage) -> None:
+        await self._settle(message, self._handle_job)
+
+    async def _settle(
+        self,
+        message: AbstractIncomingMessage,
+        handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self.status.in_flight += 1
         try:
-            await self._handle(message)
+            await handle(message)
             await message.ack()
         except asyncio.CancelledError:
             if task not in self._abandoned:
@@ -243,6 +283,31 @@ class IngestConsumer:
             await self._retry_or_fail(message, parsed, key, attempt, reason)
             return
         await self._answer(message, c.success_result(request, transcript, attempt + 1), key)
+
+    async def _handle_job(self, message: AbstractIncomingMessage) -> None:
+        """An HTTP job: the runner records the outcome in the job store; retries go through the
+        jobs' own TTL queue, exactly like the contract's."""
+        assert self._jobs is not None
+        try:
+            job_id, attempt = c.parse_job_message(message.body)
+        except c.UnanswerableMessage as exc:
+            await self._park(message, dict(message.headers or {}), str(exc))
+            return
+        outcome, reason = await self._jobs.run(job_id, attempt, final=attempt >= c.MAX_RETRIES)
+        if outcome is not Outcome.RETRY:
+            self.status.results += outcome is not Outcome.SKIPPED
+            return
+        logger.warning(
+            "Job %s failed (%s); retry %d of %d", job_id, reason, attempt + 1, c.MAX_RETRIES
+        )
+        retry = aio_pika.Message(
+            body=c.job_message(job_id, attempt + 1),
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=job_id,
+        )
+        await self._publish(self._require_topology().job_retries, retry, c.JOB_RETRY_ROUTING_KEY)
+        self.status.retries += 1
 
     def _error(
         self, request: QueuedTranscriptionRequest, text: str, attempt: int
@@ -309,6 +374,9 @@ class IngestConsumer:
             await asyncio.to_thread(
                 self._ledger.record, key, result.attachment_id, message_id, result.success
             )
+            if not result.success and self._on_failed is not None:
+                with contextlib.suppress(Exception):
+                    await self._on_failed(key, result.error_message or "failed")
 
     async def _park(
         self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str

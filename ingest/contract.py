@@ -170,3 +170,37 @@ def error_result(
 
 def result_message_id(key: str) -> str:
     return f"whisper-result-{key[:32]}"
+
+
+# --- The service's own queue for HTTP jobs (not in the seed) ----------------------------------
+# Accepted HTTP jobs travel through RabbitMQ so that they survive restarts, with the same retry
+# rules as the seed's; their results go to the job store, never to whisper_results.
+
+JOB_EXCHANGE = "whisper_jobs_exchange"
+JOB_QUEUE = "whisper_jobs"
+JOB_ROUTING_KEY = "job.run"
+JOB_RETRY_EXCHANGE = "whisper_jobs_retry_exchange"
+JOB_RETRY_QUEUE = "whisper_jobs_retry"
+JOB_RETRY_ROUTING_KEY = "job.retry"
+JOB_RETRY_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-message-ttl": RETRY_TTL_MS,
+    "x-dead-letter-exchange": JOB_EXCHANGE,
+    "x-dead-letter-routing-key": JOB_ROUTING_KEY,
+}
+
+
+def job_message(job_id: str, retry_count: int = 0) -> bytes:
+    return json.dumps({"job_id": job_id, "retry_count": retry_count}).encode()
+
+
+def parse_job_message(raw: bytes) -> tuple[str, int]:
+    """(job_id, retry_count) of a message on the jobs queue."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UnanswerableMessage("job message is not JSON") from None
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    if not isinstance(job_id, str) or not job_id:
+        raise UnanswerableMessage("job message has no job_id")
+    count = body.get("retry_count", 0)
+    return job_id, count if isinstance(count, int) and count >= 0 else 0

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 UnitFn = Callable[[AudioArray, list[dict[str, float]], TranscribeOptions], Awaitable[Transcript]]
 DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
 ProgressFn = Callable[[float, float], None]
+# Segments with absolute timestamps, in order, as soon as every earlier part is done too.
+SegmentsFn = Callable[[list[Segment]], None]
 
 
 class UnitFailedError(ServiceError):
@@ -43,6 +45,7 @@ class FanOut:
         audio: AudioArray,
         options: TranscribeOptions,
         on_progress: ProgressFn | None = None,
+        on_segments: SegmentsFn | None = None,
     ) -> Transcript:
         units = await asyncio.to_thread(plan, audio, self.sample_rate, self.options)
         duration = len(audio) / self.sample_rate
@@ -53,12 +56,26 @@ class FanOut:
             first = units[0].windows[0]
             language, probability = await self.detect_language(audio[first.start : first.end])
         fixed = options.model_copy(update={"language": language})
+        planned = sum(unit.end - unit.start for unit in units)
         done = 0.0
+        finished: dict[int, Transcript] = {}
+        emitted = 0  # units 0..emitted-1 have had their segments handed out
+        segment_count = 0
 
         async def run(unit: WorkUnit) -> Transcript:
-            nonlocal done
+            nonlocal done, emitted, segment_count
             result = await self._unit_with_retries(audio, unit, fixed, len(units))
-            done += (unit.end - unit.start) / self.sample_rate
+            # Silence between units counts as done with them: the last unit ends at 100%.
+            done += (unit.end - unit.start) / planned * duration
+            finished[unit.index] = result
+            while on_segments and emitted in finished:
+                part = shift_segments(
+                    finished[emitted], units[emitted], self.sample_rate, duration, segment_count
+                )
+                segment_count += len(part)
+                emitted += 1
+                if part:
+                    on_segments(part)
             if on_progress:
                 on_progress(done, duration)
             return result
@@ -100,20 +117,7 @@ def merge(
     """Unit transcripts, in order, with timestamps made absolute and ids renumbered."""
     segments: list[Segment] = []
     for unit, part in zip(units, parts, strict=True):
-        offset = unit.start / sample_rate
-        for segment in part.segments:
-            segments.append(
-                segment.model_copy(
-                    update={
-                        "id": len(segments),
-                        "start": round(segment.start + offset, 3),
-                        "end": round(min(segment.end + offset, duration), 3),
-                        "words": None
-                        if segment.words is None
-                        else [_shift(w, offset, duration) for w in segment.words],
-                    }
-                )
-            )
+        segments += shift_segments(part, unit, sample_rate, duration, len(segments))
     return Transcript(
         text=" ".join(s.text.strip() for s in segments if s.text.strip()),
         language=language,
@@ -123,6 +127,26 @@ def merge(
         model=parts[0].model,
         task=parts[0].task,
     )
+
+
+def shift_segments(
+    part: Transcript, unit: WorkUnit, sample_rate: int, duration: float, first_id: int
+) -> list[Segment]:
+    """One unit's segments on the file's clock, numbered from ``first_id``."""
+    offset = unit.start / sample_rate
+    return [
+        segment.model_copy(
+            update={
+                "id": first_id + i,
+                "start": round(segment.start + offset, 3),
+                "end": round(min(segment.end + offset, duration), 3),
+                "words": None
+                if segment.words is None
+                else [_shift(w, offset, duration) for w in segment.words],
+            }
+        )
+        for i, segment in enumerate(part.segments)
+    ]
 
 
 def _shift(word: Word, offset: float, duration: float) -> Word:

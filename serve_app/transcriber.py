@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -115,13 +115,25 @@ class Transcriber:
 
     def transcribe(self, audio: np.ndarray[Any, Any], options: TranscribeOptions) -> Transcript:
         """Blocking: run it off the event loop."""
+        *_, transcript = self.stream(audio, options)
+        assert isinstance(transcript, Transcript)
+        return transcript
+
+    def stream(
+        self, audio: np.ndarray[Any, Any], options: TranscribeOptions
+    ) -> Iterator[Segment | Transcript]:
+        """Blocking generator: each segment as it is decoded, then the whole transcript."""
         segments, info = self._model.transcribe(
             audio,
             **self._decoding(options),
             vad_filter=True,
             vad_parameters=self._vad_parameters,
         )
-        return self._collect(segments, info, options)
+        converted: list[Segment] = []
+        for segment in segments:
+            converted.append(_convert_segment(len(converted), segment))
+            yield converted[-1]
+        yield self._transcript(converted, info, options)
 
     def transcribe_windows(
         self,
@@ -158,42 +170,45 @@ class Transcriber:
     def _collect(
         self, segments: Iterable[Any], info: Any, options: TranscribeOptions
     ) -> Transcript:
-        converted = _convert_segments(segments)  # the generator does the work here
+        # The generator does the work here.
+        converted = [_convert_segment(i, segment) for i, segment in enumerate(segments)]
+        return self._transcript(converted, info, options)
+
+    def _transcript(
+        self, segments: list[Segment], info: Any, options: TranscribeOptions
+    ) -> Transcript:
         return Transcript(
-            text="".join(segment.text for segment in converted).strip(),
+            text="".join(segment.text for segment in segments).strip(),
             language=info.language,
             language_probability=info.language_probability,
             duration=info.duration,
-            segments=converted,
+            segments=segments,
             model=self.name,
             task=options.task,
         )
 
 
-def _convert_segments(segments: Iterable[Any]) -> list[Segment]:
-    return [
-        Segment(
-            id=index,
-            seek=segment.seek,
-            start=round(segment.start, 3),
-            end=round(segment.end, 3),
-            text=segment.text,
-            tokens=list(segment.tokens),
-            temperature=segment.temperature,
-            avg_logprob=segment.avg_logprob,
-            compression_ratio=segment.compression_ratio,
-            no_speech_prob=segment.no_speech_prob,
-            words=None
-            if segment.words is None
-            else [
-                Word(
-                    start=round(w.start, 3),
-                    end=round(w.end, 3),
-                    word=w.word,
-                    probability=w.probability,
-                )
-                for w in segment.words
-            ],
-        )
-        for index, segment in enumerate(segments)
-    ]
+def _convert_segment(index: int, segment: Any) -> Segment:
+    return Segment(
+        id=index,
+        seek=segment.seek,
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text,
+        tokens=list(segment.tokens),
+        temperature=segment.temperature,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+        words=None
+        if segment.words is None
+        else [
+            Word(
+                start=round(w.start, 3),
+                end=round(w.end, 3),
+                word=w.word,
+                probability=w.probability,
+            )
+            for w in segment.words
+        ],
+    )

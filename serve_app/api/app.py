@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from serve_app.api import errors, health, openai
+from serve_app.api import errors, health, jobs, openai
+from serve_app.api.auth import require_api_key
 from serve_app.api.deps import Backend
 from serve_app.api.limits import BodySizeLimit
 
@@ -23,6 +24,9 @@ def create_api(backend: Backend) -> FastAPI:
         BodySizeLimit, max_bytes=backend.settings.max_file_size_bytes + _MULTIPART_OVERHEAD
     )
     errors.install(app)
-    app.include_router(openai.router)
+    # /health stays open for load balancers and orchestrators.
+    authenticated = [Depends(require_api_key)]
+    app.include_router(openai.router, dependencies=authenticated)
+    app.include_router(jobs.router, dependencies=authenticated)
     app.include_router(health.router)
     return app

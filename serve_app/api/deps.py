@@ -7,17 +7,28 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from serve_app.audio import AudioArray, AudioLimits
+from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import audio_limits
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
+from serve_app.store import JobStore
 
 
 class Backend(Protocol):
-    """The model side as routes see it; the Gateway deployment implements it over handles."""
+    """The model and queue side as routes see it; the Gateway implements it over handles."""
 
     settings: Settings
+    store: JobStore
 
-    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript: ...
+    async def transcribe(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_segments: SegmentsFn | None = None,
+    ) -> Transcript: ...
+
+    async def submit(self, job_id: str) -> None:
+        """Queue an accepted job durably; QueueUnavailableError when that is impossible."""
 
     async def health(self) -> tuple[bool, dict[str, Any]]: ...
 

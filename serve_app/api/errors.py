@@ -28,6 +28,11 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.ModelUnavailableError, 503),
     (errors.InferenceError, 500),
     (errors.ReplicaUnavailableError, 503),
+    (errors.JobNotFoundError, 404),
+    (errors.JobStateError, 409),
+    (errors.JobNotReadyError, 409),
+    (errors.QueueUnavailableError, 503),
+    (errors.UnauthorizedError, 401),
 ]
 
 
@@ -40,9 +45,12 @@ def status_for(exc: errors.ServiceError) -> int:
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
+    # A 401 names the scheme, as RFC 9110 asks; OpenAI's clients send Bearer keys.
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": kind, "param": param, "code": status}},
+        headers=headers,
     )
 
 

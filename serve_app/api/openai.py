@@ -9,8 +9,8 @@ from fastapi.responses import Response
 
 from serve_app import formats
 from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
-from serve_app.errors import InvalidOptionError
 from serve_app.schemas import (
     ModelCard,
     ModelList,
@@ -52,10 +52,10 @@ async def create_transcription(
     timestamp_granularities: Annotated[
         list[Granularity] | None, Form(alias="timestamp_granularities[]")
     ] = None,
-    stream: Annotated[bool, Form()] = False,
+    stream: Annotated[
+        bool, Form(description="Server-Sent Events: transcript.text.delta, then .done")
+    ] = False,
 ) -> Response:
-    if stream:
-        raise InvalidOptionError("stream=true is not supported yet", param="stream")
     # Cheap checks first: a bad parameter should not cost a decode.
     options = TranscribeOptions(
         model=served_model(model, backend.settings),
@@ -65,6 +65,9 @@ async def create_transcription(
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
     )
+    if stream:
+        decoded = await decode_upload(file, limits)
+        return stream_transcription(backend, decoded.samples, options)
     return await _respond(backend, limits, file, options, response_format)
 
 

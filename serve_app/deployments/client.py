@@ -3,16 +3,18 @@ out over replicas by units, Ray's failures made domain errors."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
 
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.audio import AudioArray
 from serve_app.chunking import ChunkingOptions
 from serve_app.errors import ReplicaUnavailableError, ServiceError
-from serve_app.fanout import FanOut, ProgressFn
+from serve_app.fanout import FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import Pool, PoolRouter
-from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 
 
@@ -39,10 +41,16 @@ class ModelClient:
         audio: AudioArray,
         options: TranscribeOptions,
         on_progress: ProgressFn | None = None,
+        on_segments: SegmentsFn | None = None,
     ) -> Transcript:
+        """Short audio in one call (streamed segment by segment when ``on_segments`` is
+        given); long audio fanned out in units across replicas."""
         duration = len(audio) / self._sample_rate
         if duration < self._chunking.min_fanout_s:
-            result: Transcript = await self._call("transcribe", options.model, audio, options)
+            if on_segments is None:
+                result: Transcript = await self._call("transcribe", options.model, audio, options)
+            else:
+                result = await self._stream(audio, options, on_segments)
             if on_progress:
                 on_progress(duration, duration)
             return result
@@ -59,17 +67,40 @@ class ModelClient:
             return found
 
         fan_out = FanOut(unit, detect, self._chunking, self._sample_rate)
-        return await fan_out.transcribe(audio, options, on_progress)
+        return await fan_out.transcribe(audio, options, on_progress, on_segments)
 
     async def _call(self, method: str, model: str | None, *args: Any) -> Any:
-        with self.router.lease() as pool:
+        with self.router.lease() as pool, _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=model or "")
-            try:
-                return await getattr(handle, method).remote(*args)
-            except ServiceError:
-                raise  # a domain error raised in the replica keeps its type across Ray
-            except Exception as exc:  # replica died, unreachable, overloaded: worth a retry
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
-                raise ReplicaUnavailableError(
-                    f"Model replica in {pool.name} failed: {exc.__class__.__name__}: {first_line}"
-                ) from exc
+            return await getattr(handle, method).remote(*args)
+
+    async def _stream(
+        self, audio: AudioArray, options: TranscribeOptions, on_segments: SegmentsFn
+    ) -> Transcript:
+        result: Transcript | None = None
+        with self.router.lease() as pool, _replica_errors(pool.name):
+            handle = pool.target.options(multiplexed_model_id=options.model or "", stream=True)
+            stream = cast(
+                DeploymentResponseGenerator[Any], handle.transcribe_stream.remote(audio, options)
+            )
+            async for item in stream:
+                if isinstance(item, Segment):
+                    on_segments([item])
+                else:
+                    result = item
+        if result is None:
+            raise ReplicaUnavailableError("Model replica ended the stream without a transcript")
+        return result
+
+
+@contextlib.contextmanager
+def _replica_errors(pool: str) -> Iterator[None]:
+    try:
+        yield
+    except ServiceError:
+        raise  # a domain error raised in the replica keeps its type across Ray
+    except Exception as exc:  # replica died, unreachable, overloaded: worth a retry
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ReplicaUnavailableError(
+            f"Model replica in {pool} failed: {exc.__class__.__name__}: {first_line}"
+        ) from exc

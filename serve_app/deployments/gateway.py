@@ -13,8 +13,11 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
 from serve_app.deployments.client import ModelClient
+from serve_app.errors import QueueUnavailableError, ServiceError
+from serve_app.fanout import SegmentsFn
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
+from serve_app.store import JobStore, open_engine
 
 _STATUS_TIMEOUT_S = 3
 
@@ -22,7 +25,7 @@ _STATUS_TIMEOUT_S = 3
 @serve.deployment(
     name="Gateway",
     ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=64,
+    max_ongoing_requests=256,
 )
 @serve.ingress()
 class Gateway:
@@ -38,12 +41,30 @@ class Gateway:
         tempfile.tempdir = str(self.settings.tmp_dir)
         self._models = ModelClient(pools, weights, self.settings)
         self._ingest = ingest
+        self.store = JobStore(open_engine(self.settings.database))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
 
-    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
-        return await self._models.transcribe(audio, options)
+    async def transcribe(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_segments: SegmentsFn | None = None,
+    ) -> Transcript:
+        return await self._models.transcribe(audio, options, on_segments=on_segments)
+
+    async def submit(self, job_id: str) -> None:
+        if self._ingest is None:
+            raise QueueUnavailableError(
+                "Async jobs need the queue side: deploy the app with `ingest: true`"
+            )
+        try:
+            await self._ingest.submit.remote(job_id)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise QueueUnavailableError(f"The job queue is unavailable: {exc!r}"[:300]) from exc
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         status = await asyncio.to_thread(serve.status)

@@ -1,5 +1,6 @@
-"""The AMQP ingest: consumes the Whisper-Local queue and calls the model pools by handle, so a
-backlog on RabbitMQ becomes load on the model replicas and drives their autoscaling."""
+"""The queue side: consumes the Whisper-Local queue and the service's own jobs queue, and calls
+the model pools by handle, so a backlog on RabbitMQ becomes load on the model replicas and
+drives their autoscaling. It also delivers webhooks and applies retention."""
 
 from __future__ import annotations
 
@@ -12,16 +13,21 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ingest.consumer import ConsumerConfig, IngestConsumer
+from ingest import contract as c
+from ingest.consumer import ConsumerConfig, IngestConsumer, PublishError
 from serve_app.deployments.client import ModelClient
+from serve_app.errors import QueueUnavailableError, ServiceError
+from serve_app.fanout import ProgressFn, SegmentsFn
+from serve_app.housekeeping import Housekeeper
+from serve_app.jobs import EventWriter, JobRunner
 from serve_app.pipeline import transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import ResultLedger, make_engine
+from serve_app.store import JobStore, ResultLedger, open_engine
+from serve_app.store.jobs import NewJob
 from serve_app.transcriber import normalize_language
 
 logger = logging.getLogger("ray.serve")
-_PURGE_EVERY_S = 3600
 
 
 @serve.deployment(
@@ -38,7 +44,11 @@ class Ingest:
         self._settings = settings = load_settings()
         self._client = ModelClient(pools, weights, settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        ledger = await asyncio.to_thread(lambda: ResultLedger(make_engine(settings.database)))
+        engine = await asyncio.to_thread(open_engine, settings.database)
+        self._store = JobStore(engine)
+        runner = JobRunner(
+            self._store, self._transcribe_path, settings.spool, settings.job_timeout_sec
+        )
         self._consumer = IngestConsumer(
             ConsumerConfig(
                 url=settings.rabbitmq_url,
@@ -49,27 +59,87 @@ class Ingest:
                 shutdown_grace_s=settings.ingest_shutdown_grace_sec,
                 result_retention=timedelta(hours=settings.result_retention_hours),
             ),
-            self._run,
-            ledger,
+            self._run_request,
+            ResultLedger(engine),
+            jobs=runner,
+            on_failed=lambda key, error: self._track(key, "fail", error),
         )
+        self._housekeeper = Housekeeper(self._store, settings, self._consumer.purge_old_records)
         self._consuming = asyncio.create_task(self._consumer.run())
-        self._purging = asyncio.create_task(self._purge_periodically())
+        self._housekeeping = asyncio.create_task(self._housekeeper.run())
 
-    async def _run(self, request: QueuedTranscriptionRequest) -> Transcript:
+    async def submit(self, job_id: str) -> None:
+        """Queue an accepted HTTP job; the Gateway calls this after recording it."""
+        try:
+            await self._consumer.submit_job(job_id)
+        except PublishError as exc:
+            raise QueueUnavailableError(f"The job queue is unavailable: {exc}") from None
+
+    async def _transcribe_path(
+        self,
+        path: str,
+        options: TranscribeOptions,
+        on_progress: ProgressFn,
+        on_segments: SegmentsFn,
+    ) -> Transcript:
+        async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
+            return await self._client.transcribe(samples, opts, on_progress, on_segments)
+
+        return await transcribe_file(path, options, self._settings, transcribe)
+
+    async def _run_request(self, request: QueuedTranscriptionRequest) -> Transcript:
+        """A Whisper-Local job: run it, and keep the job store's record of it current."""
         options = TranscribeOptions(
             model=self._settings.whisper_model, language=normalize_language(request.language)
         )
-        return await transcribe_file(
-            request.audio_file_path, options, self._settings, self._client.transcribe
-        )
+        job_id = await self._track_start(request, options)
+        events = EventWriter(self._store, job_id).start() if job_id else None
+        try:
+            transcript = await transcribe_file(
+                request.audio_file_path,
+                options,
+                self._settings,
+                lambda samples, opts: self._client.transcribe(
+                    samples, opts, events.progress if events else None
+                ),
+            )
+        except ServiceError as exc:
+            # A final failure is recorded when its error result is published (on_failed).
+            if exc.retryable and request.retry_count < c.MAX_RETRIES:
+                await self._track(job_id, "requeue", exc.message)
+            raise
+        finally:
+            if events is not None:
+                await events.close()
+        await self._track(job_id, "complete", transcript)
+        return transcript
 
-    async def _purge_periodically(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                removed = await asyncio.to_thread(self._consumer.purge_old_records)
-                if removed:
-                    logger.info("Purged %d old result records", removed)
-            await asyncio.sleep(_PURGE_EVERY_S)
+    async def _track_start(
+        self, request: QueuedTranscriptionRequest, options: TranscribeOptions
+    ) -> str | None:
+        key = c.job_key(request)
+        new = NewJob(
+            source="amqp",
+            audio_path=request.audio_file_path,
+            options=options,
+            model=self._settings.whisper_model,
+            external_id=str(request.attachment_id),
+            idempotency_key=f"amqp:{key}",
+            id=key,
+        )
+        try:
+            job, _ = await asyncio.to_thread(self._store.create, new)
+            await asyncio.to_thread(self._store.start, job.id)
+            return job.id
+        except Exception:  # the record is informative; the AMQP contract does not depend on it
+            logger.exception("Could not record AMQP job %s", request.attachment_id)
+            return None
+
+    async def _track(self, job_id: str | None, action: str, value: Any) -> None:
+        if job_id is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(getattr(self._store, action), job_id, value)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.
@@ -82,5 +152,5 @@ class Ingest:
             raise RuntimeError(f"consumer loop ended: {self._consuming.exception()!r}")
 
     async def __del__(self) -> None:
-        self._purging.cancel()
+        self._housekeeping.cancel()
         await self._consumer.stop()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
 
 from serve_app.audio import AudioArray
 from serve_app.errors import InferenceError, ServiceError
-from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.transcriber import Transcriber, served_model
 
@@ -49,6 +49,15 @@ class TranscriberDeployment:
         transcriber = await self._for(options)
         result: Transcript = await self._infer(transcriber.transcribe, audio, options)
         return result
+
+    async def transcribe_stream(
+        self, audio: AudioArray, options: TranscribeOptions
+    ) -> AsyncIterator[Segment | Transcript]:
+        """Like transcribe, yielding each segment as it is decoded and the transcript last."""
+        transcriber = await self._for(options)
+        items = transcriber.stream(audio, options)
+        while (item := await self._infer(next, items, None)) is not None:
+            yield item
 
     async def transcribe_unit(
         self, audio: AudioArray, windows: list[dict[str, float]], options: TranscribeOptions

@@ -11,9 +11,10 @@ and its shutdown is checked at the end: every job in flight is answered once or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ MAX_AUDIO_DURATION_SEC = 600
 WORKERS_COUNT = 4
 INGEST_REPLICAS = 2
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+API_KEY = "test-key-2"
+API_KEYS = f"test-key-1,{API_KEY}"
+WEBHOOK_SECRET = "webhook-test-secret"
 DEPLOYMENT_OVERRIDES = {
     "Ingest": {"num_replicas": INGEST_REPLICAS},
     "TranscriberCPU": {"autoscaling_config": {"upscale_delay_s": 2, "downscale_delay_s": 10}},
@@ -42,12 +46,16 @@ class Service:
     tmp_dir: Path
     audio_dir: Path
     log: Path
+    data_dir: Path
     # /health and /v1/models as seen while the broker was down at start.
     health_broker_down: dict[str, Any] = field(default_factory=dict)
     models_broker_down: int = 0
+    job_broker_down: int = 0
+    restart: Callable[[], None] = field(default=lambda: None)
 
-    def client(self, timeout: float = 120) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+    def client(self, timeout: float = 120, api_key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def health(self) -> dict[str, Any]:
         with self.client(timeout=30) as client:
@@ -62,6 +70,8 @@ def _empty_contract_queues() -> None:
         channel.queue_declare(c.REJECTED_QUEUE, durable=True)
         for queue in (c.REQUEST_QUEUE, c.RESULT_QUEUE, c.RETRY_QUEUE, c.REJECTED_QUEUE):
             channel.queue_purge(queue)
+        for queue in (c.JOB_QUEUE, c.JOB_RETRY_QUEUE):
+            channel.queue_delete(queue)
 
 
 @pytest.fixture(scope="session")
@@ -84,33 +94,66 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "WORKERS_COUNT": str(WORKERS_COUNT),
         # Short, so that shutdown hands unfinished jobs back instead of finishing them all.
         "INGEST_SHUTDOWN_GRACE_SEC": "1",
+        "API_KEYS": API_KEYS,
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "WEBHOOK_BACKOFF_SEC": "0.5",
+        "WEBHOOK_MAX_ATTEMPTS": "3",
     }
+    waiting_clip = speech.synthesize("en_office", speech_dir)
     amqp.rabbitmqctl("stop_app")
+    stack = contextlib.ExitStack()
+
+    def start() -> tuple[str, Path]:
+        url, _, log = stack.enter_context(serve_run(work, env, deployments=DEPLOYMENT_OVERRIDES))
+        return url, log
+
     try:
-        with serve_run(work, env, deployments=DEPLOYMENT_OVERRIDES) as (url, _, log):
-            service = Service(url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log)
-            service.health_broker_down = service.health()
-            with service.client() as client:
-                service.models_broker_down = client.get("/v1/models").status_code
-            amqp.rabbitmqctl("start_app")
-            # Each ingest replica reconnects on its own backoff schedule (at most 30 s apart).
-            speech.wait_until(
-                lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[1] == INGEST_REPLICAS,
-                120,
-                "every ingest replica to consume",
-            )
-            yield service
-            in_flight = _jobs_in_flight_at_shutdown(service, speech_dir)
+        url, log = start()
+        service = Service(
+            url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log, data_dir=work / "data"
+        )
+        service.health_broker_down = service.health()
+        with service.client() as client:
+            service.models_broker_down = client.get("/v1/models").status_code
+            service.job_broker_down = client.post(
+                "/v1/jobs", json={"audio_file_path": str(waiting_clip)}
+            ).status_code
+        amqp.rabbitmqctl("start_app")
+        _wait_for_consumers()
+
+        def restart() -> None:
+            """Stop `serve run` (as Ctrl-C does) and start it again on the same data."""
+            stack.close()
+            service.url, service.log = start()
+            _wait_for_consumers()
+
+        service.restart = restart
+        yield service
+        in_flight = _jobs_in_flight_at_shutdown(service, speech_dir)
+        stack.close()
         _check_shutdown(in_flight)
     except ServiceFailedError as exc:
         pytest.fail(str(exc))
     finally:
+        stack.close()
         amqp.rabbitmqctl("start_app")
+
+
+def _wait_for_consumers() -> None:
+    # Each ingest replica reconnects on its own backoff schedule (at most 30 s apart).
+    for queue in (c.REQUEST_QUEUE, c.JOB_QUEUE):
+        speech.wait_until(
+            lambda queue=queue: amqp.queue_depth(RABBITMQ_URL, queue)[1] == INGEST_REPLICAS,  # type: ignore[misc]
+            120,
+            f"every ingest replica to consume {queue}",
+        )
 
 
 def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
     """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
-    clip = speech.encode(speech.synthesize("en_thirty", speech_dir), ".mp3", speech_dir)
+    # Four minutes each: long enough that none can finish within the 1 s shutdown grace.
+    wav, _ = speech.long_recording("en_long", speech_dir)
+    clip = speech.encode(wav, ".opus", speech_dir)
     ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(3)]
     amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
     speech.wait_until(

@@ -22,7 +22,7 @@ from serve_app.errors import InferenceError
 from serve_app.pipeline import transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.store import ResultLedger, make_engine
+from serve_app.store import ResultLedger, open_engine
 from serve_app.transcriber import Transcriber
 from tests.support import amqp, speech
 
@@ -67,7 +67,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Sett
 @pytest.fixture(scope="module")
 def ledger(settings: Settings) -> ResultLedger:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ResultLedger(make_engine(settings.database))
+    return ResultLedger(open_engine(settings.database))
 
 
 @pytest.fixture(scope="module")

@@ -252,7 +252,6 @@ def test_audio_over_the_duration_limit_is_413(service: Service, speech_dir: Path
         ({"temperature": "1.5"}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"timestamp_granularities[]": "syllable"}, "timestamp_granularities[]"),
-        ({"stream": "true"}, "stream"),
     ],
 )
 def test_bad_parameters_are_422(

@@ -15,7 +15,7 @@ from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
 from tests.integration.conftest import RABBITMQ_URL, Service
-from tests.support import amqp, speech
+from tests.support import amqp, speech, sse
 
 # The bound: the service's word error rate within 1 point of plain sequential decoding.
 WER_MARGIN = 0.01
@@ -82,3 +82,46 @@ def test_amqp_long_file(
     assert speech.word_error_rate(reference, result["texto"]) <= sequential_wer + WER_MARGIN
     assert result["language"] == "en"
     _check_timeline(result["segments"], result["duration"])
+
+
+def test_long_job_streams_progress_and_segments(
+    service: Service, long_file: tuple[Path, str], sequential_wer: float
+) -> None:
+    path, reference = long_file
+    with service.client(timeout=600) as client:
+        response = client.post("/v1/jobs", json={"audio_file_path": str(path)})
+        assert response.status_code == 202, response.text
+        events = sse.read(client, f"/v1/jobs/{response.json()['id']}/events")
+    types = [e.event for e in events]
+    assert types[-1] == "completed", types
+    progress = [e.data["progress"] for e in events if e.event == "progress"]
+    assert len(progress) >= 2 and progress == sorted(progress) and progress[-1] == 1.0
+    assert 0 < progress[0] < 1, "progress moves as parts finish, not only at the end"
+    segments = [e.data for e in events if e.event == "segment"]
+    result = events[-1].data["result"]
+    assert [s["id"] for s in segments] == list(range(len(result["segments"])))
+    _check_timeline(segments, result["duration"])
+    # Segments of the first part went out before the job completed, not all at the end.
+    first_progress = types.index("progress")
+    assert "segment" in types[: first_progress + 1] or types[first_progress + 1] == "segment"
+    assert speech.word_error_rate(reference, result["text"]) <= sequential_wer + WER_MARGIN
+
+
+def test_cancel_a_running_long_job(service: Service, long_file: tuple[Path, str], clip) -> None:
+    path, _ = long_file
+    with service.client(timeout=600) as client:
+        job_id = client.post("/v1/jobs", json={"audio_file_path": str(path)}).json()["id"]
+        sse.read(client, f"/v1/jobs/{job_id}/events", until=frozenset({"running"}))
+        cancelled = client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        started = time.monotonic()
+        # A short job submitted now is not stuck behind the cancelled one's remaining parts.
+        with open(clip("en_office"), "rb") as f:
+            quick = client.post("/v1/audio/transcriptions", files={"file": ("o.wav", f)})
+        assert quick.status_code == 200
+        assert time.monotonic() - started < 90
+        time.sleep(2)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        events = sse.read(client, f"/v1/jobs/{job_id}/events")
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert events[-1].event == "cancelled" and "completed" not in [e.event for e in events]

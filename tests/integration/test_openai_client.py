@@ -7,13 +7,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import API_KEY, Service
 from tests.support import speech
 
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{service.url}/v1", api_key="not-needed", max_retries=0)
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 def test_transcription_json(client: openai.OpenAI, clip) -> None:
@@ -65,3 +65,21 @@ def test_errors_surface_as_api_errors(client: openai.OpenAI, tmp_path: Path) -> 
     assert "Cannot" in info.value.message
     with open(bad, "rb") as f, pytest.raises(openai.UnprocessableEntityError):
         client.audio.transcriptions.create(model="no-such-model", file=f)
+
+
+def test_streaming_transcription_deltas(client: openai.OpenAI, clip) -> None:
+    with open(clip("en_thirty", ".mp3"), "rb") as f:
+        stream = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
+        events = list(stream)
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    done = [e for e in events if e.type == "transcript.text.done"]
+    assert len(deltas) >= 2, "a 30 s clip is decoded in several segments, streamed one by one"
+    assert len(done) == 1 and events[-1] is done[0]
+    assert "".join(deltas).strip() == done[0].text
+    assert speech.word_error_rate(speech.reference("en_thirty"), done[0].text) < 0.25
+
+
+def test_a_wrong_key_is_refused(service: Service) -> None:
+    wrong = openai.OpenAI(base_url=f"{service.url}/v1", api_key="guess", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()

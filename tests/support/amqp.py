@@ -81,6 +81,16 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
+def unacked(queue: str, vhost: str = "/") -> int:
+    """Messages delivered and not yet acknowledged, as the broker counts them."""
+    out = rabbitmqctl("list_queues", "-q", "-p", vhost, "name", "messages_unacknowledged")
+    for line in out.splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"queue {queue} not found")
+
+
 class ResultCollector:
     """Reads whisper_results the way the seed's example consumer does, keyed by attachment_id,
     and keeps reading across broker restarts."""

@@ -174,3 +174,35 @@ async def test_silence_gives_an_empty_transcript() -> None:
     )
     assert result.text == "" and result.segments == [] and result.duration == 90
     assert stand_in.calls == []
+
+
+class LastFirst(StandIn):
+    """Later units finish first: the first call sleeps longest."""
+
+    async def unit(
+        self, part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+    ) -> Transcript:
+        self.started = getattr(self, "started", 0) + 1
+        await asyncio.sleep(0.3 - 0.05 * min(self.started, 5))
+        return await super().unit(part, windows, options)
+
+
+async def test_segments_are_handed_out_in_order_as_soon_as_possible(
+    long_audio: np.ndarray,
+) -> None:
+    stand_in = LastFirst()
+    batches: list[list[Segment]] = []
+    finished_units: list[int] = []
+    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(unit_s=60), SR)
+    result = await fan_out.transcribe(
+        long_audio,
+        TranscribeOptions(),
+        lambda done, _: finished_units.append(len(batches)),
+        batches.append,
+    )
+    streamed = [s for batch in batches for s in batch]
+    assert [(s.id, s.start, s.text) for s in streamed] == [
+        (s.id, s.start, s.text) for s in result.segments
+    ]
+    # Units finished last-first: nothing could go out before the first unit was done.
+    assert len(batches) == len(stand_in.calls) and finished_units[0] == 0

@@ -1,0 +1,238 @@
+"""Async jobs: submit (202 at once), read status and results, list, cancel, stream events.
+
+Request in: a multipart upload (spooled) or a JSON path under the allowed roots. The job is
+recorded in the store, then queued on RabbitMQ; the queue side runs it and writes its events,
+which ``/events`` replays to any number of subscribers, late or reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from serve_app import audio, formats, spool, webhooks
+from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.errors import (
+    InvalidOptionError,
+    JobNotReadyError,
+    QueueUnavailableError,
+    UnsupportedFormatError,
+)
+from serve_app.jobs import job_links
+from serve_app.paths import resolve_audio_path
+from serve_app.schemas import (
+    FINISHED,
+    Job,
+    JobList,
+    JobStatus,
+    JobSubmission,
+    ResponseFormat,
+    TranscribeOptions,
+)
+from serve_app.store.jobs import NewJob
+from serve_app.transcriber import normalize_language, served_model
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+EVENT_POLL_S = 0.25
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **{
+                            name: {"type": "string"}
+                            for name in JobSubmission.model_fields
+                            if name != "audio_file_path"
+                        },
+                    },
+                }
+            },
+            "application/json": {"schema": JobSubmission.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post("", status_code=202, response_model=Job, openapi_extra=_SUBMIT_BODY)
+async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -> JSONResponse:
+    settings = backend.settings
+    upload, submission = await _read_submission(request)
+    options = TranscribeOptions(
+        model=served_model(submission.model, settings),
+        language=normalize_language(submission.language),
+        task=submission.task,
+        prompt=submission.prompt,
+        word_timestamps=submission.word_timestamps,
+    )
+    if submission.callback_url:
+        webhooks.check_callback_url(submission.callback_url, settings.webhook_secret is not None)
+    key = submission.idempotency_key
+    if key is not None:
+        existing = await asyncio.to_thread(backend.store.find_by_idempotency_key, key)
+        if existing is not None:
+            return _job_response(existing, 200)
+
+    if upload is not None:
+        suffix = audio.check_extension(upload.filename)
+        audio.check_size(await asyncio.to_thread(_size, upload), limits)
+        path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
+        filename, spooled = upload.filename, True
+    else:
+        # Clients name files under ALLOWED_AUDIO_ROOTS only; the spool is the service's own.
+        resolved = resolve_audio_path(submission.audio_file_path, settings.allowed_audio_roots)
+        audio.check_extension(str(resolved))
+        audio.check_size(resolved.stat().st_size, limits)
+        path, filename, spooled = resolved, resolved.name, False
+
+    new = NewJob(
+        source="http",
+        audio_path=str(path),
+        options=options,
+        model=options.model or settings.whisper_model,
+        spooled=spooled,
+        filename=filename,
+        callback_url=submission.callback_url,
+        idempotency_key=key,
+    )
+    job, created = await asyncio.to_thread(backend.store.create, new)
+    if not created:  # the same key won a race with this request
+        await _drop_spooled(path, spooled, settings.spool)
+        return _job_response(job, 200)
+    try:
+        await backend.submit(job.id)
+    except QueueUnavailableError:
+        # Nothing was accepted: forget the job so that the client's retry starts clean.
+        await asyncio.to_thread(backend.store.delete, job.id)
+        await _drop_spooled(path, spooled, settings.spool)
+        raise
+    return _job_response(job, 202)
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    backend: BackendDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> JobList:
+    page, next_cursor = await asyncio.to_thread(backend.store.list_jobs, status, limit, cursor)
+    return JobList(data=[_with_links(job) for job in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job)
+async def get_job(job_id: str, backend: BackendDep) -> Job:
+    return _with_links(await asyncio.to_thread(backend.store.get, job_id))
+
+
+@router.get("/{job_id}/result")
+async def get_result(job_id: str, backend: BackendDep, format: ResponseFormat = "json") -> Response:
+    job = await asyncio.to_thread(backend.store.get, job_id)
+    if job.status != "completed" or job.result is None:
+        detail = f": {job.error}" if job.error else ""
+        raise JobNotReadyError(f"Job {job_id} is {job.status}; it has no result{detail}")
+    body = formats.render(job.result, format, words=job.options.word_timestamps)
+    return Response(content=body, media_type=formats.MEDIA_TYPES[format])
+
+
+@router.delete("/{job_id}", response_model=Job)
+async def cancel_job(job_id: str, backend: BackendDep) -> Job:
+    job = await asyncio.to_thread(backend.store.cancel, job_id)
+    path = await asyncio.to_thread(backend.store.audio_path_if_spooled, job_id)
+    if path:  # a running job has its samples decoded already
+        await asyncio.to_thread(spool.remove, path, backend.settings.spool)
+    return _with_links(job)
+
+
+async def _existing_job(job_id: str, backend: BackendDep) -> str:
+    await asyncio.to_thread(backend.store.get, job_id)  # 404 before the stream starts
+    return job_id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    job_id: Annotated[str, Depends(_existing_job)],
+    backend: BackendDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events: queued, running, progress, segment, then completed, failed or
+    cancelled. Each event's id is what Last-Event-ID takes to resume after it."""
+    cursor = last_event_id or after or 0
+    while True:
+        events = await asyncio.to_thread(backend.store.events_after, job_id, cursor)
+        for event in events:
+            yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
+            cursor = event.id
+            if event.type in FINISHED:
+                return
+        if not events and await asyncio.to_thread(backend.store.status, job_id) is None:
+            return  # deleted by retention while someone was listening
+        await asyncio.sleep(EVENT_POLL_S)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _read_submission(
+    request: Request,
+) -> tuple[StarletteUploadFile | None, JobSubmission]:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("file")
+            if not isinstance(upload, StarletteUploadFile):
+                raise InvalidOptionError("A multipart job needs its audio in 'file'", param="file")
+            fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and v != ""}
+            return upload, JobSubmission.model_validate({**fields, "audio_file_path": "upload"})
+        if content_type.startswith("application/json"):
+            return None, JobSubmission.model_validate(await request.json())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
+    except ValueError as exc:  # the body is not JSON at all
+        raise InvalidOptionError(f"Invalid JSON body: {exc}") from None
+    raise UnsupportedFormatError(
+        "Send the job as multipart/form-data (with 'file') or application/json "
+        "(with 'audio_file_path')"
+    )
+
+
+def _size(upload: StarletteUploadFile) -> int:
+    if upload.size is not None:
+        return upload.size
+    upload.file.seek(0, 2)
+    return upload.file.tell()
+
+
+async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
+    if spooled:
+        await asyncio.to_thread(spool.remove, path, spool_dir)
+
+
+def _with_links(job: Job) -> Job:
+    return job.model_copy(update={"links": job_links(job.id)})
+
+
+def _job_response(job: Job, status: Literal[200, 202]) -> JSONResponse:
+    job = _with_links(job)
+    return JSONResponse(
+        status_code=status,
+        content=job.model_dump(mode="json"),
+        headers={"Location": job.links["self"]},
+    )

@@ -1,0 +1,69 @@
+"""``stream=true`` on the sync transcription route: OpenAI's transcript.text.delta events as
+segments are decoded, then transcript.text.done with the whole text."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+
+from serve_app.api.deps import Backend
+from serve_app.audio import AudioArray
+from serve_app.errors import ServiceError
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
+
+logger = logging.getLogger(__name__)
+
+
+def stream_transcription(
+    backend: Backend, samples: AudioArray, options: TranscribeOptions
+) -> StreamingResponse:
+    return StreamingResponse(
+        _events(backend, samples, options),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    backend: Backend, samples: AudioArray, options: TranscribeOptions
+) -> AsyncIterator[bytes]:
+    decoded: asyncio.Queue[list[Segment]] = asyncio.Queue()
+    work = asyncio.create_task(backend.transcribe(samples, options, decoded.put_nowait))
+    first = True
+    try:
+        while not (work.done() and decoded.empty()):
+            getter = asyncio.ensure_future(decoded.get())
+            await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            for segment in getter.result():
+                # Segment texts carry their leading space; the first delta should not.
+                delta = segment.text.lstrip() if first else segment.text
+                first = False
+                yield _event({"type": "transcript.text.delta", "delta": delta})
+        transcript: Transcript = work.result()
+    except ServiceError as exc:
+        yield _event({"type": "error", "error": {"message": exc.message}})
+        return
+    except Exception as exc:
+        logger.exception("Streaming transcription failed")
+        yield _event({"type": "error", "error": {"message": f"{exc.__class__.__name__}: {exc}"}})
+        return
+    finally:
+        if not work.done():  # the client went away: stop the model work too
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+    yield _event({"type": "transcript.text.done", "text": transcript.text})
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))

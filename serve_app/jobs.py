@@ -1,0 +1,162 @@
+"""Running one job: start it in the store, transcribe with progress and segment events, stop
+when it is cancelled, record how it ended.
+
+Plain asyncio over the store and a transcribe callable, so it runs without Ray. The queue
+(RabbitMQ) decides retries; this reports whether the job should be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serve_app import spool
+from serve_app.errors import ServiceError
+from serve_app.fanout import ProgressFn, SegmentsFn
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
+from serve_app.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+TranscribePathFn = Callable[[str, TranscribeOptions, ProgressFn, SegmentsFn], Awaitable[Transcript]]
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "retry"
+    SKIPPED = "skipped"  # cancelled while queued, already finished, or deleted
+
+
+@dataclass
+class EventWriter:
+    """Progress and segment callbacks come from the event loop and must not block it: they are
+    written to the store in order by one background task."""
+
+    store: JobStore
+    job_id: str
+    _queue: asyncio.Queue[tuple[str, Any] | None] = field(default_factory=asyncio.Queue)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> EventWriter:
+        self._task = asyncio.create_task(self._write())
+        return self
+
+    def progress(self, done_s: float, total_s: float) -> None:
+        self._queue.put_nowait(("progress", (done_s, total_s)))
+
+    def segments(self, segments: list[Segment]) -> None:
+        self._queue.put_nowait(("segments", [segment_event(s) for s in segments]))
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put_nowait(None)
+        if self._task is not None:
+            await self._task
+
+    async def _write(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            kind, payload = item
+            try:
+                if kind == "progress":
+                    await asyncio.to_thread(self.store.record_progress, self.job_id, *payload)
+                else:
+                    await asyncio.to_thread(self.store.record_segments, self.job_id, payload)
+            except Exception:  # events are best effort; the job's outcome is not
+                logger.exception("Could not record %s for job %s", kind, self.job_id)
+
+
+def segment_event(segment: Segment) -> dict[str, Any]:
+    return {"id": segment.id, "start": segment.start, "end": segment.end, "text": segment.text}
+
+
+@dataclass
+class JobRunner:
+    store: JobStore
+    transcribe: TranscribePathFn
+    spool_dir: Path
+    timeout_s: float
+    cancel_poll_s: float = 1.0
+
+    async def run(self, job_id: str, attempt: int, final: bool) -> tuple[Outcome, str | None]:
+        """Run one attempt (0-based); returns the outcome and, for RETRY, the reason."""
+        job = await asyncio.to_thread(self.store.start, job_id)
+        if job is None:
+            await self._release_audio(job_id)
+            return Outcome.SKIPPED, None
+        events = EventWriter(self.store, job_id).start()
+        work = asyncio.create_task(
+            asyncio.wait_for(
+                self.transcribe(job.audio_path, job.options, events.progress, events.segments),
+                self.timeout_s,
+            )
+        )
+        cancelled = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(job_id, work, cancelled))
+        reason: str | None = None
+        retryable = False
+        transcript: Transcript | None = None
+        try:
+            transcript = await work
+        except asyncio.CancelledError:
+            if not cancelled.is_set():
+                raise  # shutting down: the message goes back to the queue
+        except ServiceError as exc:
+            reason, retryable = exc.message, exc.retryable
+        except TimeoutError:
+            reason, retryable = f"Timed out after {self.timeout_s:.0f}s", True
+        except Exception as exc:  # unknown failures get the benefit of the doubt: retry
+            logger.exception("Job %s failed unexpectedly", job_id)
+            reason, retryable = f"{exc.__class__.__name__}: {exc}", True
+        finally:
+            watcher.cancel()
+            await events.close()
+        if cancelled.is_set():
+            logger.info("Job %s cancelled while running", job_id)
+            outcome = Outcome.CANCELLED
+        elif transcript is not None:
+            await asyncio.to_thread(self.store.complete, job_id, transcript)
+            outcome = Outcome.COMPLETED
+        elif retryable and not final:
+            assert reason is not None
+            await asyncio.to_thread(self.store.requeue, job_id, reason)
+            return Outcome.RETRY, reason
+        else:
+            if retryable:
+                reason = f"Failed after {attempt + 1} attempts: {reason}"
+            await asyncio.to_thread(self.store.fail, job_id, reason or "failed")
+            outcome = Outcome.FAILED
+        await self._release_audio(job_id)
+        return outcome, reason
+
+    async def _watch(
+        self, job_id: str, work: asyncio.Task[Transcript], cancelled: asyncio.Event
+    ) -> None:
+        """Stop the work when the job is cancelled; requests still queued at replicas are
+        cancelled with it, a window being decoded finishes first."""
+        while not work.done():
+            await asyncio.sleep(self.cancel_poll_s)
+            with contextlib.suppress(Exception):
+                if await asyncio.to_thread(self.store.status, job_id) == "cancelled":
+                    cancelled.set()
+                    work.cancel()
+                    return
+
+    async def _release_audio(self, job_id: str) -> None:
+        job = await asyncio.to_thread(self.store.find, job_id)
+        if job is not None and job.status not in ("queued", "running"):
+            path = await asyncio.to_thread(self.store.audio_path_if_spooled, job_id)
+            if path:
+                await asyncio.to_thread(spool.remove, path, self.spool_dir)
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"self": base, "events": f"{base}/events", "result": f"{base}/result"}
