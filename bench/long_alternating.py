@@ -1,0 +1,94 @@
+"""The long file, service against plain batched faster-whisper, alternating in one run.
+
+    .venv/bin/python -m bench.long_alternating [--model base] [--runs 5] [--replicas 1]
+
+`bench.long_audio` runs the plain baselines before Ray starts, then the service once each:
+run-to-run noise on a 2-core machine (10% or more) is as large as the differences measured.
+This one starts the service first, then alternates plain BatchedInferencePipeline (batch 8,
+in this process) with the service over HTTP and over AMQP on the same 8-minute file, and
+compares medians. Plain runs thus share the machine with an idle Ray, as the service does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import duration, plain_batched
+from bench.long_audio import URL, _http
+from tests.support import amqp, speech
+from tests.support.serve_process import serve_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {"plain batched(8)": [], "service HTTP": [], "service AMQP": []}
+    wers: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        audio_dir = work / "audio"
+        wav, reference = speech.long_recording("en_long", audio_dir, voices=("en-us", "en-gb"))
+        path = speech.encode(wav, ".mp3", audio_dir)
+        seconds = duration(path)
+        env = {
+            "WHISPER_MODEL": args.model,
+            "MODELS_DIR": str(work / "models"),
+            "DATA_DIR": str(work / "data"),
+            "ALLOWED_AUDIO_ROOTS": str(audio_dir),
+            "RABBITMQ_URL": URL,
+        }
+        fixed = {"TranscriberCPU": {"num_replicas": args.replicas, "autoscaling_config": None}}
+        plain = plain_batched(args.model, work / "models")
+        with (
+            serve_run(work, env, deployments=fixed) as (url, _, _),
+            httpx.Client(base_url=url, timeout=1800) as client,
+        ):
+            collector = amqp.ResultCollector(URL)
+            try:
+                _http(client, path)  # warm-up
+                base = 3 * 10**9 + int(time.time()) % 10**6 * 100
+                for run in range(args.runs):
+                    started = time.perf_counter()
+                    text = plain(path)
+                    times["plain batched(8)"].append(time.perf_counter() - started)
+                    wers["plain batched(8)"] = speech.word_error_rate(reference, text)
+                    started = time.perf_counter()
+                    text = _http(client, path)
+                    times["service HTTP"].append(time.perf_counter() - started)
+                    wers["service HTTP"] = speech.word_error_rate(reference, text)
+                    started = time.perf_counter()
+                    amqp.publish(URL, {"attachment_id": base + run, "audio_file_path": str(path)})
+                    result = collector.wait(base + run, timeout=1800)
+                    times["service AMQP"].append(time.perf_counter() - started)
+                    wers["service AMQP"] = speech.word_error_rate(reference, result["texto"])
+            finally:
+                collector.close()
+
+    plain_median = statistics.median(times["plain batched(8)"])
+    print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU")
+    print(
+        f"long file: {seconds:.0f} s mp3; {args.runs} alternating runs; {args.replicas} replica(s)"
+    )
+    header = f"{'run':20s} {'median s':>9s} {'audio s/wall s':>14s} {'vs batched':>10s}"
+    print(f"{header} {'WER':>6s}  runs")
+    for name, values in times.items():
+        median = statistics.median(values)
+        runs = ", ".join(f"{v:.1f}" for v in values)
+        print(
+            f"{name:20s} {median:9.1f} {seconds / median:14.2f} {plain_median / median:9.2f}x"
+            f" {wers[name]:6.3f}  {runs}"
+        )
+
+
+if __name__ == "__main__":
+    main()
