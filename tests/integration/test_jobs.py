@@ -204,10 +204,12 @@ def test_idempotency_key_returns_the_same_job(service: Service, clip) -> None:
 def test_cancel_a_queued_job(service: Service, clip) -> None:
     path = clip("en_thirty", ".mp3")
     with service.client() as client:
-        # A backlog, so the last job is still waiting when it is cancelled.
-        ids = [_submit(client, path).json()["id"] for _ in range(6)]
+        # More jobs than the ingest replicas take at once (2 x WORKERS_COUNT 4): the last one
+        # is still waiting in RabbitMQ when it is cancelled.
+        ids = [_submit(client, path).json()["id"] for _ in range(10)]
         cancelled = client.delete(f"/v1/jobs/{ids[-1]}")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["started_at"] is None, "it was cancelled before it started"
         again = client.delete(f"/v1/jobs/{ids[-1]}")
         assert again.status_code == 409
         for job_id in ids[:-1]:
