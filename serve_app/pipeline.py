@@ -7,7 +7,7 @@ call is passed in, so this runs without Ray.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from serve_app import audio
@@ -27,13 +27,19 @@ def audio_limits(settings: Settings) -> AudioLimits:
     )
 
 
+def check_path(raw_path: str, roots: Iterable[Path], limits: AudioLimits) -> Path:
+    """A path from outside, resolved inside the roots, with its extension and size checked."""
+    path = resolve_audio_path(raw_path, roots)
+    audio.check_extension(raw_path)
+    audio.check_size(path.stat().st_size, limits)
+    return path
+
+
 async def transcribe_file(
     raw_path: str, options: TranscribeOptions, settings: Settings, transcribe: TranscribeFn
 ) -> Transcript:
-    path = resolve_audio_path(raw_path, settings.audio_roots)
-    audio.check_extension(raw_path)
     limits = audio_limits(settings)
-    audio.check_size(path.stat().st_size, limits)
+    path = check_path(raw_path, settings.audio_roots, limits)
     decoded = await asyncio.to_thread(_decode_path, path, limits)
     return await transcribe(decoded.samples, options)
 

@@ -18,8 +18,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from serve_app import audio, formats, spool, webhooks
+from serve_app import formats, spool, webhooks
 from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.api.uploads import check_upload
 from serve_app.errors import (
     InvalidOptionError,
     JobNotReadyError,
@@ -27,7 +28,7 @@ from serve_app.errors import (
     UnsupportedFormatError,
 )
 from serve_app.jobs import job_links
-from serve_app.paths import resolve_audio_path
+from serve_app.pipeline import check_path
 from serve_app.schemas import (
     FINISHED,
     Job,
@@ -87,16 +88,13 @@ async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -
             return _job_response(existing, 200)
 
     if upload is not None:
-        suffix = audio.check_extension(upload.filename)
-        audio.check_size(await asyncio.to_thread(_size, upload), limits)
+        suffix = await check_upload(upload, limits)
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
         filename, spooled = upload.filename, True
     else:
         # Clients name files under ALLOWED_AUDIO_ROOTS only; the spool is the service's own.
-        resolved = resolve_audio_path(submission.audio_file_path, settings.allowed_audio_roots)
-        audio.check_extension(str(resolved))
-        audio.check_size(resolved.stat().st_size, limits)
-        path, filename, spooled = resolved, resolved.name, False
+        path = check_path(submission.audio_file_path, settings.allowed_audio_roots, limits)
+        filename, spooled = path.name, False
 
     new = NewJob(
         source="http",
@@ -211,13 +209,6 @@ async def _read_submission(
         "Send the job as multipart/form-data (with 'file') or application/json "
         "(with 'audio_file_path')"
     )
-
-
-def _size(upload: StarletteUploadFile) -> int:
-    if upload.size is not None:
-        return upload.size
-    upload.file.seek(0, 2)
-    return upload.file.tell()
 
 
 async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
