@@ -151,10 +151,8 @@ class JobRunner:
 
     async def _release_audio(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.store.find, job_id)
-        if job is not None and job.status not in ("queued", "running"):
-            path = await asyncio.to_thread(self.store.audio_path_if_spooled, job_id)
-            if path:
-                await asyncio.to_thread(spool.remove, path, self.spool_dir)
+        if job is not None and job.spooled and job.status not in ("queued", "running"):
+            await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
 
 
 def job_links(job_id: str) -> dict[str, str]:

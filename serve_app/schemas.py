@@ -181,6 +181,7 @@ class Job(BaseModel):
     filename: str | None = None
     # Where the service reads the audio (spool paths are internal): never in responses.
     audio_path: str = Field("", exclude=True)
+    spooled: bool = Field(False, exclude=True)  # audio_path is the service's own copy
     attempts: int = 0
     # 0..1 by audio seconds done; exact once the duration is known.
     progress: float = 0.0

@@ -149,9 +149,8 @@ async def get_result(job_id: str, backend: BackendDep, format: ResponseFormat = 
 @router.delete("/{job_id}", response_model=Job)
 async def cancel_job(job_id: str, backend: BackendDep) -> Job:
     job = await asyncio.to_thread(backend.store.cancel, job_id)
-    path = await asyncio.to_thread(backend.store.audio_path_if_spooled, job_id)
-    if path:  # a running job has its samples decoded already
-        await asyncio.to_thread(spool.remove, path, backend.settings.spool)
+    if job.spooled:  # a running job has its samples decoded already
+        await asyncio.to_thread(spool.remove, job.audio_path, backend.settings.spool)
     return _with_links(job)
 
 

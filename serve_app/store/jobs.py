@@ -353,13 +353,6 @@ class JobStore:
                 conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
         return [FinishedJob(r.id, r.audio_path, bool(r.spooled)) for r in rows]
 
-    def audio_path_if_spooled(self, job_id: str) -> str | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(jobs.c.audio_path, jobs.c.spooled).where(jobs.c.id == job_id)
-            ).first()
-        return row.audio_path if row is not None and row.spooled else None
-
     def delete(self, job_id: str) -> None:
         """Forget a job that was never queued (the broker refused it)."""
         with self._engine.begin() as conn:
@@ -428,6 +421,7 @@ def _to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:
         options=TranscribeOptions.model_validate(row["options"]),
         filename=row["filename"],
         audio_path=row["audio_path"],
+        spooled=bool(row["spooled"]),
         attempts=row["attempts"],
         progress=progress,
         duration=duration,
