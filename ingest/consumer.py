@@ -192,13 +192,7 @@ class IngestConsumer:
         """Queue an accepted HTTP job durably; PublishError if the broker does not confirm."""
         if self._out is None or not self.status.connected:
             raise PublishError(self.status.last_error or "not connected to RabbitMQ")
-        message = aio_pika.Message(
-            body=c.job_message(job_id),
-            content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=job_id,
-        )
-        await self._publish(self._out.job_exchange, message, c.JOB_ROUTING_KEY)
+        await self._publish(self._out.job_exchange, _job_message(job_id), c.JOB_ROUTING_KEY)
 
     # --- one message ----------------------------------------------------------------------------
 
@@ -300,12 +294,7 @@ class IngestConsumer:
         logger.warning(
             "Job %s failed (%s); retry %d of %d", job_id, reason, attempt + 1, c.MAX_RETRIES
         )
-        retry = aio_pika.Message(
-            body=c.job_message(job_id, attempt + 1),
-            content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=job_id,
-        )
+        retry = _job_message(job_id, attempt + 1)
         await self._publish(self._require_topology().job_retries, retry, c.JOB_RETRY_ROUTING_KEY)
         self.status.retries += 1
 
@@ -408,3 +397,13 @@ class IngestConsumer:
     def _require_topology(self) -> topology.Topology:
         assert self._out is not None
         return self._out
+
+
+def _job_message(job_id: str, retry_count: int = 0) -> aio_pika.Message:
+    """An HTTP job on the service's own lane, first submitted or retried."""
+    return aio_pika.Message(
+        body=c.job_message(job_id, retry_count),
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=job_id,
+    )

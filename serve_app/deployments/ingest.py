@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -62,7 +63,7 @@ class Ingest:
             self._run_request,
             ResultLedger(engine),
             jobs=runner,
-            on_failed=lambda key, error: self._track(key, "fail", error),
+            on_failed=lambda key, error: self._track(self._store.fail, key, error),
         )
         self._housekeeper = Housekeeper(self._store, settings, self._consumer.purge_old_records)
         self._consuming = asyncio.create_task(self._consumer.run())
@@ -79,8 +80,8 @@ class Ingest:
         self,
         path: str,
         options: TranscribeOptions,
-        on_progress: ProgressFn,
-        on_segments: SegmentsFn,
+        on_progress: ProgressFn | None,
+        on_segments: SegmentsFn | None,
     ) -> Transcript:
         async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
             return await self._client.transcribe(samples, opts, on_progress, on_segments)
@@ -95,23 +96,18 @@ class Ingest:
         job_id = await self._track_start(request, options)
         events = EventWriter(self._store, job_id).start() if job_id else None
         try:
-            transcript = await transcribe_file(
-                request.audio_file_path,
-                options,
-                self._settings,
-                lambda samples, opts: self._client.transcribe(
-                    samples, opts, events.progress if events else None
-                ),
+            transcript = await self._transcribe_path(
+                request.audio_file_path, options, events.progress if events else None, None
             )
         except ServiceError as exc:
             # A final failure is recorded when its error result is published (on_failed).
             if exc.retryable and request.retry_count < c.MAX_RETRIES:
-                await self._track(job_id, "requeue", exc.message)
+                await self._track(self._store.requeue, job_id, exc.message)
             raise
         finally:
             if events is not None:
                 await events.close()
-        await self._track(job_id, "complete", transcript)
+        await self._track(self._store.complete, job_id, transcript)
         return transcript
 
     async def _track_start(
@@ -135,11 +131,14 @@ class Ingest:
             logger.exception("Could not record AMQP job %s", request.attachment_id)
             return None
 
-    async def _track(self, job_id: str | None, action: str, value: Any) -> None:
+    async def _track(
+        self, update: Callable[[str, Any], object], job_id: str | None, value: Any
+    ) -> None:
+        """Apply a job store update to an AMQP job's record, if it has one; never fails."""
         if job_id is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(getattr(self._store, action), job_id, value)
+            await asyncio.to_thread(update, job_id, value)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.
