@@ -14,7 +14,6 @@ from datetime import timedelta
 import httpx
 
 from serve_app import spool, webhooks
-from serve_app.jobs import job_links
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore
@@ -96,4 +95,4 @@ class Housekeeper:
 
 def webhook_body(job: Job) -> bytes:
     """The final job JSON, as GET /v1/jobs/{id} shows it."""
-    return job.model_copy(update={"links": job_links(job.id)}).model_dump_json().encode()
+    return job.model_dump_json().encode()

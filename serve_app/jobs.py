@@ -153,8 +153,3 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.find, job_id)
         if job is not None and job.spooled and job.status not in ("queued", "running"):
             await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
-
-
-def job_links(job_id: str) -> dict[str, str]:
-    base = f"/v1/jobs/{job_id}"
-    return {"self": base, "events": f"{base}/events", "result": f"{base}/result"}

@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, computed_field
 
 Task = Literal["transcribe", "translate"]
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
@@ -194,7 +194,12 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     webhook: WebhookState | None = None
     result: Transcript | None = None
-    links: dict[str, str] = Field(default_factory=dict)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def links(self) -> dict[str, str]:
+        base = f"/v1/jobs/{self.id}"
+        return {"self": base, "events": f"{base}/events", "result": f"{base}/result"}
 
 
 class JobList(BaseModel):

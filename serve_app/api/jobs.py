@@ -27,7 +27,6 @@ from serve_app.errors import (
     QueueUnavailableError,
     UnsupportedFormatError,
 )
-from serve_app.jobs import job_links
 from serve_app.pipeline import check_path
 from serve_app.schemas import (
     FINISHED,
@@ -128,12 +127,12 @@ async def list_jobs(
     cursor: str | None = None,
 ) -> JobList:
     page, next_cursor = await asyncio.to_thread(backend.store.list_jobs, status, limit, cursor)
-    return JobList(data=[_with_links(job) for job in page], next_cursor=next_cursor)
+    return JobList(data=page, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=Job)
 async def get_job(job_id: str, backend: BackendDep) -> Job:
-    return _with_links(await asyncio.to_thread(backend.store.get, job_id))
+    return await asyncio.to_thread(backend.store.get, job_id)
 
 
 @router.get("/{job_id}/result")
@@ -151,7 +150,7 @@ async def cancel_job(job_id: str, backend: BackendDep) -> Job:
     job = await asyncio.to_thread(backend.store.cancel, job_id)
     if job.spooled:  # a running job has its samples decoded already
         await asyncio.to_thread(spool.remove, job.audio_path, backend.settings.spool)
-    return _with_links(job)
+    return job
 
 
 async def _existing_job(job_id: str, backend: BackendDep) -> str:
@@ -215,12 +214,7 @@ async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
         await asyncio.to_thread(spool.remove, path, spool_dir)
 
 
-def _with_links(job: Job) -> Job:
-    return job.model_copy(update={"links": job_links(job.id)})
-
-
 def _job_response(job: Job, status: Literal[200, 202]) -> JSONResponse:
-    job = _with_links(job)
     return JSONResponse(
         status_code=status,
         content=job.model_dump(mode="json"),
