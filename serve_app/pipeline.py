@@ -12,6 +12,7 @@ from pathlib import Path
 
 from serve_app import audio
 from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
+from serve_app.decoder import Sandbox
 from serve_app.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
@@ -24,6 +25,10 @@ def audio_limits(settings: Settings) -> AudioLimits:
         max_bytes=settings.max_file_size_bytes,
         max_duration_s=settings.max_audio_duration_sec,
         sample_rate=settings.audio_sample_rate,
+        sandbox=Sandbox(
+            timeout_s=settings.decode_timeout_sec,
+            memory_bytes=settings.decode_memory_mb * 1024 * 1024,
+        ),
     )
 
 

@@ -1,0 +1,204 @@
+"""Audio decoding in an FFmpeg child process, so a hostile file cannot take the replica with it.
+
+What FFmpeg is allowed to do:
+- read the already open file on its stdin (``file:/dev/stdin``), never a name from outside;
+- use no protocol but ``file``, so nothing it parses can open a socket (SDP, RTP, HLS, HTTP);
+- use only the audio demuxers in ``AUDIO_DEMUXERS``: content probing still tells an OGG from an
+  MP3, but a probe that finds an ffconcat list, an SDP or HLS playlist or an image sequence is
+  refused instead of followed to other files;
+- map at most ``memory_bytes`` of address space and run for at most ``timeout_s`` of wall
+  clock; its output is cut as soon as it passes the duration limit.
+A crash, a hang or a limit hit ends that one decode with a clear error; the replica goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from serve_app.errors import (
+    AudioTooLongError,
+    EmptyAudioError,
+    UndecodableAudioError,
+    UnsupportedFormatError,
+)
+
+# Demuxers of the containers in audio.SUPPORTED_EXTENSIONS: mov reads mp4/m4a, matroska reads
+# webm, asf reads wma, mpeg reads MPEG program streams (.mpeg, .mpga).
+AUDIO_DEMUXERS = ("mp3", "wav", "ogg", "flac", "mov", "matroska", "asf", "aac", "mpeg")
+FFMPEG = "ffmpeg"
+PRLIMIT = "prlimit"
+# Container durations of VBR files without an index are estimates; only refuse up front when the
+# declared length is clearly over, and let the sample count decide the rest.
+DECLARED_DURATION_SLACK = 1.10
+_READ_BYTES = 1 << 16
+_STDERR_KEEP = 1 << 15
+_DURATION = re.compile(rb"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_NOT_WHITELISTED = re.compile(rb"\[(\w+) @ [^\]]*\] Format not on whitelist")
+_LOADER_FAILED = re.compile(rb"error while loading shared libraries|Cannot allocate memory")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Limits of one decoding child process."""
+
+    timeout_s: float = 120
+    memory_bytes: int = 1 << 30
+
+
+class _TooLong(Exception):
+    def __init__(self, seconds: float, at_least: bool) -> None:
+        self.seconds, self.at_least = seconds, at_least
+
+
+def command(sandbox: Sandbox, sample_rate: int, max_duration_s: float) -> list[str]:
+    cpu_s = math.ceil(sandbox.timeout_s) + 1  # a backstop: the wall clock kills it first
+    return [
+        PRLIMIT,
+        f"--as={sandbox.memory_bytes}",
+        f"--cpu={cpu_s}",
+        "--core=0",
+        "--",
+        FFMPEG,
+        "-nostdin",
+        "-nostats",
+        "-hide_banner",
+        "-loglevel",
+        "info",  # the input's declared duration is read from this
+        "-threads",
+        "1",
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        ",".join(AUDIO_DEMUXERS),
+        "-i",
+        "file:/dev/stdin",
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-t",
+        f"{max_duration_s + 1:.3f}",
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "pipe:1",
+    ]
+
+
+def decode_pcm(fd: int, sample_rate: int, max_duration_s: float, sandbox: Sandbox) -> bytes:
+    """16-bit mono PCM of the first audio stream of the open file ``fd``; domain errors only."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command(sandbox, sample_rate, max_duration_s),
+        stdin=fd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+    )
+    max_bytes = int(max_duration_s * sample_rate) * 2
+    try:
+        pcm, stderr = _collect(proc, started + sandbox.timeout_s, max_bytes, max_duration_s)
+        returncode = proc.wait(timeout=max(0.1, started + sandbox.timeout_s - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise _timed_out(sandbox) from None
+    except _TooLong as exc:
+        qualifier = "over " if exc.at_least else ""
+        raise AudioTooLongError(
+            f"Audio is {qualifier}{exc.seconds:.0f} s long; the limit is {max_duration_s:.0f} s"
+        ) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    if returncode != 0 and not pcm:
+        raise _failure(returncode, stderr, sandbox)
+    if len(pcm) < 2:
+        raise EmptyAudioError("File contains no audio samples")
+    return bytes(pcm[: len(pcm) - len(pcm) % 2])
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], deadline: float, max_bytes: int, max_duration_s: float
+) -> tuple[bytearray, bytes]:
+    """Read stdout and stderr together until both close; raises at the deadline or the limit."""
+    assert proc.stdout is not None and proc.stderr is not None
+    pcm, stderr = bytearray(), bytearray()
+    duration_checked = False
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, "out")
+        selector.register(proc.stderr, selectors.EVENT_READ, "err")
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, _READ_BYTES)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.data == "out":
+                    pcm += chunk
+                    if len(pcm) > max_bytes:
+                        raise _TooLong(max_duration_s, at_least=True)
+                else:
+                    stderr += chunk
+                    del stderr[:-_STDERR_KEEP]
+                    if not duration_checked and (found := _DURATION.search(stderr)):
+                        duration_checked = True
+                        declared = _seconds(found)
+                        if declared > max_duration_s * DECLARED_DURATION_SLACK:
+                            raise _TooLong(declared, at_least=False)
+    return pcm, bytes(stderr)
+
+
+def _seconds(found: re.Match[bytes]) -> float:
+    hours, minutes, seconds = found.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _timed_out(sandbox: Sandbox) -> UndecodableAudioError:
+    return UndecodableAudioError(
+        f"Decoding the audio took longer than the {sandbox.timeout_s:.0f} s limit"
+    )
+
+
+def _failure(returncode: int, stderr: bytes, sandbox: Sandbox) -> Exception:
+    if found := _NOT_WHITELISTED.search(stderr):
+        return UnsupportedFormatError(
+            "The file's content is not a supported audio format "
+            f"(it is '{found.group(1).decode()}')"
+        )
+    if returncode < 0 or returncode == 128 + signal.SIGKILL:
+        name = signal.Signals(-returncode).name if returncode < 0 else "SIGKILL"
+        if returncode == -signal.SIGXCPU:
+            return _timed_out(sandbox)
+        return UndecodableAudioError(f"The audio decoder crashed on this file ({name})")
+    if _LOADER_FAILED.search(stderr):
+        return UndecodableAudioError("Decoding the audio needs more memory than the limit allows")
+    return UndecodableAudioError(f"Cannot decode audio: {_reason(stderr)}")
+
+
+def _reason(stderr: bytes) -> str:
+    """FFmpeg's last words, without its internal addresses and the stdin file name."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith(("Input #", "Stream"))]
+    if not meaningful:
+        return "no audio could be read"
+    reason = re.sub(r"\[[\w:]+ @ 0x[0-9a-f]+\]\s*", "", meaningful[-1])
+    reason = reason.replace("file:/dev/stdin: ", "")
+    return reason[:200] or "no audio could be read"
