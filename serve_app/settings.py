@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     max_audio_duration_sec: float = Field(3600, gt=0)
     audio_sample_rate: int = 16000
     tmp_dir: Path = Path("/tmp/whisper")
+    # Decoding runs in an FFmpeg child process per file, at most DECODE_CONCURRENCY at once per
+    # replica (DECODE_QUEUE more may wait for a slot; past that the service is busy), each
+    # stopped after DECODE_TIMEOUT_SEC or when it maps more than DECODE_MEMORY_MB.
+    decode_concurrency: int = Field(2, ge=1, le=64)
+    decode_queue: int = Field(16, ge=0)
+    decode_timeout_sec: float = Field(120, gt=0)
+    decode_memory_mb: int = Field(1024, ge=64)
+    # Decoded audio (float32, 64 kB a second) a Gateway replica holds at once, in decodes and
+    # requests waiting for the model; past it new requests get 503 with Retry-After.
+    max_decoded_audio_mb: float = Field(1024, gt=0)
 
     # Messaging: WORKERS_COUNT is the prefetch (jobs taken at once) of each ingest replica.
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
@@ -84,10 +94,29 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_sec: float = Field(2, gt=0)
     webhook_timeout_sec: float = Field(10, gt=0)
-    # Comma-separated; when set, every /v1 route needs `Authorization: Bearer <key>`.
+    # Callback URLs may not reach loopback, private, link-local or reserved addresses unless
+    # their host is named here (host names or IP addresses, comma-separated).
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Comma-separated; when set, every /v1 route needs `Authorization: Bearer <key>`. Jobs
+    # belong to the key that made them; API_ADMIN_KEYS also see every job (AMQP jobs too).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Per key: jobs not yet finished, and bytes of uploaded audio they keep spooled.
+    max_queued_jobs_per_key: int = Field(100, ge=1)
+    max_spooled_mb_per_key: float = Field(2048, gt=0)
+    # Server-Sent Event streams: at most this many open at once per Gateway replica, each
+    # closed after SSE_MAX_LIFETIME_SEC (clients resume with Last-Event-ID).
+    sse_max_subscribers: int = Field(64, ge=1)
+    sse_max_lifetime_sec: float = Field(3600, gt=0)
 
-    @field_validator("whisper_extra_models", "allowed_audio_roots", "api_keys", mode="before")
+    @field_validator(
+        "whisper_extra_models",
+        "allowed_audio_roots",
+        "api_keys",
+        "api_admin_keys",
+        "webhook_allowed_hosts",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

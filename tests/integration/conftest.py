@@ -33,6 +33,7 @@ INGEST_REPLICAS = 2
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 API_KEY = "test-key-2"
 API_KEYS = f"test-key-1,{API_KEY}"
+ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "webhook-test-secret"
 DEPLOYMENT_OVERRIDES = {
     "Ingest": {"num_replicas": INGEST_REPLICAS},
@@ -98,6 +99,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
         "WEBHOOK_BACKOFF_SEC": "0.5",
         "WEBHOOK_MAX_ATTEMPTS": "3",
+        # The test receivers listen on 127.0.0.1; every other internal address stays refused.
+        "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "API_ADMIN_KEYS": ADMIN_KEY,
+        # Ray's own servers on loopback only, as scripts/run.sh runs them.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     waiting_clip = speech.synthesize("en_office", speech_dir)
     amqp.rabbitmqctl("stop_app")
