@@ -51,6 +51,10 @@ class UndecodableAudioError(AudioError):
     pass
 
 
+class RequestTooLargeError(ServiceError):
+    """A request body past what its kind of request needs."""
+
+
 class InvalidOptionError(ServiceError):
     """A request parameter is out of range or not supported by the model."""
 
@@ -103,3 +107,18 @@ class QueueUnavailableError(ServiceError):
 
 class UnauthorizedError(ServiceError):
     """Missing or unknown API key."""
+
+
+class ServiceBusyError(ServiceError):
+    """The service is at a limit it sets itself to stay up (decodes, held audio, streams); the
+    same request later will be taken."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceededError(ServiceBusyError):
+    """One API key has too much queued or spooled; its other requests still pass."""

@@ -8,7 +8,6 @@ Plain asyncio over the store and a transcribe callable, so it runs without Ray. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -114,7 +113,7 @@ class JobRunner:
             reason, retryable = f"Timed out after {self.timeout_s:.0f}s", True
         except Exception as exc:  # unknown failures get the benefit of the doubt: retry
             logger.exception("Job %s failed unexpectedly", job_id)
-            reason, retryable = f"{exc.__class__.__name__}: {exc}", True
+            reason, retryable = f"Internal error ({exc.__class__.__name__})", True
         finally:
             watcher.cancel()
             await events.close()
@@ -143,11 +142,15 @@ class JobRunner:
         cancelled with it, a window being decoded finishes first."""
         while not work.done():
             await asyncio.sleep(self.cancel_poll_s)
-            with contextlib.suppress(Exception):
-                if await asyncio.to_thread(self.store.status, job_id) == "cancelled":
-                    cancelled.set()
-                    work.cancel()
-                    return
+            try:
+                status = await asyncio.to_thread(self.store.status, job_id)
+            except Exception:  # the store may be back at the next poll
+                logger.exception("Could not check whether job %s was cancelled", job_id)
+                continue
+            if status == "cancelled":
+                cancelled.set()
+                work.cancel()
+                return
 
     async def _release_audio(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.store.find, job_id)

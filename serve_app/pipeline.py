@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from serve_app import audio
+from serve_app.admission import AudioAdmission
 from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
 from serve_app.decoder import Sandbox
 from serve_app.paths import resolve_audio_path
@@ -41,12 +42,26 @@ def check_path(raw_path: str, roots: Iterable[Path], limits: AudioLimits) -> Pat
 
 
 async def transcribe_file(
-    raw_path: str, options: TranscribeOptions, settings: Settings, transcribe: TranscribeFn
+    raw_path: str,
+    options: TranscribeOptions,
+    settings: Settings,
+    transcribe: TranscribeFn,
+    admission: AudioAdmission,
 ) -> Transcript:
     limits = audio_limits(settings)
     path = check_path(raw_path, settings.audio_roots, limits)
-    decoded = await asyncio.to_thread(_decode_path, path, limits)
-    return await transcribe(decoded.samples, options)
+    async with admission.decode_slot():
+        decoded = await asyncio.to_thread(_decode_path, path, limits)
+    with admission.reserve(decoded.samples.nbytes):
+        return await transcribe(decoded.samples, options)
+
+
+def admission_for(settings: Settings, queue: int | None) -> AudioAdmission:
+    return AudioAdmission(
+        concurrency=settings.decode_concurrency,
+        queue=queue,
+        max_bytes=int(settings.max_decoded_audio_mb * 1024 * 1024),
+    )
 
 
 def _decode_path(path: Path, limits: AudioLimits) -> DecodedAudio:

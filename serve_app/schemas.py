@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, computed_field
 
 Task = Literal["transcribe", "translate"]
+# Whisper keeps at most 224 tokens of a prompt (the last ones); a token is rarely under one
+# character, so more text than this is never read.
+MAX_PROMPT_CHARS = 2000
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
@@ -59,7 +62,7 @@ class TranscribeOptions(BaseModel):
     model: str | None = None
     language: str | None = None
     task: Task = "transcribe"
-    prompt: str | None = None
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     word_timestamps: bool = False
 
@@ -150,9 +153,9 @@ class JobSubmission(BaseModel):
     model: str | None = None
     language: str | None = None
     task: Task = "transcribe"
-    prompt: str | None = None
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     word_timestamps: bool = False
-    callback_url: str | None = None
+    callback_url: str | None = Field(None, max_length=2048)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 
 

@@ -7,12 +7,16 @@ shared volume): the job carries the path, not the bytes, through RabbitMQ.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
 
 # Files nobody claims (the process died between saving and recording the job) go after this.
 ORPHAN_AGE_S = 3600
@@ -49,9 +53,17 @@ def sweep_orphans(spool: Path, in_use: set[str], max_age_s: float = ORPHAN_AGE_S
     cutoff = time.time() - max_age_s
     removed = 0
     for entry in spool.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            if str(entry.resolve()) in keep or entry.stat().st_mtime > cutoff:
+        try:
+            info = entry.lstat()
+            # Only files the spool wrote: a lost+found or a mount point is not ours.
+            if not stat.S_ISREG(info.st_mode) or str(entry.resolve()) in keep:
+                continue
+            if info.st_mtime > cutoff:
                 continue
             entry.unlink()
             removed += 1
+        except FileNotFoundError:
+            continue  # another replica swept it first
+        except OSError:
+            logger.exception("Could not sweep %s from the spool", entry)
     return removed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from serve_app.api import errors, health, jobs, openai
-from serve_app.api.auth import require_api_key
+from serve_app.api.auth import ApiKeyAuth, get_viewer
 from serve_app.api.deps import Backend
 from serve_app.api.limits import BodySizeLimit
 
@@ -20,12 +20,13 @@ def create_api(backend: Backend) -> FastAPI:
         version="0.1.0",
     )
     app.state.backend = backend
-    app.add_middleware(
-        BodySizeLimit, max_bytes=backend.settings.max_file_size_bytes + _MULTIPART_OVERHEAD
-    )
+    settings = backend.settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_file_size_bytes + _MULTIPART_OVERHEAD)
+    # Added last, so it runs first: no body is read for a request without a valid key.
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, admin_keys=settings.api_admin_keys)
     errors.install(app)
     # /health stays open for load balancers and orchestrators.
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Depends(get_viewer)]
     app.include_router(openai.router, dependencies=authenticated)
     app.include_router(jobs.router, dependencies=authenticated)
     app.include_router(health.router)

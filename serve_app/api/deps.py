@@ -6,6 +6,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from serve_app.admission import AudioAdmission, StreamLimit
 from serve_app.audio import AudioArray, AudioLimits
 from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import audio_limits
@@ -19,6 +20,8 @@ class Backend(Protocol):
 
     settings: Settings
     store: JobStore
+    admission: AudioAdmission
+    streams: StreamLimit
 
     async def transcribe(
         self,

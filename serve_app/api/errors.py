@@ -23,6 +23,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.AudioTooLongError, 413),
     (errors.UnsupportedFormatError, 415),
     (errors.UndecodableAudioError, 415),
+    (errors.RequestTooLargeError, 413),
     (errors.InvalidOptionError, 422),
     (errors.ModelNotServedError, 422),
     (errors.ModelUnavailableError, 503),
@@ -33,6 +34,8 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.JobNotReadyError, 409),
     (errors.QueueUnavailableError, 503),
     (errors.UnauthorizedError, 401),
+    (errors.QuotaExceededError, 429),
+    (errors.ServiceBusyError, 503),
 ]
 
 
@@ -43,10 +46,15 @@ def status_for(exc: errors.ServiceError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, retry_after_s: int | None = None
+) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    # A 401 names the scheme, as RFC 9110 asks; OpenAI's clients send Bearer keys.
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers: dict[str, str] = {}
+    if status == 401:  # the scheme, as RFC 9110 asks; OpenAI's clients send Bearer keys
+        headers["WWW-Authenticate"] = "Bearer"
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": kind, "param": param, "code": status}},
@@ -60,7 +68,12 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return error_response(status, exc.message, getattr(exc, "param", None))
+        return error_response(
+            status,
+            exc.message,
+            getattr(exc, "param", None),
+            getattr(exc, "retry_after_s", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,6 +7,7 @@ which ``/events`` replays to any number of subscribers, late or reconnecting."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,12 +20,15 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from serve_app import formats, spool, webhooks
+from serve_app.api.auth import ViewerDep
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.uploads import check_upload
 from serve_app.errors import (
     InvalidOptionError,
     JobNotReadyError,
     QueueUnavailableError,
+    QuotaExceededError,
+    RequestTooLargeError,
     UnsupportedFormatError,
 )
 from serve_app.pipeline import check_path
@@ -37,12 +41,14 @@ from serve_app.schemas import (
     ResponseFormat,
     TranscribeOptions,
 )
-from serve_app.store.jobs import NewJob
+from serve_app.store.jobs import NewJob, Viewer
 from serve_app.transcriber import normalize_language, served_model
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 EVENT_POLL_S = 0.25
+MAX_JSON_BODY_BYTES = 16 * 1024
+QUOTA_RETRY_S = 30
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -68,7 +74,9 @@ _SUBMIT_BODY = {
 
 
 @router.post("", status_code=202, response_model=Job, openapi_extra=_SUBMIT_BODY)
-async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -> JSONResponse:
+async def submit_job(
+    request: Request, backend: BackendDep, limits: LimitsDep, viewer: ViewerDep
+) -> JSONResponse:
     settings = backend.settings
     upload, submission = await _read_submission(request)
     options = TranscribeOptions(
@@ -80,14 +88,18 @@ async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -
     )
     if submission.callback_url:
         webhooks.check_callback_url(submission.callback_url, settings.webhook_secret is not None)
-    key = submission.idempotency_key
-    if key is not None:
+    key = None
+    if submission.idempotency_key is not None:
+        key = scoped_idempotency_key(viewer.owner, submission.idempotency_key)
         existing = await asyncio.to_thread(backend.store.find_by_idempotency_key, key)
         if existing is not None:
             return _job_response(existing, 200)
 
+    size = None
     if upload is not None:
-        suffix = await check_upload(upload, limits)
+        suffix, size = await check_upload(upload, limits)
+    await _check_quota(backend, viewer, size or 0)
+    if upload is not None:
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
         filename, spooled = upload.filename, True
     else:
@@ -104,6 +116,8 @@ async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -
         filename=filename,
         callback_url=submission.callback_url,
         idempotency_key=key,
+        owner=viewer.owner,
+        audio_bytes=size,
     )
     job, created = await asyncio.to_thread(backend.store.create, new)
     if not created:  # the same key won a race with this request
@@ -122,22 +136,27 @@ async def submit_job(request: Request, backend: BackendDep, limits: LimitsDep) -
 @router.get("", response_model=JobList)
 async def list_jobs(
     backend: BackendDep,
+    viewer: ViewerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
-    page, next_cursor = await asyncio.to_thread(backend.store.list_jobs, status, limit, cursor)
+    page, next_cursor = await asyncio.to_thread(
+        backend.store.list_jobs, status, limit, cursor, viewer
+    )
     return JobList(data=page, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=Job)
-async def get_job(job_id: str, backend: BackendDep) -> Job:
-    return await asyncio.to_thread(backend.store.get, job_id)
+async def get_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> Job:
+    return await asyncio.to_thread(backend.store.get, job_id, True, viewer)
 
 
 @router.get("/{job_id}/result")
-async def get_result(job_id: str, backend: BackendDep, format: ResponseFormat = "json") -> Response:
-    job = await asyncio.to_thread(backend.store.get, job_id)
+async def get_result(
+    job_id: str, backend: BackendDep, viewer: ViewerDep, format: ResponseFormat = "json"
+) -> Response:
+    job = await asyncio.to_thread(backend.store.get, job_id, True, viewer)
     if job.status != "completed" or job.result is None:
         detail = f": {job.error}" if job.error else ""
         raise JobNotReadyError(f"Job {job_id} is {job.status}; it has no result{detail}")
@@ -146,21 +165,29 @@ async def get_result(job_id: str, backend: BackendDep, format: ResponseFormat = 
 
 
 @router.delete("/{job_id}", response_model=Job)
-async def cancel_job(job_id: str, backend: BackendDep) -> Job:
-    job = await asyncio.to_thread(backend.store.cancel, job_id)
+async def cancel_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> Job:
+    job = await asyncio.to_thread(backend.store.cancel, job_id, viewer)
     if job.spooled:  # a running job has its samples decoded already
         await asyncio.to_thread(spool.remove, job.audio_path, backend.settings.spool)
     return job
 
 
-async def _existing_job(job_id: str, backend: BackendDep) -> str:
-    await asyncio.to_thread(backend.store.get, job_id)  # 404 before the stream starts
+async def _existing_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> str:
+    # 404 before the stream starts, for unknown jobs and other keys' jobs alike.
+    await asyncio.to_thread(backend.store.get, job_id, False, viewer)
     return job_id
+
+
+async def _stream_slot(backend: BackendDep) -> AsyncIterator[None]:
+    """Held until the stream ends: open streams are capped so they cannot starve the API."""
+    with backend.streams.take():
+        yield
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
     job_id: Annotated[str, Depends(_existing_job)],
+    _slot: Annotated[None, Depends(_stream_slot)],
     backend: BackendDep,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
     after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
@@ -168,7 +195,10 @@ async def job_events(
     """Server-Sent Events: queued, running, progress, segment, then completed, failed or
     cancelled. Each event's id is what Last-Event-ID takes to resume after it."""
     cursor = last_event_id or after or 0
-    while True:
+    loop = asyncio.get_running_loop()
+    # Clients resume with Last-Event-ID, so a bounded stream loses nothing.
+    closes_at = loop.time() + backend.settings.sse_max_lifetime_sec
+    while loop.time() < closes_at:
         events = await asyncio.to_thread(backend.store.events_after, job_id, cursor)
         for event in events:
             yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
@@ -196,17 +226,51 @@ async def _read_submission(
             fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and v != ""}
             return upload, JobSubmission.model_validate({**fields, "audio_file_path": "upload"})
         if content_type.startswith("application/json"):
-            return None, JobSubmission.model_validate(await request.json())
+            return None, JobSubmission.model_validate_json(await _small_body(request))
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         ) from None
-    except ValueError as exc:  # the body is not JSON at all
-        raise InvalidOptionError(f"Invalid JSON body: {exc}") from None
+    except ValueError:  # the body is not JSON at all
+        raise InvalidOptionError("The body is not valid JSON") from None
     raise UnsupportedFormatError(
         "Send the job as multipart/form-data (with 'file') or application/json "
         "(with 'audio_file_path')"
     )
+
+
+async def _small_body(request: Request) -> bytes:
+    """A JSON job names a path: a few KB, whatever MAX_FILE_SIZE_MB allows for uploads."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY_BYTES:
+            raise RequestTooLargeError(
+                f"A JSON job body may be at most {MAX_JSON_BODY_BYTES // 1024} KB"
+            )
+    return bytes(body)
+
+
+def scoped_idempotency_key(owner: str | None, key: str) -> str:
+    """Client keys live in their owner's namespace, apart from the internal ``amqp:`` keys."""
+    return f"http:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+async def _check_quota(backend: BackendDep, viewer: Viewer, new_bytes: int) -> None:
+    settings = backend.settings
+    jobs, spooled = await asyncio.to_thread(backend.store.usage, viewer.owner)
+    if jobs >= settings.max_queued_jobs_per_key:
+        raise QuotaExceededError(
+            f"This API key has {jobs} unfinished jobs, the most it may have; "
+            "wait for some to finish",
+            QUOTA_RETRY_S,
+        )
+    if spooled + new_bytes > settings.max_spooled_mb_per_key * 1024 * 1024:
+        raise QuotaExceededError(
+            f"This API key's unfinished jobs hold {spooled / 1048576:.0f} MB of uploads; "
+            f"the limit is {settings.max_spooled_mb_per_key:.0f} MB",
+            QUOTA_RETRY_S,
+        )
 
 
 async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:

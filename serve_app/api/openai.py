@@ -12,6 +12,7 @@ from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
 from serve_app.schemas import (
+    MAX_PROMPT_CHARS,
     ModelCard,
     ModelList,
     ResponseFormat,
@@ -46,7 +47,7 @@ async def create_transcription(
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO-639-1; empty to detect")] = None,
-    prompt: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
@@ -66,8 +67,8 @@ async def create_transcription(
         and "word" in (timestamp_granularities or []),
     )
     if stream:
-        decoded = await decode_upload(file, limits)
-        return stream_transcription(backend, decoded.samples, options)
+        decoded, held = await decode_upload(file, limits, backend.admission)
+        return stream_transcription(backend, decoded.samples, options, held)
     return await _respond(backend, limits, file, options, response_format)
 
 
@@ -77,7 +78,7 @@ async def create_translation(
     limits: LimitsDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
 ) -> Response:
@@ -103,7 +104,8 @@ async def _respond(
     options: TranscribeOptions,
     response_format: ResponseFormat,
 ) -> Response:
-    decoded = await decode_upload(file, limits)
-    transcript = await backend.transcribe(decoded.samples, options)
+    decoded, held = await decode_upload(file, limits, backend.admission)
+    with held:
+        transcript = await backend.transcribe(decoded.samples, options)
     body = formats.render(transcript, response_format, words=options.word_timestamps)
     return Response(content=body, media_type=formats.MEDIA_TYPES[response_format])

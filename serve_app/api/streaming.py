@@ -13,6 +13,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
+from serve_app.admission import Reservation
 from serve_app.api.deps import Backend
 from serve_app.audio import AudioArray
 from serve_app.errors import ServiceError
@@ -22,16 +23,25 @@ logger = logging.getLogger(__name__)
 
 
 def stream_transcription(
-    backend: Backend, samples: AudioArray, options: TranscribeOptions
+    backend: Backend, samples: AudioArray, options: TranscribeOptions, held: Reservation
 ) -> StreamingResponse:
+    """``held`` is released when the stream ends, however it ends."""
     return StreamingResponse(
-        _events(backend, samples, options),
+        _events(backend, samples, options, held),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _events(
+    backend: Backend, samples: AudioArray, options: TranscribeOptions, held: Reservation
+) -> AsyncIterator[bytes]:
+    with held:
+        async for event in _transcription_events(backend, samples, options):
+            yield event
+
+
+async def _transcription_events(
     backend: Backend, samples: AudioArray, options: TranscribeOptions
 ) -> AsyncIterator[bytes]:
     decoded: asyncio.Queue[list[Segment]] = asyncio.Queue()
@@ -53,9 +63,9 @@ async def _events(
     except ServiceError as exc:
         yield _event({"type": "error", "error": {"message": exc.message}})
         return
-    except Exception as exc:
+    except Exception:
         logger.exception("Streaming transcription failed")
-        yield _event({"type": "error", "error": {"message": f"{exc.__class__.__name__}: {exc}"}})
+        yield _event({"type": "error", "error": {"message": "Transcription failed"}})
         return
     finally:
         if not work.done():  # the client went away: stop the model work too

@@ -7,24 +7,48 @@ import asyncio
 from starlette.datastructures import UploadFile
 
 from serve_app import audio
+from serve_app.admission import AudioAdmission, Reservation
 from serve_app.audio import AudioLimits, DecodedAudio
+from serve_app.errors import InvalidOptionError
+
+MAX_FILENAME_BYTES = 255
 
 
-async def check_upload(upload: UploadFile, limits: AudioLimits) -> str:
-    """Extension and size of an upload, before anything reads it; returns the extension."""
+async def check_upload(upload: UploadFile, limits: AudioLimits) -> tuple[str, int]:
+    """Name, extension and size of an upload, before anything reads it; returns the extension
+    and the size."""
+    check_filename(upload.filename)
     suffix = audio.check_extension(upload.filename)
     size = upload.size
     if size is None:  # not reported by the parser: measure the spooled file
         size = await asyncio.to_thread(_measure, upload)
     audio.check_size(size, limits)
-    return suffix
+    return suffix, size
 
 
-async def decode_upload(upload: UploadFile, limits: AudioLimits) -> DecodedAudio:
+def check_filename(name: str | None) -> None:
+    """Names are stored and shown: no control characters, and what a file system allows."""
+    if name is None:
+        return
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise InvalidOptionError(
+            f"The file name is longer than {MAX_FILENAME_BYTES} bytes", param="file"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidOptionError("The file name contains control characters", param="file")
+
+
+async def decode_upload(
+    upload: UploadFile, limits: AudioLimits, admission: AudioAdmission
+) -> tuple[DecodedAudio, Reservation]:
+    """Decoded samples, and their reservation in the replica's budget: release it once the
+    model has answered."""
     await check_upload(upload, limits)
     await upload.seek(0)
-    # Decoding is CPU-bound: keep it off the replica's event loop.
-    return await asyncio.to_thread(audio.decode, upload.file, limits)
+    async with admission.decode_slot():
+        # The decoder is a child process; waiting for it must not block the event loop.
+        decoded = await asyncio.to_thread(audio.decode, upload.file, limits)
+    return decoded, admission.reserve(decoded.samples.nbytes)
 
 
 def _measure(upload: UploadFile) -> int:

@@ -4,6 +4,7 @@ out over replicas by units, Ray's failures made domain errors."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -16,6 +17,8 @@ from serve_app.fanout import FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class ModelClient:
@@ -100,7 +103,8 @@ def _replica_errors(pool: str) -> Iterator[None]:
     except ServiceError:
         raise  # a domain error raised in the replica keeps its type across Ray
     except Exception as exc:  # replica died, unreachable, overloaded: worth a retry
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        # Ray's errors name actors, nodes and replicas: they go to the log, not to clients.
+        logger.warning("Model replica in %s failed: %r", pool, exc)
         raise ReplicaUnavailableError(
-            f"Model replica in {pool} failed: {exc.__class__.__name__}: {first_line}"
+            "A model replica failed while transcribing; the request may be retried"
         ) from exc

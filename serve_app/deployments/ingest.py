@@ -5,7 +5,6 @@ drives their autoscaling. It also delivers webhooks and applies retention."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,7 +20,7 @@ from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.fanout import ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
 from serve_app.jobs import EventWriter, JobRunner
-from serve_app.pipeline import transcribe_file
+from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import JobStore, ResultLedger, open_engine
@@ -44,6 +43,8 @@ class Ingest:
     ) -> None:
         self._settings = settings = load_settings()
         self._client = ModelClient(pools, weights, settings)
+        # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
+        self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = await asyncio.to_thread(open_engine, settings.database)
         self._store = JobStore(engine)
@@ -74,7 +75,10 @@ class Ingest:
         try:
             await self._consumer.submit_job(job_id)
         except PublishError as exc:
-            raise QueueUnavailableError(f"The job queue is unavailable: {exc}") from None
+            logger.error("Could not queue job %s: %s", job_id, exc)
+            raise QueueUnavailableError(
+                "The job queue is unavailable; nothing was accepted, try again later"
+            ) from None
 
     async def _transcribe_path(
         self,
@@ -86,7 +90,7 @@ class Ingest:
         async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
             return await self._client.transcribe(samples, opts, on_progress, on_segments)
 
-        return await transcribe_file(path, options, self._settings, transcribe)
+        return await transcribe_file(path, options, self._settings, transcribe, self._admission)
 
     async def _run_request(self, request: QueuedTranscriptionRequest) -> Transcript:
         """A Whisper-Local job: run it, and keep the job store's record of it current."""
@@ -137,8 +141,10 @@ class Ingest:
         """Apply a job store update to an AMQP job's record, if it has one; never fails."""
         if job_id is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.to_thread(update, job_id, value)
+        except Exception:
+            logger.exception("Could not update the record of AMQP job %s", job_id)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.

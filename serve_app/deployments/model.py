@@ -89,7 +89,7 @@ class TranscriberDeployment:
         except Exception as exc:
             self._failures += 1
             logger.exception("Inference failed (%d in a row)", self._failures)
-            raise InferenceError(f"Inference failed: {exc.__class__.__name__}: {exc}") from exc
+            raise InferenceError("Inference failed on this audio") from exc
         self._failures = 0
         return result
 

@@ -56,6 +56,20 @@ class NewJob:
     external_id: str | None = None
     id: str | None = None
     status: JobStatus = "queued"
+    owner: str | None = None
+    audio_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who reads or changes jobs: one API key's owner id sees its own jobs; ``everyone`` (admin
+    keys, a service without keys, the service itself) sees all of them."""
+
+    owner: str | None = None
+    everyone: bool = True
+
+
+EVERYONE = Viewer()
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,8 @@ class JobStore:
             "status": new.status,
             "idempotency_key": new.idempotency_key,
             "external_id": new.external_id,
+            "owner": new.owner,
+            "audio_bytes": new.audio_bytes,
             "options": new.options.model_dump(mode="json"),
             "audio_path": new.audio_path,
             "filename": new.filename,
@@ -117,9 +133,12 @@ class JobStore:
             return existing, False
         return self.get(job_id), True
 
-    def get(self, job_id: str, with_result: bool = True) -> Job:
+    def get(self, job_id: str, with_result: bool = True, viewer: Viewer = EVERYONE) -> Job:
+        """The job; JobNotFoundError also when it belongs to another key (its id is not
+        confirmed to exist)."""
+        query = select(jobs).where(jobs.c.id == job_id, *_visible(viewer))
         with self._engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            row = conn.execute(query).mappings().first()
             if row is None:
                 raise JobNotFoundError(f"No job with id '{job_id}'")
             position = self._queue_position(conn, row)
@@ -132,10 +151,18 @@ class JobStore:
             return None
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        viewer: Viewer = EVERYONE,
     ) -> tuple[list[Job], str | None]:
         """Newest first; ``cursor`` continues after the last job of the previous page."""
-        query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        query = (
+            select(jobs)
+            .where(*_visible(viewer))
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        )
         if status is not None:
             query = query.where(jobs.c.status == status)
         if cursor is not None:
@@ -249,8 +276,9 @@ class JobStore:
             if changed:
                 self._event(conn, job_id, "queued", {"status": "queued", "retry_after": error})
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, viewer: Viewer = EVERYONE) -> Job:
         """queued or running -> cancelled at once; a running job stops at its next chunk."""
+        self.get(job_id, with_result=False, viewer=viewer)  # 404 for another key's job
         done = self._finish(
             job_id,
             "cancelled",
@@ -262,6 +290,18 @@ class JobStore:
         if not done:
             raise JobStateError(f"Job {job_id} is already {job.status}; it cannot be cancelled")
         return job
+
+    def usage(self, owner: str | None) -> tuple[int, int]:
+        """(unfinished HTTP jobs, bytes of audio they keep spooled) of one owner."""
+        with self._engine.connect() as conn:
+            count, spooled = conn.execute(
+                select(func.count(), func.coalesce(func.sum(jobs.c.audio_bytes), 0)).where(
+                    jobs.c.source == "http",
+                    jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner,
+                    jobs.c.status.not_in(tuple(FINISHED)),
+                )
+            ).one()
+        return int(count), int(spooled)
 
     def status(self, job_id: str) -> JobStatus | None:
         with self._engine.connect() as conn:
@@ -393,6 +433,10 @@ class JobStore:
             .where(jobs.c.status == "queued", jobs.c.created_at < row["created_at"])
         ).scalar()
         return int(ahead or 0) + 1
+
+
+def _visible(viewer: Viewer) -> list[Any]:
+    return [] if viewer.everyone else [jobs.c.owner == viewer.owner]
 
 
 def _to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:

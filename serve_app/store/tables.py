@@ -38,12 +38,16 @@ jobs = Table(
     Column("id", String(64), primary_key=True),
     Column("source", String(8), nullable=False),  # http | amqp
     Column("status", String(16), nullable=False, index=True),
+    # Scoped: "http:<owner>:<sha256 of the client's key>" or "amqp:<job key>".
     Column("idempotency_key", String(255), unique=True),
+    # The API key that made the job (a hash of it); NULL for AMQP jobs and keyless services.
+    Column("owner", String(64), index=True),
     Column("external_id", String(64)),  # the AMQP attachment_id
     Column("options", JSON, nullable=False),
     Column("audio_path", Text, nullable=False),
     Column("filename", String(255)),
     Column("spooled", Boolean, nullable=False, default=False),  # audio_path is ours to delete
+    Column("audio_bytes", BigInteger),  # size of a spooled upload, for per-key quotas
     Column("model", String(100), nullable=False),
     Column("language", String(16)),
     Column("callback_url", Text),

@@ -19,7 +19,7 @@ from ingest import topology
 from ingest.consumer import ConsumerConfig, IngestConsumer
 from serve_app.audio import AudioArray
 from serve_app.errors import InferenceError
-from serve_app.pipeline import transcribe_file
+from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ResultLedger, open_engine
@@ -80,7 +80,9 @@ def real_job(settings: Settings) -> Runner:
             return await asyncio.to_thread(tiny.transcribe, audio, options)
 
         options = TranscribeOptions(model="tiny.en", language=request.language or None)
-        return await transcribe_file(request.audio_file_path, options, settings, model)
+        return await transcribe_file(
+            request.audio_file_path, options, settings, model, admission_for(settings, None)
+        )
 
     return run
 
