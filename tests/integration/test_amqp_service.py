@@ -15,6 +15,7 @@ from typing import Any
 
 from ingest import contract as c
 from tests.integration.conftest import (
+    ADMIN_KEY,
     INGEST_REPLICAS,
     MAX_FILE_SIZE_MB,
     RABBITMQ_URL,
@@ -61,15 +62,18 @@ def test_topology_is_the_contracts(service: Service) -> None:
 def test_app_started_and_served_http_while_the_broker_was_down(service: Service) -> None:
     down = service.health_broker_down
     assert down["status"] == "degraded" and down["broker"]["status"] == "down"
-    assert down["broker"]["last_error"]  # why, for whoever reads /health
+    # /health is open: why the broker is down is in the logs, not here.
+    assert down["broker"] == {"status": "down"}
     assert service.models_broker_down == 200
     # An async job cannot be queued durably then: refused, not accepted and lost.
     assert service.job_broker_down == 503
 
 
 def test_health_reports_the_broker(service: Service) -> None:
-    broker: Any = service.health()["broker"]
-    assert broker["status"] == "up" and broker["connected"] and broker["consuming"]
+    health: Any = service.health()
+    assert health["broker"] == {"status": "up"}
+    # Pools show replica counts by state, never replica ids.
+    assert all(set(p) == {"status", "replicas", "in_flight"} for p in health["pools"].values())
 
 
 def test_success_with_the_words_checked(service: Service, results, clip) -> None:
@@ -85,8 +89,11 @@ def test_success_with_the_words_checked(service: Service, results, clip) -> None
     props = results.properties(job["attachment_id"])[0]
     assert props.delivery_mode == 2
     assert props.message_id and props.correlation_id == str(job["attachment_id"])
-    # The job store records AMQP jobs too, next to HTTP ones.
+    # The job store records AMQP jobs too, next to HTTP ones: for admin keys, not client keys.
     with service.client() as client:
+        jobs = client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+        assert not [j for j in jobs if j["external_id"] == str(job["attachment_id"])]
+    with service.client(api_key=ADMIN_KEY) as client:
         jobs = client.get("/v1/jobs", params={"limit": 100}).json()["data"]
         mine = [j for j in jobs if j["external_id"] == str(job["attachment_id"])]
         assert len(mine) == 1 and mine[0]["source"] == "amqp", mine
