@@ -1,22 +1,24 @@
 """Background work of the queue side: deliver due webhooks, delete what retention allows.
 
 Plain asyncio over the store; several replicas may run it at once (webhooks are leased, purges
-are idempotent)."""
+are idempotent). Deliveries, retention and the ledger purge are separate loops, and each
+delivery is its own task, so a slow or hostile receiver holds up nothing but its own delivery,
+and that one only until WEBHOOK_TIMEOUT_SEC."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
 from serve_app import spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
-from serve_app.store import JobStore
+from serve_app.store import JobStore, WebhookClaim, WebhookStore
 from serve_app.store.jobs import now
 
 logger = logging.getLogger(__name__)
@@ -24,45 +26,87 @@ logger = logging.getLogger(__name__)
 WEBHOOK_POLL_S = 0.5
 RETENTION_EVERY_S = 60.0
 LEDGER_PURGE_EVERY_S = 3600.0
+MAX_DELIVERIES = 8
+# A lease outlasts the delivery deadline by this much: time to record the attempt, and clock
+# differences between replicas (each compares leases with its own clock).
+LEASE_MARGIN_S = 30.0
 
 
 class Housekeeper:
     def __init__(
-        self, store: JobStore, settings: Settings, purge_ledger: Callable[[], int] | None = None
+        self,
+        store: JobStore,
+        settings: Settings,
+        purge_ledger: Callable[[], int] | None = None,
+        *,
+        webhook_store: WebhookStore | None = None,
+        retention_every_s: float = RETENTION_EVERY_S,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         self._store = store
+        # The job store's own engine: both tables live in one database.
+        self._webhooks = webhook_store or WebhookStore(store.engine)
         self._settings = settings
         self._purge_ledger = purge_ledger
+        self._retention_every_s = retention_every_s
+        self._max_deliveries = max_deliveries
         self._secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+        self._lease = timedelta(seconds=settings.webhook_timeout_sec + LEASE_MARGIN_S)
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self._settings.webhook_timeout_sec) as client:
-            last_retention = last_ledger = float("-inf")
-            loop = asyncio.get_running_loop()
+        async with webhooks.make_client() as client, asyncio.TaskGroup() as loops:
+            loops.create_task(self.deliver_forever(client))
+            loops.create_task(_every(self._retention_every_s, self.apply_retention, "Retention"))
+            if self._purge_ledger is not None:
+                purge = self._purge_ledger
+                loops.create_task(_every(LEDGER_PURGE_EVERY_S, purge, "Ledger purge"))
+
+    async def deliver_forever(self, client: httpx.AsyncClient) -> None:
+        """Keep up to max_deliveries deliveries going, claiming more as slots free up; jobs
+        are claimed only when a slot is free, so no lease runs down while it waits."""
+        in_flight: dict[str, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as deliveries:
             while True:
-                with contextlib.suppress(Exception):
-                    await self.deliver_webhooks(client)
-                if loop.time() - last_retention >= RETENTION_EVERY_S:
-                    last_retention = loop.time()
-                    with contextlib.suppress(Exception):
-                        await asyncio.to_thread(self.apply_retention)
-                if self._purge_ledger and loop.time() - last_ledger >= LEDGER_PURGE_EVERY_S:
-                    last_ledger = loop.time()
-                    with contextlib.suppress(Exception):
-                        await asyncio.to_thread(self._purge_ledger)
+                for job_id in [j for j, task in in_flight.items() if task.done()]:
+                    del in_flight[job_id]
+                free = self._max_deliveries - len(in_flight)
+                for claim in await self._claim(free, list(in_flight)):
+                    in_flight[claim.job.id] = deliveries.create_task(self._deliver(client, claim))
                 await asyncio.sleep(WEBHOOK_POLL_S)
 
     async def deliver_webhooks(self, client: httpx.AsyncClient) -> int:
-        lease = timedelta(seconds=self._settings.webhook_timeout_sec + 5)
-        due = await asyncio.to_thread(self._store.claim_webhooks, lease)
-        await asyncio.gather(*(self._deliver(client, job) for job in due))
-        return len(due)
+        """One round: claim what is due now, deliver it all, and return how many."""
+        claims = await self._claim(self._max_deliveries, ())
+        await asyncio.gather(*(self._deliver(client, claim) for claim in claims))
+        return len(claims)
 
-    async def _deliver(self, client: httpx.AsyncClient, job: Job) -> None:
+    async def _claim(self, limit: int, exclude: Collection[str]) -> list[WebhookClaim]:
+        if limit <= 0:
+            return []
+        try:
+            return await asyncio.to_thread(self._webhooks.claim_due, self._lease, limit, exclude)
+        except Exception:
+            logger.exception("Could not claim due webhooks")
+            return []
+
+    async def _deliver(self, client: httpx.AsyncClient, claim: WebhookClaim) -> None:
+        # A task of its own: whatever goes wrong here must not end the delivery loop.
+        try:
+            await self._deliver_one(client, claim)
+        except Exception:
+            logger.exception("Webhook delivery for job %s failed", claim.job.id)
+
+    async def _deliver_one(self, client: httpx.AsyncClient, claim: WebhookClaim) -> None:
+        job = claim.job
         assert job.webhook is not None
-        body = webhook_body(job)
         delivered, attempt = await webhooks.deliver(
-            client, job.webhook.url, job.id, body, self._secret
+            client,
+            job.webhook.url,
+            job.id,
+            webhook_body(job),
+            self._secret,
+            allowed_hosts=self._settings.webhook_allowed_hosts,
+            timeout_s=self._settings.webhook_timeout_sec,
         )
         count = len(job.webhook.attempts) + 1
         retry_at = None
@@ -75,9 +119,11 @@ class Housekeeper:
                 count,
                 attempt.error or attempt.status_code,
             )
-        await asyncio.to_thread(
-            self._store.record_webhook_attempt, job.id, attempt, delivered, retry_at
+        applied = await asyncio.to_thread(
+            self._webhooks.record_attempt, job.id, claim.token, attempt, delivered, retry_at
         )
+        if not applied:
+            logger.warning("Webhook attempt for job %s not recorded: its lease was lost", job.id)
 
     def apply_retention(self) -> int:
         """Delete jobs finished longer ago than JOB_RETENTION_HOURS, their audio and events,
@@ -91,6 +137,17 @@ class Housekeeper:
         if purged or orphans:
             logger.info("Retention: %d jobs and %d orphan files deleted", len(purged), orphans)
         return len(purged)
+
+
+async def _every(interval_s: float, work: Callable[[], Any], what: str) -> None:
+    """Run blocking work in a thread now and every interval_s; a failure is logged and the
+    next round tries again."""
+    while True:
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            logger.exception("%s failed; trying again in %.0f s", what, interval_s)
+        await asyncio.sleep(interval_s)
 
 
 def webhook_body(job: Job) -> bytes:

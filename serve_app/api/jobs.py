@@ -87,7 +87,11 @@ async def submit_job(
         word_timestamps=submission.word_timestamps,
     )
     if submission.callback_url:
-        webhooks.check_callback_url(submission.callback_url, settings.webhook_secret is not None)
+        await webhooks.check_callback_url(
+            submission.callback_url,
+            settings.webhook_secret is not None,
+            settings.webhook_allowed_hosts,
+        )
     key = None
     if submission.idempotency_key is not None:
         key = scoped_idempotency_key(viewer.owner, submission.idempotency_key)

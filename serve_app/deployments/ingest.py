@@ -23,7 +23,7 @@ from serve_app.jobs import EventWriter, JobRunner
 from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import JobStore, ResultLedger, open_engine
+from serve_app.store import JobStore, ResultLedger, WebhookStore, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.transcriber import normalize_language
 
@@ -66,7 +66,12 @@ class Ingest:
             jobs=runner,
             on_failed=lambda key, error: self._track(self._store.fail, key, error),
         )
-        self._housekeeper = Housekeeper(self._store, settings, self._consumer.purge_old_records)
+        self._housekeeper = Housekeeper(
+            self._store,
+            settings,
+            self._consumer.purge_old_records,
+            webhook_store=WebhookStore(engine),
+        )
         self._consuming = asyncio.create_task(self._consumer.run())
         self._housekeeping = asyncio.create_task(self._housekeeper.run())
 

@@ -85,6 +85,11 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @property
+    def engine(self) -> Engine:
+        """Shared with the other stores over the same database (webhooks, ledger)."""
+        return self._engine
+
     # --- create and read ------------------------------------------------------------------------
 
     def create(self, new: NewJob) -> tuple[Job, bool]:
@@ -327,50 +332,6 @@ class JobStore:
             if changed:
                 self._event(conn, job_id, status, event)
         return bool(changed)
-
-    # --- webhooks -------------------------------------------------------------------------------
-
-    def claim_webhooks(self, lease: timedelta, limit: int = 10) -> list[Job]:
-        """Finished jobs whose webhook is due; each is leased so other replicas skip it."""
-        stamp = now()
-        with self._engine.connect() as conn:
-            due = conn.execute(
-                select(jobs.c.id, jobs.c.webhook_next_at)
-                .where(jobs.c.webhook_status == "pending", jobs.c.webhook_next_at <= stamp)
-                .order_by(jobs.c.webhook_next_at)
-                .limit(limit)
-            ).all()
-        claimed = []
-        for job_id, next_at in due:
-            with self._engine.begin() as conn:
-                won = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.webhook_next_at == next_at)
-                    .values(webhook_next_at=stamp + lease)
-                ).rowcount
-            if won:
-                claimed.append(self.get(job_id))
-        return claimed
-
-    def record_webhook_attempt(
-        self, job_id: str, attempt: WebhookAttempt, delivered: bool, retry_at: datetime | None
-    ) -> None:
-        with self._engine.begin() as conn:
-            current = conn.execute(
-                select(jobs.c.webhook_attempts).where(jobs.c.id == job_id)
-            ).scalar()
-            attempts = [*(current or []), attempt.model_dump(mode="json")]
-            status = "delivered" if delivered else "pending" if retry_at else "failed"
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    webhook_attempts=attempts,
-                    webhook_status=status,
-                    webhook_next_at=None if delivered else retry_at,
-                    updated_at=now(),
-                )
-            )
 
     # --- retention ------------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
-from serve_app.schemas import TranscribeOptions, Transcript, WebhookAttempt
+from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.store import JobStore, ResultLedger, make_engine, migrate, open_engine
 from serve_app.store.db import current_revision
-from serve_app.store.jobs import NewJob, now
+from serve_app.store.jobs import NewJob
 
 
 @pytest.fixture
@@ -181,24 +181,6 @@ def test_list_pages_newest_first_and_filters(store: JobStore) -> None:
     assert [j.id for j in running] == [ids[0]]
     with pytest.raises(InvalidOptionError):
         store.list_jobs(cursor="garbage!")
-
-
-def test_webhooks_are_claimed_once_and_retried(store: JobStore) -> None:
-    job, _ = store.create(_new(callback_url="http://127.0.0.1:9/hook"))
-    store.start(job.id)
-    store.complete(job.id, _transcript())
-    claimed = store.claim_webhooks(timedelta(seconds=30))
-    assert [j.id for j in claimed] == [job.id]
-    assert store.claim_webhooks(timedelta(seconds=30)) == []  # leased
-    failed = WebhookAttempt(at=now(), status_code=500)
-    store.record_webhook_attempt(job.id, failed, delivered=False, retry_at=now())
-    assert [j.id for j in store.claim_webhooks(timedelta(seconds=30))] == [job.id]
-    store.record_webhook_attempt(
-        job.id, WebhookAttempt(at=now(), status_code=200), delivered=True, retry_at=None
-    )
-    webhook = store.get(job.id).webhook
-    assert webhook is not None and webhook.status == "delivered"
-    assert [a.status_code for a in webhook.attempts] == [500, 200]
 
 
 def test_retention_purges_finished_jobs_only(store: JobStore) -> None:
