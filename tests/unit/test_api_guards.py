@@ -6,83 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from serve_app.admission import AudioAdmission, StreamLimit
+from serve_app.admission import AudioAdmission
 from serve_app.api.app import create_api
 from serve_app.errors import ServiceBusyError
-from serve_app.fanout import SegmentsFn
-from serve_app.pipeline import admission_for
-from serve_app.schemas import TranscribeOptions, Transcript
-from serve_app.settings import Settings
-from serve_app.store import JobStore, open_engine
-
-KEY_A, KEY_B, ADMIN = "key-a", "key-b", "admin-key"
-
-
-@dataclass
-class StandIn:
-    """The Backend protocol over a real store; no model, no broker."""
-
-    settings: Settings
-    store: JobStore
-    admission: AudioAdmission
-    streams: StreamLimit
-    submitted: list[str] = field(default_factory=list)
-    transcribing: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def transcribe(
-        self,
-        audio: Any,
-        options: TranscribeOptions,
-        on_segments: SegmentsFn | None = None,
-    ) -> Transcript:
-        self.transcribing.set()
-        await self.release.wait()
-        return Transcript(
-            text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
-        )
-
-    async def submit(self, job_id: str) -> None:
-        self.submitted.append(job_id)
-
-    async def health(self) -> tuple[bool, dict[str, Any]]:
-        return True, {}
-
-
-@pytest.fixture
-def backend(tmp_path: Path, clip) -> StandIn:  # type: ignore[no-untyped-def]
-    audio_dir = tmp_path / "audio"
-    audio_dir.mkdir()
-    (audio_dir / "a.mp3").write_bytes(clip("en_office", ".mp3").read_bytes())
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        tmp_dir=tmp_path / "tmp",
-        allowed_audio_roots=[audio_dir],
-        api_keys=[KEY_A, KEY_B],  # type: ignore[list-item]
-        api_admin_keys=[ADMIN],  # type: ignore[list-item]
-        max_queued_jobs_per_key=3,
-        max_spooled_mb_per_key=1,
-        sse_max_subscribers=1,
-        sse_max_lifetime_sec=1,
-        max_decoded_audio_mb=1,
-    )
-    store = JobStore(open_engine(settings.database))
-    return StandIn(
-        settings, store, admission_for(settings, 1), StreamLimit(settings.sse_max_subscribers)
-    )
-
-
-def client(backend: StandIn, key: str | None = KEY_A) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    transport = httpx.ASGITransport(app=create_api(backend))  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers)
+from tests.support.api_standin import ADMIN, KEY_A, KEY_B, StandIn, client
 
 
 def _path_job(backend: StandIn, **extra: object) -> dict[str, object]:
