@@ -80,7 +80,16 @@ class FanOut:
                 on_progress(done, duration)
             return result
 
-        parts = await asyncio.gather(*(run(unit) for unit in units))
+        tasks = [asyncio.create_task(run(unit)) for unit in units]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # A part that failed for good (or a cancel) fails the file: its siblings' work on
+            # the replicas is wasted from here on, so stop it instead of letting it finish.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         logger.info("Transcribed %.0f s in %d units", duration, len(units))
         return merge(units, parts, self.sample_rate, duration, language, probability)
 

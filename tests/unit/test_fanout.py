@@ -167,6 +167,32 @@ async def test_deterministic_errors_are_not_retried(long_audio: np.ndarray) -> N
     assert stand_in.calls.count(first_len) == 1
 
 
+async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.ndarray) -> None:
+    probe = StandIn()
+    await FanOut(probe.unit, probe.detect, ChunkingOptions(unit_s=60), SR).transcribe(
+        long_audio, TranscribeOptions()
+    )
+    first_len = probe.calls[0]
+    cancelled: list[int] = []
+
+    async def unit(
+        part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+    ) -> Transcript:
+        if len(part) == first_len:
+            raise InvalidOptionError("bad")
+        try:
+            await asyncio.sleep(30)  # a long unit still decoding on some replica
+        except asyncio.CancelledError:
+            cancelled.append(len(part))
+            raise
+        raise AssertionError("a sibling of a failed part ran to its end")
+
+    fan_out = FanOut(unit, probe.detect, ChunkingOptions(unit_s=60), SR)
+    with pytest.raises(InvalidOptionError):
+        await asyncio.wait_for(fan_out.transcribe(long_audio, TranscribeOptions()), 10)
+    assert len(cancelled) == len(probe.calls) - 1
+
+
 async def test_silence_gives_an_empty_transcript() -> None:
     stand_in = StandIn()
     result = await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
