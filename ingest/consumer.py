@@ -128,7 +128,9 @@ class IngestConsumer:
         connection.reconnect_callbacks.add(self._on_reconnected)
         consumer_channel = await connection.channel()
         consumer_channel.close_callbacks.add(self._abandon_in_flight)
-        await consumer_channel.set_qos(prefetch_count=self._config.prefetch)
+        # global: RabbitMQ shares the count among every consumer on the channel, so the contract
+        # lane and the jobs lane together hold WORKERS_COUNT, not WORKERS_COUNT each.
+        await consumer_channel.set_qos(prefetch_count=self._config.prefetch, global_=True)
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._out = await topology.declare(self._publisher)
         incoming = await topology.declare(consumer_channel)

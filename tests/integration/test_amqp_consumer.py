@@ -19,10 +19,12 @@ from ingest import topology
 from ingest.consumer import ConsumerConfig, IngestConsumer
 from serve_app.audio import AudioArray
 from serve_app.errors import InferenceError
+from serve_app.jobs import JobRunner
 from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.store import ResultLedger, open_engine
+from serve_app.store import JobStore, ResultLedger, open_engine
+from serve_app.store.jobs import NewJob
 from serve_app.transcriber import Transcriber
 from tests.support import amqp, speech
 
@@ -359,3 +361,44 @@ async def test_topology_arguments_match_the_contract(vhost: str) -> None:
         "x-dead-letter-exchange": "whisper_exchange",
         "x-dead-letter-routing-key": "transcription.request",
     }
+
+
+async def test_prefetch_is_shared_by_both_lanes(results, ledger, settings: Settings) -> None:
+    """WORKERS_COUNT bounds a replica's jobs, contract requests and HTTP jobs together."""
+    store = JobStore(open_engine(settings.database))
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def held_request(request: QueuedTranscriptionRequest) -> Transcript:
+        started.append("request")
+        await release.wait()
+        raise InferenceError("released")
+
+    async def held_job(path: str, *_: object) -> Transcript:
+        started.append("job")
+        await release.wait()
+        raise InferenceError("released")
+
+    runner = JobRunner(store, held_job, settings.spool, timeout_s=60)
+    config = ConsumerConfig(url=URL, prefetch=2, model_name="tiny.en", shutdown_grace_s=1)
+    consumer = IngestConsumer(config, held_request, ledger, jobs=runner)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await _until(lambda: consumer.status.consuming, 30, "the consumer")
+        new = NewJob(source="http", audio_path="/x.mp3", options=TranscribeOptions(), model="m")
+        for _ in range(4):
+            job, _ = store.create(new)
+            await consumer.submit_job(job.id)
+        amqp.publish(URL, *(_request("/tmp/shared_audio/held.mp3") for _ in range(4)))
+        await _until(lambda: len(started) >= 2, 30, "two jobs to start")
+        await asyncio.sleep(1)  # time for a third delivery, if the broker would send one
+        held = amqp.unacked(c.REQUEST_QUEUE, VHOST) + amqp.unacked(c.JOB_QUEUE, VHOST)
+        assert len(started) == 2 and held == 2, (started, held)
+    finally:
+        await consumer.stop()
+        release.set()
+        await asyncio.wait_for(task, 30)
+        with amqp.connect(URL) as conn:  # leave the lanes empty for the next test
+            channel = conn.channel()
+            for queue in (c.REQUEST_QUEUE, c.RETRY_QUEUE, c.JOB_QUEUE, c.JOB_RETRY_QUEUE):
+                channel.queue_purge(queue)
