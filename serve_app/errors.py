@@ -91,6 +91,10 @@ class JobNotFoundError(ServiceError):
     """No job has this id (or it was deleted after its retention time)."""
 
 
+class JobCancelledError(ServiceError):
+    """The job was cancelled by request while it ran (or before a retry of it)."""
+
+
 class JobStateError(ServiceError):
     """The job is not in a state that allows this (a finished job cannot be cancelled)."""
 

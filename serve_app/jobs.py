@@ -72,6 +72,29 @@ class EventWriter:
                 logger.exception("Could not record %s for job %s", kind, self.job_id)
 
 
+async def watch_cancellation(
+    store: JobStore,
+    job_id: str,
+    work: asyncio.Task[Transcript],
+    cancelled: asyncio.Event,
+    poll_s: float = 1.0,
+) -> None:
+    """Stop the work when the job is cancelled in the store (by any replica's DELETE), and set
+    ``cancelled``; requests still queued at replicas are cancelled with it, a window being
+    decoded finishes first. Both lanes, HTTP jobs and Whisper-Local jobs, use it."""
+    while not work.done():
+        await asyncio.sleep(poll_s)
+        try:
+            status = await asyncio.to_thread(store.status, job_id)
+        except Exception:  # the store may be back at the next poll
+            logger.exception("Could not check whether job %s was cancelled", job_id)
+            continue
+        if status == "cancelled":
+            cancelled.set()
+            work.cancel()
+            return
+
+
 def segment_event(segment: Segment) -> dict[str, Any]:
     return {"id": segment.id, "start": segment.start, "end": segment.end, "text": segment.text}
 
@@ -98,7 +121,9 @@ class JobRunner:
             )
         )
         cancelled = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(job_id, work, cancelled))
+        watcher = asyncio.create_task(
+            watch_cancellation(self.store, job_id, work, cancelled, self.cancel_poll_s)
+        )
         reason: str | None = None
         retryable = False
         transcript: Transcript | None = None
@@ -134,23 +159,6 @@ class JobRunner:
             outcome = Outcome.FAILED
         await self._release_audio(job_id)
         return outcome, reason
-
-    async def _watch(
-        self, job_id: str, work: asyncio.Task[Transcript], cancelled: asyncio.Event
-    ) -> None:
-        """Stop the work when the job is cancelled; requests still queued at replicas are
-        cancelled with it, a window being decoded finishes first."""
-        while not work.done():
-            await asyncio.sleep(self.cancel_poll_s)
-            try:
-                status = await asyncio.to_thread(self.store.status, job_id)
-            except Exception:  # the store may be back at the next poll
-                logger.exception("Could not check whether job %s was cancelled", job_id)
-                continue
-            if status == "cancelled":
-                cancelled.set()
-                work.cancel()
-                return
 
     async def _release_audio(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.store.find, job_id)

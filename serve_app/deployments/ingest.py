@@ -16,10 +16,10 @@ from ray.serve.handle import DeploymentHandle
 from ingest import contract as c
 from ingest.consumer import ConsumerConfig, IngestConsumer, PublishError
 from serve_app.deployments.client import ModelClient
-from serve_app.errors import QueueUnavailableError, ServiceError
+from serve_app.errors import JobCancelledError, QueueUnavailableError, ServiceError
 from serve_app.fanout import ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
-from serve_app.jobs import EventWriter, JobRunner
+from serve_app.jobs import EventWriter, JobRunner, watch_cancellation
 from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
@@ -28,6 +28,7 @@ from serve_app.store.jobs import NewJob
 from serve_app.transcriber import normalize_language
 
 logger = logging.getLogger("ray.serve")
+_CANCELLED = "Cancelled by request"
 
 
 @serve.deployment(
@@ -104,16 +105,33 @@ class Ingest:
         )
         job_id = await self._track_start(request, options)
         events = EventWriter(self._store, job_id).start() if job_id else None
-        try:
-            transcript = await self._transcribe_path(
+        work = asyncio.create_task(
+            self._transcribe_path(
                 request.audio_file_path, options, events.progress if events else None, None
             )
+        )
+        cancelled = asyncio.Event()
+        watcher = (
+            asyncio.create_task(watch_cancellation(self._store, job_id, work, cancelled))
+            if job_id
+            else None
+        )
+        try:
+            transcript = await work
+        except asyncio.CancelledError:
+            if not cancelled.is_set():
+                raise  # shutting down or timed out: the consumer decides
+            raise JobCancelledError(_CANCELLED) from None
         except ServiceError as exc:
             # A final failure is recorded when its error result is published (on_failed).
             if exc.retryable and request.retry_count < c.MAX_RETRIES:
                 await self._track(self._store.requeue, job_id, exc.message)
             raise
         finally:
+            if watcher is not None:
+                watcher.cancel()
+            if not work.done():
+                work.cancel()
             if events is not None:
                 await events.close()
         await self._track(self._store.complete, job_id, transcript)
@@ -134,11 +152,14 @@ class Ingest:
         )
         try:
             job, _ = await asyncio.to_thread(self._store.create, new)
-            await asyncio.to_thread(self._store.start, job.id)
-            return job.id
+            started = await asyncio.to_thread(self._store.start, job.id)
+            status = None if started else await asyncio.to_thread(self._store.status, job.id)
         except Exception:  # the record is informative; the AMQP contract does not depend on it
             logger.exception("Could not record AMQP job %s", request.attachment_id)
             return None
+        if status == "cancelled":  # cancelled between attempts: the retry does not run
+            raise JobCancelledError(_CANCELLED)
+        return job.id
 
     async def _track(
         self, update: Callable[[str, Any], object], job_id: str | None, value: Any

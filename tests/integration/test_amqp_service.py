@@ -250,3 +250,26 @@ def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
     time.sleep(c.RETRY_TTL_MS / 1000 + 2)
     counts = {j["attachment_id"]: len(results.all(j["attachment_id"])) for j in jobs}
     assert set(counts.values()) == {1}, counts
+
+
+def test_cancelling_an_amqp_job_answers_it_once_as_cancelled(
+    service: Service, results, speech_dir: Path
+) -> None:
+    wav, _ = speech.long_recording("en_long", speech_dir)
+    job = _job(speech.encode(wav, ".opus", speech_dir))
+    amqp.publish(RABBITMQ_URL, job)
+    with service.client(api_key=ADMIN_KEY) as admin:
+
+        def running() -> str | None:
+            listing = admin.get("/v1/jobs", params={"status": "running", "limit": 100}).json()
+            mine = [j for j in listing["data"] if j["external_id"] == str(job["attachment_id"])]
+            return mine[0]["id"] if mine else None
+
+        speech.wait_until(lambda: running() is not None, 60, "the AMQP job to run")
+        job_id = running()
+        assert admin.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    result = results.wait(job["attachment_id"], timeout=60)
+    assert result["success"] is False and result["error_message"] == "Cancelled by request"
+    # A four-minute job stopped at once: no success, no retry, no second answer, ever after.
+    time.sleep(6)  # past one retry TTL (5 s)
+    assert len(results.all(job["attachment_id"])) == 1
