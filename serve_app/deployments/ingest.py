@@ -21,7 +21,7 @@ from serve_app.fanout import ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
 from serve_app.jobs import EventWriter, JobRunner, watch_cancellation
 from serve_app.pipeline import admission_for, transcribe_file
-from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
+from serve_app.schemas import Job, QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import JobStore, ResultLedger, WebhookStore, open_engine
 from serve_app.store.jobs import NewJob
@@ -103,7 +103,12 @@ class Ingest:
         options = TranscribeOptions(
             model=self._settings.whisper_model, language=normalize_language(request.language)
         )
-        job_id = await self._track_start(request, options)
+        job_id, stored = await self._track_start(request, options)
+        if stored is not None:
+            # Transcribed before, its result never confirmed published (the publish failed, or
+            # the replica died between the two): answer from the store, never transcribe again.
+            logger.info("Job %s answered from its stored result", request.attachment_id)
+            return stored
         events = EventWriter(self._store, job_id).start() if job_id else None
         work = asyncio.create_task(
             self._transcribe_path(
@@ -139,7 +144,8 @@ class Ingest:
 
     async def _track_start(
         self, request: QueuedTranscriptionRequest, options: TranscribeOptions
-    ) -> str | None:
+    ) -> tuple[str | None, Transcript | None]:
+        """The job's record, started; with its transcript when it completed before."""
         key = c.job_key(request)
         new = NewJob(
             source="amqp",
@@ -153,13 +159,17 @@ class Ingest:
         try:
             job, _ = await asyncio.to_thread(self._store.create, new)
             started = await asyncio.to_thread(self._store.start, job.id)
-            status = None if started else await asyncio.to_thread(self._store.status, job.id)
+            current: Job = (
+                started if started is not None else await asyncio.to_thread(self._store.get, job.id)
+            )
         except Exception:  # the record is informative; the AMQP contract does not depend on it
             logger.exception("Could not record AMQP job %s", request.attachment_id)
-            return None
-        if status == "cancelled":  # cancelled between attempts: the retry does not run
+            return None, None
+        if current.status == "cancelled":  # cancelled between attempts: the retry does not run
             raise JobCancelledError(_CANCELLED)
-        return job.id
+        if current.status == "completed" and current.result is not None:
+            return job.id, current.result
+        return job.id, None
 
     async def _track(
         self, update: Callable[[str, Any], object], job_id: str | None, value: Any

@@ -273,3 +273,38 @@ def test_cancelling_an_amqp_job_answers_it_once_as_cancelled(
     # A four-minute job stopped at once: no success, no retry, no second answer, ever after.
     time.sleep(6)  # past one retry TTL (5 s)
     assert len(results.all(job["attachment_id"])) == 1
+
+
+def test_a_result_that_could_not_be_published_is_answered_from_the_store(
+    service: Service, results, clip
+) -> None:
+    job = _job(clip("en_office", ".mp3"))
+    policy = f"refuse-results-{job['attachment_id']}"
+    # A full results queue refuses publishes (the broker nacks them), as a deleted one would.
+    amqp.rabbitmqctl(
+        "set_policy", "-p", "/", "--apply-to", "queues", policy, f"^{c.RESULT_QUEUE}$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+    )  # fmt: skip
+    try:
+        amqp.publish(RABBITMQ_URL, job)
+        with service.client(api_key=ADMIN_KEY) as admin:
+
+            def recorded() -> dict[str, Any] | None:
+                jobs = admin.get("/v1/jobs", params={"limit": 100}).json()["data"]
+                mine = [j for j in jobs if j["external_id"] == str(job["attachment_id"])]
+                return mine[0] if mine else None
+
+            speech.wait_until(
+                lambda: (recorded() or {}).get("status") == "completed", 60, "the transcript"
+            )
+            marker = f"Job {job['attachment_id']} answered from its stored result"
+            speech.wait_until(lambda: marker in service.log.read_text(), 30, "a redelivery")
+            assert results.all(job["attachment_id"]) == []
+    finally:
+        amqp.rabbitmqctl("clear_policy", "-p", "/", policy)
+    result = results.wait(job["attachment_id"], timeout=30)
+    assert result["success"] is True
+    assert speech.word_error_rate(speech.reference("en_office"), result["texto"]) < 0.2
+    with service.client(api_key=ADMIN_KEY) as admin:
+        record = recorded()
+    assert record is not None and record["attempts"] == 1  # transcribed once, answered later
