@@ -170,8 +170,10 @@ class IngestConsumer:
         self._stopping.set()
         self.status.consuming = False
         for queue, tag in self._consumed:
-            with contextlib.suppress(Exception):
+            try:
                 await queue.cancel(tag)
+            except Exception as exc:  # a lost channel has no consumer left to cancel
+                logger.warning("Could not cancel consuming %s: %r", queue.name, exc)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self._config.shutdown_grace_s)
             for task in pending:
@@ -182,8 +184,10 @@ class IngestConsumer:
 
     async def _close_connection(self) -> None:
         if self._connection is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._connection.close()
+            except Exception as exc:  # closing a broken connection: nothing left to do
+                logger.warning("Could not close the RabbitMQ connection cleanly: %r", exc)
         self._connection = None
         self.status.connected = False
 
@@ -213,24 +217,34 @@ class IngestConsumer:
         assert task is not None
         self._tasks.add(task)
         self.status.in_flight += 1
+        # Every delivery ends acked (its outcome is durable) or nacked (it runs again later);
+        # only one whose channel died is left to the broker, which redelivers it.
         try:
-            await handle(message)
-            await message.ack()
+            try:
+                await handle(message)
+            except PublishError as exc:
+                logger.error("Could not publish (%s); requeueing the request", exc)
+                await asyncio.sleep(_REQUEUE_PAUSE_S)
+                await _hand_back(message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A store outage, say: nothing was answered, so the job runs again once the
+                # broker hands it back; the pause keeps an outage from being a hot loop.
+                logger.exception("Job on delivery %s failed; requeueing it", message.delivery_tag)
+                await asyncio.sleep(_REQUEUE_PAUSE_S)
+                await _hand_back(message)
+                return
+            try:
+                await message.ack()
+            except Exception:
+                logger.exception("Could not ack delivery %s", message.delivery_tag)
         except asyncio.CancelledError:
             if task not in self._abandoned:
                 logger.info("Shutting down: handing message %s back", message.delivery_tag)
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
+                await _hand_back(message)
             raise
-        except PublishError as exc:
-            logger.error("Could not publish (%s); requeueing the request", exc)
-            await asyncio.sleep(_REQUEUE_PAUSE_S)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-        except Exception:
-            # Most likely the channel died with the connection: the broker redelivers the
-            # message, and the ledger keeps an already published result from being repeated.
-            logger.exception("Could not settle message %s", message.delivery_tag)
         finally:
             self.status.in_flight -= 1
             self._tasks.discard(task)
@@ -361,13 +375,20 @@ class IngestConsumer:
         )
         await self._publish(self._require_topology().results, out, c.RESULT_ROUTING_KEY)
         self.status.results += 1
-        if key is not None:
+        if key is None:
+            return
+        try:
             await asyncio.to_thread(
                 self._ledger.record, key, result.attachment_id, message_id, result.success
             )
-            if not result.success and self._on_failed is not None:
-                with contextlib.suppress(Exception):
-                    await self._on_failed(key, result.error_message or "failed")
+        except Exception:
+            # The result is out: acking is right even so. Requeueing would publish it again.
+            logger.exception("Could not record the published result of %s", result.attachment_id)
+        if not result.success and self._on_failed is not None:
+            try:
+                await self._on_failed(key, result.error_message or "failed")
+            except Exception:
+                logger.exception("Could not record the failure of %s", result.attachment_id)
 
     async def _park(
         self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str
@@ -399,6 +420,13 @@ class IngestConsumer:
     def _require_topology(self) -> topology.Topology:
         assert self._out is not None
         return self._out
+
+
+async def _hand_back(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception:  # the channel is gone: the broker redelivers the message anyway
+        logger.exception("Could not hand delivery %s back", message.delivery_tag)
 
 
 def _job_message(job_id: str, retry_count: int = 0) -> aio_pika.Message:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from ingest import contract as c
 from ingest import topology
@@ -402,3 +403,50 @@ async def test_prefetch_is_shared_by_both_lanes(results, ledger, settings: Setti
             channel = conn.channel()
             for queue in (c.REQUEST_QUEUE, c.RETRY_QUEUE, c.JOB_QUEUE, c.JOB_RETRY_QUEUE):
                 channel.queue_purge(queue)
+
+
+class FailingOnce(ResultLedger):
+    """The real ledger, with one store fault injected into the named call."""
+
+    def __init__(self, ledger: ResultLedger, call: str) -> None:
+        super().__init__(ledger._engine)
+        self.call, self.faults = call, 0
+
+    def _fault(self, call: str) -> None:
+        if call == self.call and self.faults == 0:
+            self.faults += 1
+            raise OperationalError("SELECT 1", {}, Exception("database is gone"))
+
+    def was_published(self, job_key: str) -> bool:
+        self._fault("was_published")
+        return super().was_published(job_key)
+
+    def record(self, job_key: str, attachment_id: int, message_id: str, success: bool) -> None:
+        self._fault("record")
+        super().record(job_key, attachment_id, message_id, success)
+
+
+@pytest.mark.parametrize("call", ["record", "was_published"])
+async def test_a_store_fault_settles_the_delivery_and_answers_once(
+    results, ledger: ResultLedger, call: str
+) -> None:
+    calls = 0
+
+    async def answers(request: QueuedTranscriptionRequest) -> Transcript:
+        nonlocal calls
+        calls += 1
+        return Transcript(
+            text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
+        )
+
+    flaky = FailingOnce(ledger, call)
+    # retry_count 1: a retried request, whose ledger entry is read before it runs.
+    job = _request("/tmp/shared_audio/store_fault.mp3", retry_count=1)
+    async with Running(answers, flaky):
+        amqp.publish(URL, job)
+        result = await asyncio.to_thread(results.wait, job["attachment_id"], 30)
+        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "nothing unacked")
+        await asyncio.sleep(2)  # a delivery left unsettled or requeued twice would show here
+    assert flaky.faults == 1 and result["success"] is True
+    assert len(results.all(job["attachment_id"])) == 1
+    assert calls == 1
