@@ -267,9 +267,9 @@ class IngestConsumer:
         request = parsed.request
         key = c.job_key(request)
         attempt = c.retry_count(request, headers)
-        if (message.redelivered or attempt > 0) and await asyncio.to_thread(
-            self._ledger.was_published, key
-        ):
+        # Every delivery is checked, not only redeliveries: a producer that publishes the same
+        # request twice gets one answer.
+        if await asyncio.to_thread(self._ledger.was_published, key):
             logger.info("Job %s already answered; acking the duplicate", request.attachment_id)
             return
 

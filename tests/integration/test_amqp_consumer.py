@@ -450,3 +450,25 @@ async def test_a_store_fault_settles_the_delivery_and_answers_once(
     assert flaky.faults == 1 and result["success"] is True
     assert len(results.all(job["attachment_id"])) == 1
     assert calls == 1
+
+
+async def test_the_same_request_published_twice_is_answered_once(results, ledger) -> None:
+    calls = 0
+
+    async def answers(request: QueuedTranscriptionRequest) -> Transcript:
+        nonlocal calls
+        calls += 1
+        return Transcript(
+            text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
+        )
+
+    job = _request("/tmp/shared_audio/twice.mp3")
+    async with Running(answers, ledger):
+        amqp.publish(URL, job)
+        await asyncio.to_thread(results.wait, job["attachment_id"], 30)
+        # Once the first is settled (two copies at once need the claim of issue 10, not yet).
+        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "the first settled")
+        amqp.publish(URL, job)  # a producer's retry, say, after a lost confirm
+        await _until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "taken")
+        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "settled")
+    assert calls == 1 and len(results.all(job["attachment_id"])) == 1
