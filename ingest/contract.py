@@ -69,12 +69,7 @@ class ParsedMessage:
 
 def parse_request(raw: bytes) -> ParsedMessage:
     """Parse a request body; MalformedRequestError still carries what is needed to answer."""
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UnanswerableMessage("body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise UnanswerableMessage(f"body is not JSON ({exc.msg})") from None
+    body = _load_json(raw)
     if not isinstance(body, dict):
         raise UnanswerableMessage("body is not a JSON object")
     attachment_id = body.get("attachment_id")
@@ -87,7 +82,30 @@ def parse_request(raw: bytes) -> ParsedMessage:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise MalformedRequest(body, f"Malformed request: {problems}") from None
+    if not _writable(body):
+        # It could be read, but neither a retry nor a result could carry it: answer it now.
+        raise MalformedRequest(body, "Malformed request: text with a lone surrogate escape")
     return ParsedMessage(request=request, body=body)
+
+
+def _load_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnanswerableMessage("body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise UnanswerableMessage(f"body is not JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        # Python's own limits: integers over 4300 digits, nesting past the recursion limit.
+        raise UnanswerableMessage("body is JSON past what the service reads") from None
+
+
+def _writable(body: dict[str, Any]) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class MalformedRequest(MalformedRequestError):
@@ -195,10 +213,7 @@ def job_message(job_id: str, retry_count: int = 0) -> bytes:
 
 def parse_job_message(raw: bytes) -> tuple[str, int]:
     """(job_id, retry_count) of a message on the jobs queue."""
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UnanswerableMessage("job message is not JSON") from None
+    body = _load_json(raw)
     job_id = body.get("job_id") if isinstance(body, dict) else None
     if not isinstance(job_id, str) or not job_id:
         raise UnanswerableMessage("job message has no job_id")

@@ -18,6 +18,10 @@ from serve_app.errors import AudioNotFoundError, PathNotAllowedError
 def resolve_audio_path(raw: str, allowed_roots: Iterable[Path]) -> Path:
     if not raw or "\0" in raw:
         raise PathNotAllowedError("audio_file_path is empty or contains a NUL byte")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape: no file system can name it
+        raise PathNotAllowedError("audio_file_path is not valid Unicode") from None
     if not raw.startswith("/"):
         raise PathNotAllowedError(f"audio_file_path must be an absolute path: {raw!r}")
     resolved = Path(os.path.realpath(raw))
