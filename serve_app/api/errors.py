@@ -82,10 +82,19 @@ def install(app: FastAPI) -> None:
         loc: Sequence[Any] = problems[0].get("loc", ()) if problems else ()
         param = str(loc[1]) if len(loc) > 1 else None
         message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in problems
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {_client_message(e)}"
+            for e in problems
         )
         return error_response(422, message or "Invalid request", param)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+
+def _client_message(problem: Any) -> str:
+    # Pydantic words some checks with Python's types ("Expected UploadFile, received: <class
+    # 'str'>"): say what the client must send instead.
+    if problem.get("type") == "value_error" and "UploadFile" in str(problem.get("msg")):
+        return "a file upload is required"
+    return str(problem.get("msg"))

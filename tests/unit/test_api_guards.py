@@ -246,3 +246,13 @@ async def test_decodes_past_the_queue_are_refused_at_once() -> None:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_a_text_field_where_a_file_belongs_is_explained_without_python_types(
+    backend: StandIn,
+) -> None:
+    async with client(backend) as c:
+        response = await c.post("/v1/audio/transcriptions", data={"file": "not a file"})
+    error = response.json()["error"]
+    assert response.status_code == 422 and error["param"] == "file"
+    assert "upload is required" in error["message"] and "class" not in error["message"]
