@@ -426,19 +426,24 @@ class FailingOnce(ResultLedger):
         super().record(job_key, attachment_id, message_id, success)
 
 
-@pytest.mark.parametrize("call", ["record", "was_published"])
-async def test_a_store_fault_settles_the_delivery_and_answers_once(
-    results, ledger: ResultLedger, call: str
-) -> None:
-    calls = 0
+class CountingJob:
+    """A job that answers at once and counts how often it ran."""
 
-    async def answers(request: QueuedTranscriptionRequest) -> Transcript:
-        nonlocal calls
-        calls += 1
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, request: QueuedTranscriptionRequest) -> Transcript:
+        self.calls += 1
         return Transcript(
             text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
         )
 
+
+@pytest.mark.parametrize("call", ["record", "was_published"])
+async def test_a_store_fault_settles_the_delivery_and_answers_once(
+    results, ledger: ResultLedger, call: str
+) -> None:
+    answers = CountingJob()
     flaky = FailingOnce(ledger, call)
     # retry_count 1: a retried request, whose ledger entry is read before it runs.
     job = _request("/tmp/shared_audio/store_fault.mp3", retry_count=1)
@@ -449,19 +454,11 @@ async def test_a_store_fault_settles_the_delivery_and_answers_once(
         await asyncio.sleep(2)  # a delivery left unsettled or requeued twice would show here
     assert flaky.faults == 1 and result["success"] is True
     assert len(results.all(job["attachment_id"])) == 1
-    assert calls == 1
+    assert answers.calls == 1
 
 
 async def test_the_same_request_published_twice_is_answered_once(results, ledger) -> None:
-    calls = 0
-
-    async def answers(request: QueuedTranscriptionRequest) -> Transcript:
-        nonlocal calls
-        calls += 1
-        return Transcript(
-            text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
-        )
-
+    answers = CountingJob()
     job = _request("/tmp/shared_audio/twice.mp3")
     async with Running(answers, ledger):
         amqp.publish(URL, job)
@@ -471,4 +468,4 @@ async def test_the_same_request_published_twice_is_answered_once(results, ledger
         amqp.publish(URL, job)  # a producer's retry, say, after a lost confirm
         await _until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "taken")
         await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "settled")
-    assert calls == 1 and len(results.all(job["attachment_id"])) == 1
+    assert answers.calls == 1 and len(results.all(job["attachment_id"])) == 1
