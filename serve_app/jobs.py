@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app import spool
-from serve_app.errors import ServiceError
+from serve_app.errors import JobCancelledError, ServiceError
 from serve_app.fanout import ProgressFn, SegmentsFn
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.store import JobStore
@@ -72,16 +72,38 @@ class EventWriter:
                 logger.exception("Could not record %s for job %s", kind, self.job_id)
 
 
-async def watch_cancellation(
+CANCELLED_MESSAGE = "Cancelled by request"
+
+
+async def run_cancellable(
+    store: JobStore, job_id: str, work: Awaitable[Transcript], poll_s: float = 1.0
+) -> Transcript:
+    """Await the work; when the job is cancelled in the store meanwhile (by any replica's
+    DELETE), stop it and raise JobCancelledError. Requests still queued at replicas are
+    cancelled with it, a window being decoded finishes first. Both lanes, HTTP jobs and
+    Whisper-Local jobs, run through this."""
+    task = asyncio.ensure_future(work)
+    cancelled = asyncio.Event()
+    watcher = asyncio.create_task(_watch(store, job_id, task, cancelled, poll_s))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not cancelled.is_set():
+            raise  # shutting down or timed out: the caller decides
+        raise JobCancelledError(CANCELLED_MESSAGE) from None
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _watch(
     store: JobStore,
     job_id: str,
-    work: asyncio.Task[Transcript],
+    work: asyncio.Future[Transcript],
     cancelled: asyncio.Event,
-    poll_s: float = 1.0,
+    poll_s: float,
 ) -> None:
-    """Stop the work when the job is cancelled in the store (by any replica's DELETE), and set
-    ``cancelled``; requests still queued at replicas are cancelled with it, a window being
-    decoded finishes first. Both lanes, HTTP jobs and Whisper-Local jobs, use it."""
     while not work.done():
         await asyncio.sleep(poll_s)
         try:
@@ -114,24 +136,17 @@ class JobRunner:
             await self._release_audio(job_id)
             return Outcome.SKIPPED, None
         events = EventWriter(self.store, job_id).start()
-        work = asyncio.create_task(
-            asyncio.wait_for(
-                self.transcribe(job.audio_path, job.options, events.progress, events.segments),
-                self.timeout_s,
-            )
-        )
-        cancelled = asyncio.Event()
-        watcher = asyncio.create_task(
-            watch_cancellation(self.store, job_id, work, cancelled, self.cancel_poll_s)
+        work = asyncio.wait_for(
+            self.transcribe(job.audio_path, job.options, events.progress, events.segments),
+            self.timeout_s,
         )
         reason: str | None = None
-        retryable = False
+        retryable = cancelled = False
         transcript: Transcript | None = None
         try:
-            transcript = await work
-        except asyncio.CancelledError:
-            if not cancelled.is_set():
-                raise  # shutting down: the message goes back to the queue
+            transcript = await run_cancellable(self.store, job_id, work, self.cancel_poll_s)
+        except JobCancelledError:
+            cancelled = True
         except ServiceError as exc:
             reason, retryable = exc.message, exc.retryable
         except TimeoutError:
@@ -140,9 +155,8 @@ class JobRunner:
             logger.exception("Job %s failed unexpectedly", job_id)
             reason, retryable = f"Internal error ({exc.__class__.__name__})", True
         finally:
-            watcher.cancel()
             await events.close()
-        if cancelled.is_set():
+        if cancelled:
             logger.info("Job %s cancelled while running", job_id)
             outcome = Outcome.CANCELLED
         elif transcript is not None:

@@ -19,7 +19,7 @@ from serve_app.deployments.client import ModelClient
 from serve_app.errors import JobCancelledError, QueueUnavailableError, ServiceError
 from serve_app.fanout import ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
-from serve_app.jobs import EventWriter, JobRunner, watch_cancellation
+from serve_app.jobs import CANCELLED_MESSAGE, EventWriter, JobRunner, run_cancellable
 from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import Job, QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
@@ -28,7 +28,6 @@ from serve_app.store.jobs import NewJob
 from serve_app.transcriber import normalize_language
 
 logger = logging.getLogger("ray.serve")
-_CANCELLED = "Cancelled by request"
 
 
 @serve.deployment(
@@ -110,33 +109,17 @@ class Ingest:
             logger.info("Job %s answered from its stored result", request.attachment_id)
             return stored
         events = EventWriter(self._store, job_id).start() if job_id else None
-        work = asyncio.create_task(
-            self._transcribe_path(
-                request.audio_file_path, options, events.progress if events else None, None
-            )
-        )
-        cancelled = asyncio.Event()
-        watcher = (
-            asyncio.create_task(watch_cancellation(self._store, job_id, work, cancelled))
-            if job_id
-            else None
+        work = self._transcribe_path(
+            request.audio_file_path, options, events.progress if events else None, None
         )
         try:
-            transcript = await work
-        except asyncio.CancelledError:
-            if not cancelled.is_set():
-                raise  # shutting down or timed out: the consumer decides
-            raise JobCancelledError(_CANCELLED) from None
+            transcript = await (run_cancellable(self._store, job_id, work) if job_id else work)
         except ServiceError as exc:
             # A final failure is recorded when its error result is published (on_failed).
             if exc.retryable and request.retry_count < c.MAX_RETRIES:
                 await self._track(self._store.requeue, job_id, exc.message)
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            if not work.done():
-                work.cancel()
             if events is not None:
                 await events.close()
         await self._track(self._store.complete, job_id, transcript)
@@ -166,7 +149,7 @@ class Ingest:
             logger.exception("Could not record AMQP job %s", request.attachment_id)
             return None, None
         if current.status == "cancelled":  # cancelled between attempts: the retry does not run
-            raise JobCancelledError(_CANCELLED)
+            raise JobCancelledError(CANCELLED_MESSAGE)
         if current.status == "completed" and current.result is not None:
             return job.id, current.result
         return job.id, None
