@@ -9,9 +9,11 @@ samples stay in the replica until the model answers, and their bytes count again
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
+from serve_app.audio import DecodedAudio
 from serve_app.errors import ServiceBusyError
 
 DECODE_BUSY_RETRY_S = 5
@@ -63,6 +65,15 @@ class AudioAdmission:
             yield
         finally:
             self._slots.release()
+
+    async def decode(
+        self, decode: Callable[..., DecodedAudio], *args: Any
+    ) -> tuple[DecodedAudio, Reservation]:
+        """Run a blocking decode in a slot, off the event loop; the samples come back with
+        their reservation, to release once the model has answered."""
+        async with self.decode_slot():
+            decoded = await asyncio.to_thread(decode, *args)
+        return decoded, self.reserve(decoded.samples.nbytes)
 
     def reserve(self, nbytes: int) -> Reservation:
         """Hold decoded audio; a lone request always passes, so one file at the duration limit

@@ -106,6 +106,11 @@ class JobNotReadyError(ServiceError):
 class QueueUnavailableError(ServiceError):
     """The job could not be queued durably (RabbitMQ down); nothing was accepted."""
 
+    def __init__(
+        self, message: str = "The job queue is unavailable; nothing was accepted, try again later"
+    ) -> None:
+        super().__init__(message)
+
     retryable = True
 
 

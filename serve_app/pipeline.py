@@ -6,7 +6,6 @@ call is passed in, so this runs without Ray.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -50,9 +49,8 @@ async def transcribe_file(
 ) -> Transcript:
     limits = audio_limits(settings)
     path = check_path(raw_path, settings.audio_roots, limits)
-    async with admission.decode_slot():
-        decoded = await asyncio.to_thread(_decode_path, path, limits)
-    with admission.reserve(decoded.samples.nbytes):
+    decoded, held = await admission.decode(_decode_path, path, limits)
+    with held:
         return await transcribe(decoded.samples, options)
 
 

@@ -45,10 +45,7 @@ async def decode_upload(
     model has answered."""
     await check_upload(upload, limits)
     await upload.seek(0)
-    async with admission.decode_slot():
-        # The decoder is a child process; waiting for it must not block the event loop.
-        decoded = await asyncio.to_thread(audio.decode, upload.file, limits)
-    return decoded, admission.reserve(decoded.samples.nbytes)
+    return await admission.decode(audio.decode, upload.file, limits)
 
 
 def _measure(upload: UploadFile) -> int:

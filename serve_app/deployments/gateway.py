@@ -23,7 +23,6 @@ from serve_app.settings import load_settings
 from serve_app.store import JobStore, open_engine
 
 _STATUS_TIMEOUT_S = 3
-_QUEUE_DOWN = "The job queue is unavailable; nothing was accepted, try again later"
 logger = logging.getLogger("ray.serve")
 
 
@@ -72,7 +71,7 @@ class Gateway:
             raise
         except Exception as exc:
             logger.error("Could not queue job %s: %r", job_id, exc)
-            raise QueueUnavailableError(_QUEUE_DOWN) from exc
+            raise QueueUnavailableError() from exc
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         status = await asyncio.to_thread(serve.status)

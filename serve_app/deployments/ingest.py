@@ -81,9 +81,7 @@ class Ingest:
             await self._consumer.submit_job(job_id)
         except PublishError as exc:
             logger.error("Could not queue job %s: %s", job_id, exc)
-            raise QueueUnavailableError(
-                "The job queue is unavailable; nothing was accepted, try again later"
-            ) from None
+            raise QueueUnavailableError() from None
 
     async def _transcribe_path(
         self,
