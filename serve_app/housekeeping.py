@@ -18,7 +18,7 @@ import httpx
 from serve_app import spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
-from serve_app.store import JobStore, WebhookClaim, WebhookStore
+from serve_app.store import JobStore, RetentionStore, WebhookClaim, WebhookStore
 from serve_app.store.jobs import now
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Housekeeper:
         self._store = store
         # The job store's own engine: both tables live in one database.
         self._webhooks = webhook_store or WebhookStore(store.engine)
+        self._retention = RetentionStore(store.engine)
         self._settings = settings
         self._purge_ledger = purge_ledger
         self._retention_every_s = retention_every_s
@@ -129,11 +130,11 @@ class Housekeeper:
         """Delete jobs finished longer ago than JOB_RETENTION_HOURS, their audio and events,
         and spool files no job needs any more. Blocking."""
         spool_dir = self._settings.spool
-        purged = self._store.purge_finished(timedelta(hours=self._settings.job_retention_hours))
+        purged = self._retention.purge_finished(timedelta(hours=self._settings.job_retention_hours))
         for job in purged:
             if job.spooled:
                 spool.remove(job.audio_path, spool_dir)
-        orphans = spool.sweep_orphans(spool_dir, self._store.spooled_paths())
+        orphans = spool.sweep_orphans(spool_dir, self._retention.spooled_paths())
         if purged or orphans:
             logger.info("Retention: %d jobs and %d orphan files deleted", len(purged), orphans)
         return len(purged)

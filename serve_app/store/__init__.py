@@ -6,11 +6,14 @@ SQLite under DATA_DIR by default (one node); DATABASE_URL pointing to PostgreSQL
 from serve_app.store.db import make_engine, migrate, open_engine
 from serve_app.store.jobs import JobStore
 from serve_app.store.ledger import ResultLedger
+from serve_app.store.retention import FinishedJob, RetentionStore
 from serve_app.store.webhooks import WebhookClaim, WebhookStore
 
 __all__ = [
+    "FinishedJob",
     "JobStore",
     "ResultLedger",
+    "RetentionStore",
     "WebhookClaim",
     "WebhookStore",
     "make_engine",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, update
@@ -70,15 +70,6 @@ class Viewer:
 
 
 EVERYONE = Viewer()
-
-
-@dataclass(frozen=True)
-class FinishedJob:
-    """What retention removed: the caller deletes spooled audio it owned."""
-
-    id: str
-    audio_path: str
-    spooled: bool
 
 
 class JobStore:
@@ -333,42 +324,11 @@ class JobStore:
                 self._event(conn, job_id, status, event)
         return bool(changed)
 
-    # --- retention ------------------------------------------------------------------------------
-
-    def purge_finished(self, older_than: timedelta) -> list[FinishedJob]:
-        """Delete jobs finished before the cutoff, with their events; webhooks still being
-        delivered wait."""
-        cutoff = now() - older_than
-        condition = and_(
-            jobs.c.status.in_(tuple(FINISHED)),
-            jobs.c.finished_at < cutoff,
-            or_(jobs.c.webhook_status.is_(None), jobs.c.webhook_status != "pending"),
-        )
-        with self._engine.begin() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.audio_path, jobs.c.spooled).where(condition)
-            ).all()
-            ids = [r.id for r in rows]
-            if ids:
-                conn.execute(delete(job_events).where(job_events.c.job_id.in_(ids)))
-                conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
-        return [FinishedJob(r.id, r.audio_path, bool(r.spooled)) for r in rows]
-
     def delete(self, job_id: str) -> None:
         """Forget a job that was never queued (the broker refused it)."""
         with self._engine.begin() as conn:
             conn.execute(delete(job_events).where(job_events.c.job_id == job_id))
             conn.execute(delete(jobs).where(jobs.c.id == job_id))
-
-    def spooled_paths(self) -> set[str]:
-        """Spooled audio of jobs that still need it (not finished)."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs.c.audio_path).where(
-                    jobs.c.spooled.is_(True), jobs.c.status.not_in(tuple(FINISHED))
-                )
-            ).all()
-        return {r.audio_path for r in rows}
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -12,7 +12,14 @@ from sqlalchemy import Engine, inspect, text
 
 from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
 from serve_app.schemas import TranscribeOptions, Transcript
-from serve_app.store import JobStore, ResultLedger, make_engine, migrate, open_engine
+from serve_app.store import (
+    JobStore,
+    ResultLedger,
+    RetentionStore,
+    make_engine,
+    migrate,
+    open_engine,
+)
 from serve_app.store.db import current_revision
 from serve_app.store.jobs import NewJob
 
@@ -188,9 +195,10 @@ def test_retention_purges_finished_jobs_only(store: JobStore) -> None:
     store.start(done.id)
     store.complete(done.id, _transcript())
     waiting, _ = store.create(_new(audio_path="/spool/waiting.mp3"))
-    assert store.purge_finished(timedelta(hours=1)) == []
-    purged = store.purge_finished(timedelta(seconds=0))
+    retention = RetentionStore(store.engine)
+    assert retention.purge_finished(timedelta(hours=1)) == []
+    purged = retention.purge_finished(timedelta(seconds=0))
     assert [(p.id, p.audio_path) for p in purged] == [(done.id, "/spool/done.mp3")]
     assert store.find(done.id) is None and store.events_after(done.id) == []
     assert store.get(waiting.id).status == "queued"
-    assert store.spooled_paths() == {"/spool/waiting.mp3"}
+    assert retention.spooled_paths() == {"/spool/waiting.mp3"}
