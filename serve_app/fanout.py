@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from serve_app.audio import AudioArray
 from serve_app.chunking import ChunkingOptions, WorkUnit, plan
@@ -22,6 +23,17 @@ DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
 ProgressFn = Callable[[float, float], None]
 # Segments with absolute timestamps, in order, as soon as every earlier part is done too.
 SegmentsFn = Callable[[list[Segment]], None]
+
+
+Span = tuple[int, int]  # a unit's (start, end) in samples: the same plan gives the same spans
+
+
+class Checkpoint(Protocol):
+    """Where finished units are kept between attempts of one job (the job store)."""
+
+    async def load(self) -> dict[Span, Transcript]: ...
+
+    async def save(self, span: Span, transcript: Transcript) -> None: ...
 
 
 class UnitFailedError(ServiceError):
@@ -46,7 +58,10 @@ class FanOut:
         options: TranscribeOptions,
         on_progress: ProgressFn | None = None,
         on_segments: SegmentsFn | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> Transcript:
+        """With a checkpoint, units finished by an earlier attempt are taken from it and each
+        unit finished now is saved to it, so a retry redoes only what was not done."""
         units = await asyncio.to_thread(plan, audio, self.sample_rate, self.options)
         duration = len(audio) / self.sample_rate
         if not units:  # no speech at all
@@ -57,6 +72,9 @@ class FanOut:
             language, probability = await self.detect_language(audio[first.start : first.end])
         fixed = options.model_copy(update={"language": language})
         planned = sum(unit.end - unit.start for unit in units)
+        earlier = await checkpoint.load() if checkpoint is not None else {}
+        if earlier:
+            logger.info("Resuming: %d of %d units were done before", len(earlier), len(units))
         done = 0.0
         finished: dict[int, Transcript] = {}
         emitted = 0  # units 0..emitted-1 have had their segments handed out
@@ -64,7 +82,11 @@ class FanOut:
 
         async def run(unit: WorkUnit) -> Transcript:
             nonlocal done, emitted, segment_count
-            result = await self._unit_with_retries(audio, unit, fixed, len(units))
+            result = earlier.get((unit.start, unit.end))
+            if result is None:
+                result = await self._unit_with_retries(audio, unit, fixed, len(units))
+                if checkpoint is not None:
+                    await checkpoint.save((unit.start, unit.end), result)
             # Silence between units counts as done with them: the last unit ends at 100%.
             done += (unit.end - unit.start) / planned * duration
             finished[unit.index] = result

@@ -1,4 +1,5 @@
-"""Background work of the queue side: deliver due webhooks, delete what retention allows.
+"""Background work of the queue side: deliver due webhooks, publish accepted jobs the
+Gateway never got onto the broker (the outbox), delete what retention allows.
 
 Plain asyncio over the store; several replicas may run it at once (webhooks are leased, purges
 are idempotent). Deliveries, retention and the ledger purge are separate loops, and each
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 from serve_app import spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
-from serve_app.store import JobStore, RetentionStore, WebhookClaim, WebhookStore
+from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore
 from serve_app.store.jobs import now
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 WEBHOOK_POLL_S = 0.5
 RETENTION_EVERY_S = 60.0
 LEDGER_PURGE_EVERY_S = 3600.0
+OUTBOX_EVERY_S = 5.0
 MAX_DELIVERIES = 8
 # A lease outlasts the delivery deadline by this much: time to record the attempt, and clock
 # differences between replicas (each compares leases with its own clock).
@@ -42,6 +44,7 @@ class Housekeeper:
         webhook_store: WebhookStore | None = None,
         retention_every_s: float = RETENTION_EVERY_S,
         max_deliveries: int = MAX_DELIVERIES,
+        publish_job: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         # The job store's own engine: both tables live in one database.
@@ -49,6 +52,8 @@ class Housekeeper:
         self._retention = RetentionStore(store.engine)
         self._settings = settings
         self._purge_ledger = purge_ledger
+        self._outbox = Outbox(store.engine)
+        self._publish_job = publish_job
         self._retention_every_s = retention_every_s
         self._max_deliveries = max_deliveries
         self._secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -61,6 +66,28 @@ class Housekeeper:
             if self._purge_ledger is not None:
                 purge = self._purge_ledger
                 loops.create_task(_every(LEDGER_PURGE_EVERY_S, purge, "Ledger purge"))
+            if self._publish_job is not None:
+                loops.create_task(self.sweep_outbox_forever())
+
+    async def sweep_outbox_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_outbox()
+            except Exception:
+                logger.exception("Outbox sweep failed; trying again in %.0f s", OUTBOX_EVERY_S)
+            await asyncio.sleep(OUTBOX_EVERY_S)
+
+    async def sweep_outbox(self) -> int:
+        """Publish accepted jobs left unpublished past the grace (the Gateway died, or its
+        client hung up, between recording and publishing). Returns how many went out."""
+        assert self._publish_job is not None
+        grace = timedelta(seconds=self._settings.outbox_grace_sec)
+        sent = 0
+        for job_id in await asyncio.to_thread(self._outbox.unsent, grace):
+            logger.warning("Job %s was accepted but never queued; queueing it now", job_id)
+            await self._publish_job(job_id)
+            sent += 1
+        return sent
 
     async def deliver_forever(self, client: httpx.AsyncClient) -> None:
         """Keep up to max_deliveries deliveries going, claiming more as slots free up; jobs

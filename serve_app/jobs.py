@@ -1,29 +1,20 @@
-"""Running one job: start it in the store, transcribe with progress and segment events, stop
-when it is cancelled, record how it ended.
-
-Plain asyncio over the store and a transcribe callable, so it runs without Ray. The queue
-(RabbitMQ) decides retries; this reports whether the job should be retried.
-"""
+"""What a running job needs around the work: its events written in order, and a stop when
+it is cancelled from any replica. The runner (``serve_app.runner``) puts these together."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from serve_app import spool
-from serve_app.errors import JobCancelledError, ServiceError
-from serve_app.fanout import ProgressFn, SegmentsFn
-from serve_app.schemas import Segment, TranscribeOptions, Transcript
+from serve_app.errors import JobCancelledError
+from serve_app.schemas import Segment, Transcript
 from serve_app.store import JobStore
 
 logger = logging.getLogger(__name__)
-
-TranscribePathFn = Callable[[str, TranscribeOptions, ProgressFn, SegmentsFn], Awaitable[Transcript]]
 
 
 class Outcome(enum.Enum):
@@ -31,7 +22,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RETRY = "retry"
-    SKIPPED = "skipped"  # cancelled while queued, already finished, or deleted
+    SKIPPED = "skipped"  # answered before (outcome handed on again if needed), or deleted
 
 
 @dataclass
@@ -119,62 +110,3 @@ async def _watch(
 
 def segment_event(segment: Segment) -> dict[str, Any]:
     return {"id": segment.id, "start": segment.start, "end": segment.end, "text": segment.text}
-
-
-@dataclass
-class JobRunner:
-    store: JobStore
-    transcribe: TranscribePathFn
-    spool_dir: Path
-    timeout_s: float
-    cancel_poll_s: float = 1.0
-
-    async def run(self, job_id: str, attempt: int, final: bool) -> tuple[Outcome, str | None]:
-        """Run one attempt (0-based); returns the outcome and, for RETRY, the reason."""
-        job = await asyncio.to_thread(self.store.start, job_id)
-        if job is None:
-            await self._release_audio(job_id)
-            return Outcome.SKIPPED, None
-        events = EventWriter(self.store, job_id).start()
-        work = asyncio.wait_for(
-            self.transcribe(job.audio_path, job.options, events.progress, events.segments),
-            self.timeout_s,
-        )
-        reason: str | None = None
-        retryable = cancelled = False
-        transcript: Transcript | None = None
-        try:
-            transcript = await run_cancellable(self.store, job_id, work, self.cancel_poll_s)
-        except JobCancelledError:
-            cancelled = True
-        except ServiceError as exc:
-            reason, retryable = exc.message, exc.retryable
-        except TimeoutError:
-            reason, retryable = f"Timed out after {self.timeout_s:.0f}s", True
-        except Exception as exc:  # unknown failures get the benefit of the doubt: retry
-            logger.exception("Job %s failed unexpectedly", job_id)
-            reason, retryable = f"Internal error ({exc.__class__.__name__})", True
-        finally:
-            await events.close()
-        if cancelled:
-            logger.info("Job %s cancelled while running", job_id)
-            outcome = Outcome.CANCELLED
-        elif transcript is not None:
-            await asyncio.to_thread(self.store.complete, job_id, transcript)
-            outcome = Outcome.COMPLETED
-        elif retryable and not final:
-            assert reason is not None
-            await asyncio.to_thread(self.store.requeue, job_id, reason)
-            return Outcome.RETRY, reason
-        else:
-            if retryable:
-                reason = f"Failed after {attempt + 1} attempts: {reason}"
-            await asyncio.to_thread(self.store.fail, job_id, reason or "failed")
-            outcome = Outcome.FAILED
-        await self._release_audio(job_id)
-        return outcome, reason
-
-    async def _release_audio(self, job_id: str) -> None:
-        job = await asyncio.to_thread(self.store.find, job_id)
-        if job is not None and job.spooled and job.status not in ("queued", "running"):
-            await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     job_timeout_sec: float = Field(1500, gt=0)
     amqp_reconnect_max_sec: float = Field(30, gt=0)
     ingest_shutdown_grace_sec: float = Field(90, ge=0)
+    # A delivery's claim on its job, renewed while it runs: a second copy of the job waits at
+    # most this long after its worker dies. Keep it well above clock differences of nodes.
+    job_lease_sec: float = Field(60, ge=1)
+    # Deliveries of one job that may die mid-job (the worker crashed) before it gets an error.
+    job_max_unfinished: int = Field(3, ge=1)
+    # An accepted HTTP job not confirmed on the broker after this long is published again.
+    outbox_grace_sec: float = Field(30, ge=1)
 
     # Durable records
     data_dir: Path = Path("./data")

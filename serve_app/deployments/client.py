@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from serve_app.audio import AudioArray
 from serve_app.chunking import ChunkingOptions
 from serve_app.errors import ReplicaUnavailableError, ServiceError
-from serve_app.fanout import FanOut, ProgressFn, SegmentsFn
+from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
@@ -45,9 +45,10 @@ class ModelClient:
         options: TranscribeOptions,
         on_progress: ProgressFn | None = None,
         on_segments: SegmentsFn | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> Transcript:
         """Short audio in one call (streamed segment by segment when ``on_segments`` is
-        given); long audio fanned out in units across replicas."""
+        given); long audio fanned out in units across replicas, resumed from ``checkpoint``."""
         duration = len(audio) / self._sample_rate
         if duration < self._chunking.min_fanout_s:
             if on_segments is None:
@@ -70,7 +71,7 @@ class ModelClient:
             return found
 
         fan_out = FanOut(unit, detect, self._chunking, self._sample_rate)
-        return await fan_out.transcribe(audio, options, on_progress, on_segments)
+        return await fan_out.transcribe(audio, options, on_progress, on_segments, checkpoint)
 
     async def _call(self, method: str, model: str | None, *args: Any) -> Any:
         with self.router.lease() as pool, _replica_errors(pool.name):

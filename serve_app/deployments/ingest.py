@@ -1,31 +1,42 @@
 """The queue side: consumes the Whisper-Local queue and the service's own jobs queue, and calls
 the model pools by handle, so a backlog on RabbitMQ becomes load on the model replicas and
-drives their autoscaling. It also delivers webhooks and applies retention."""
+drives their autoscaling. It also delivers webhooks, publishes what the outbox holds, and
+applies retention.
+
+Data flow of one AMQP job: ``ingest.consumer`` (message -> lane) -> ``JobService`` (admit) ->
+``JobRunner`` (claim, run, record) -> ``_transcribe_path`` here (audio checked, model pools)
+-> back to the lane, which publishes the result."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ingest import contract as c
-from ingest.consumer import ConsumerConfig, IngestConsumer, PublishError
+from ingest.consumer import ConsumerConfig, IngestConsumer
+from ingest.transport import PublishError
 from serve_app.deployments.client import ModelClient
-from serve_app.errors import JobCancelledError, QueueUnavailableError, ServiceError
-from serve_app.fanout import ProgressFn, SegmentsFn
+from serve_app.errors import QueueUnavailableError
+from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
-from serve_app.jobs import CANCELLED_MESSAGE, EventWriter, JobRunner, run_cancellable
+from serve_app.job_service import JobService
 from serve_app.pipeline import admission_for, transcribe_file
-from serve_app.schemas import Job, QueuedTranscriptionRequest, TranscribeOptions, Transcript
+from serve_app.runner import JobRunner, RunPolicy
+from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import JobStore, ResultLedger, WebhookStore, open_engine
-from serve_app.store.jobs import NewJob
-from serve_app.transcriber import normalize_language
+from serve_app.store import (
+    ClaimStore,
+    JobStore,
+    Outbox,
+    ResultLedger,
+    UnitStore,
+    WebhookStore,
+    open_engine,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -47,30 +58,38 @@ class Ingest:
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = await asyncio.to_thread(open_engine, settings.database)
-        self._store = JobStore(engine)
+        store = JobStore(engine)
         runner = JobRunner(
-            self._store, self._transcribe_path, settings.spool, settings.job_timeout_sec
+            store,
+            ClaimStore(engine),
+            UnitStore(engine),
+            self._transcribe_path,
+            settings.spool,
+            RunPolicy(
+                timeout_s=settings.job_timeout_sec,
+                lease_s=settings.job_lease_sec,
+                max_unfinished=settings.job_max_unfinished,
+            ),
         )
+        ledger = ResultLedger(engine)
+        jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)
         self._consumer = IngestConsumer(
             ConsumerConfig(
                 url=settings.rabbitmq_url,
                 prefetch=settings.workers_count,
                 model_name=settings.whisper_model,
-                job_timeout_s=settings.job_timeout_sec,
                 reconnect_max_s=settings.amqp_reconnect_max_sec,
                 shutdown_grace_s=settings.ingest_shutdown_grace_sec,
-                result_retention=timedelta(hours=settings.result_retention_hours),
             ),
-            self._run_request,
-            ResultLedger(engine),
-            jobs=runner,
-            on_failed=lambda key, error: self._track(self._store.fail, key, error),
+            jobs,
         )
+        retention = timedelta(hours=settings.result_retention_hours)
         self._housekeeper = Housekeeper(
-            self._store,
+            store,
             settings,
-            self._consumer.purge_old_records,
+            lambda: ledger.purge(retention),
             webhook_store=WebhookStore(engine),
+            publish_job=self._consumer.submit_job,
         )
         self._consuming = asyncio.create_task(self._consumer.run())
         self._housekeeping = asyncio.create_task(self._housekeeper.run())
@@ -89,79 +108,14 @@ class Ingest:
         options: TranscribeOptions,
         on_progress: ProgressFn | None,
         on_segments: SegmentsFn | None,
+        checkpoint: Checkpoint | None = None,
     ) -> Transcript:
         async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
-            return await self._client.transcribe(samples, opts, on_progress, on_segments)
+            return await self._client.transcribe(
+                samples, opts, on_progress, on_segments, checkpoint
+            )
 
         return await transcribe_file(path, options, self._settings, transcribe, self._admission)
-
-    async def _run_request(self, request: QueuedTranscriptionRequest) -> Transcript:
-        """A Whisper-Local job: run it, and keep the job store's record of it current."""
-        options = TranscribeOptions(
-            model=self._settings.whisper_model, language=normalize_language(request.language)
-        )
-        job_id, stored = await self._track_start(request, options)
-        if stored is not None:
-            # Transcribed before, its result never confirmed published (the publish failed, or
-            # the replica died between the two): answer from the store, never transcribe again.
-            logger.info("Job %s answered from its stored result", request.attachment_id)
-            return stored
-        events = EventWriter(self._store, job_id).start() if job_id else None
-        work = self._transcribe_path(
-            request.audio_file_path, options, events.progress if events else None, None
-        )
-        try:
-            transcript = await (run_cancellable(self._store, job_id, work) if job_id else work)
-        except ServiceError as exc:
-            # A final failure is recorded when its error result is published (on_failed).
-            if exc.retryable and request.retry_count < c.MAX_RETRIES:
-                await self._track(self._store.requeue, job_id, exc.message)
-            raise
-        finally:
-            if events is not None:
-                await events.close()
-        await self._track(self._store.complete, job_id, transcript)
-        return transcript
-
-    async def _track_start(
-        self, request: QueuedTranscriptionRequest, options: TranscribeOptions
-    ) -> tuple[str | None, Transcript | None]:
-        """The job's record, started; with its transcript when it completed before."""
-        key = c.job_key(request)
-        new = NewJob(
-            source="amqp",
-            audio_path=request.audio_file_path,
-            options=options,
-            model=self._settings.whisper_model,
-            external_id=str(request.attachment_id),
-            idempotency_key=f"amqp:{key}",
-            id=key,
-        )
-        try:
-            job, _ = await asyncio.to_thread(self._store.create, new)
-            started = await asyncio.to_thread(self._store.start, job.id)
-            current: Job = (
-                started if started is not None else await asyncio.to_thread(self._store.get, job.id)
-            )
-        except Exception:  # the record is informative; the AMQP contract does not depend on it
-            logger.exception("Could not record AMQP job %s", request.attachment_id)
-            return None, None
-        if current.status == "cancelled":  # cancelled between attempts: the retry does not run
-            raise JobCancelledError(CANCELLED_MESSAGE)
-        if current.status == "completed" and current.result is not None:
-            return job.id, current.result
-        return job.id, None
-
-    async def _track(
-        self, update: Callable[[str, Any], object], job_id: str | None, value: Any
-    ) -> None:
-        """Apply a job store update to an AMQP job's record, if it has one; never fails."""
-        if job_id is None:
-            return
-        try:
-            await asyncio.to_thread(update, job_id, value)
-        except Exception:
-            logger.exception("Could not update the record of AMQP job %s", job_id)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.

@@ -3,17 +3,25 @@
 SQLite under DATA_DIR by default (one node); DATABASE_URL pointing to PostgreSQL for a cluster.
 """
 
+from serve_app.store.claims import Busy, Claim, ClaimStore
 from serve_app.store.db import make_engine, migrate, open_engine
 from serve_app.store.jobs import JobStore
 from serve_app.store.ledger import ResultLedger
+from serve_app.store.outbox import Outbox
 from serve_app.store.retention import FinishedJob, RetentionStore
+from serve_app.store.units import UnitStore
 from serve_app.store.webhooks import WebhookClaim, WebhookStore
 
 __all__ = [
+    "Busy",
+    "Claim",
+    "ClaimStore",
     "FinishedJob",
     "JobStore",
+    "Outbox",
     "ResultLedger",
     "RetentionStore",
+    "UnitStore",
     "WebhookClaim",
     "WebhookStore",
     "make_engine",

@@ -112,6 +112,9 @@ class JobStore:
             "processed_s": 0.0,
             "webhook_status": "pending" if new.callback_url else None,
             "webhook_attempts": [],
+            # A Whisper-Local job arrives from the broker; an HTTP one is on its way once
+            # published (the outbox: until then the sweeper may publish it).
+            "enqueued_at": stamp if new.source == "amqp" else None,
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -188,8 +191,9 @@ class JobStore:
     # --- the life of a job ----------------------------------------------------------------------
 
     def start(self, job_id: str) -> Job | None:
-        """queued -> running, counting the attempt. None if the job is gone or finished
-        (cancelled while queued, or already answered before a redelivery)."""
+        """queued -> running, counting the attempt, and the delivery as unfinished until an
+        ending is recorded. None if the job is gone or finished (cancelled while queued, or
+        already answered before a redelivery)."""
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
@@ -197,6 +201,7 @@ class JobStore:
                 .values(
                     status="running",
                     attempts=jobs.c.attempts + 1,
+                    unfinished=jobs.c.unfinished + 1,
                     started_at=func.coalesce(jobs.c.started_at, now()),
                     updated_at=now(),
                 )
@@ -267,7 +272,7 @@ class JobStore:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status == "running")
-                .values(status="queued", error=error, updated_at=now())
+                .values(status="queued", error=error, unfinished=0, updated_at=now())
             ).rowcount
             if changed:
                 self._event(conn, job_id, "queued", {"status": "queued", "retry_after": error})
@@ -317,7 +322,7 @@ class JobStore:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status.in_(from_states))
-                .values(status=status, finished_at=stamp, updated_at=stamp, **values)
+                .values(status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values)
                 .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), stamp), else_=None))
             ).rowcount
             if changed:

@@ -18,6 +18,10 @@ class ResultLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     def was_published(self, job_key: str) -> bool:
         with self._engine.connect() as conn:
             row = conn.execute(

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, and_, delete, or_, select
 
 from serve_app.schemas import FINISHED
 from serve_app.store.jobs import now
-from serve_app.store.tables import job_events, jobs
+from serve_app.store.tables import job_events, job_units, jobs
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class RetentionStore:
             ids = [r.id for r in rows]
             if ids:
                 conn.execute(delete(job_events).where(job_events.c.job_id.in_(ids)))
+                conn.execute(delete(job_units).where(job_units.c.job_id.in_(ids)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
         return [FinishedJob(r.id, r.audio_path, bool(r.spooled)) for r in rows]
 

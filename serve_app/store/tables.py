@@ -63,6 +63,25 @@ jobs = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True), index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Who is working on the job now (a replica's delivery of it), and until when.
+    Column("lease_owner", String(64)),
+    Column("lease_until", DateTime(timezone=True)),
+    # Deliveries that started the job and never recorded an ending: the worker died.
+    Column("unfinished", Integer, nullable=False, default=0, server_default="0"),
+    # When an HTTP job was confirmed on the broker; NULL ones are the sweeper's to publish.
+    Column("enqueued_at", DateTime(timezone=True)),
+)
+
+# Finished units of a long file: a retry or redelivery redoes only the others.
+job_units = Table(
+    "job_units",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("start_sample", BigInteger, primary_key=True),
+    Column("end_sample", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),  # the job attempt that transcribed it
+    Column("result", JSON),  # dropped once the job is finished
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 job_events = Table(

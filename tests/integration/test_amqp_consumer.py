@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -17,23 +17,21 @@ from sqlalchemy.exc import OperationalError
 
 from ingest import contract as c
 from ingest import topology
-from ingest.consumer import ConsumerConfig, IngestConsumer
+from ingest.consumer import IngestConsumer
 from serve_app.audio import AudioArray
 from serve_app.errors import InferenceError
-from serve_app.jobs import JobRunner
 from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.store import JobStore, ResultLedger, open_engine
+from serve_app.store import ResultLedger, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.transcriber import Transcriber
 from tests.support import amqp, speech
+from tests.support.consumers import Runner, make_consumer
 
 VHOST = "whisper_core_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 _ids = itertools.count(int(time.time()) % 100000 * 1000)
-
-Runner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +99,9 @@ class Running:
         grace: float = 30,
         url: str = URL,
     ) -> None:
-        config = ConsumerConfig(
-            url=url,
-            prefetch=prefetch,
-            model_name="tiny.en",
-            shutdown_grace_s=grace,
-            reconnect_max_s=2,
+        self.consumer, self.store = make_consumer(
+            url, runner, ledger, prefetch=prefetch, grace=grace
         )
-        self.consumer = IngestConsumer(config, runner, ledger)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> IngestConsumer:
@@ -364,26 +357,19 @@ async def test_topology_arguments_match_the_contract(vhost: str) -> None:
     }
 
 
-async def test_prefetch_is_shared_by_both_lanes(results, ledger, settings: Settings) -> None:
+async def test_prefetch_is_shared_by_both_lanes(results, ledger) -> None:
     """WORKERS_COUNT bounds a replica's jobs, contract requests and HTTP jobs together."""
-    store = JobStore(open_engine(settings.database))
     release = asyncio.Event()
     started: list[str] = []
 
-    async def held_request(request: QueuedTranscriptionRequest) -> Transcript:
-        started.append("request")
+    async def held(request: QueuedTranscriptionRequest) -> Transcript:
+        started.append("job" if request.audio_file_path == "/x.mp3" else "request")
         await release.wait()
         raise InferenceError("released")
 
-    async def held_job(path: str, *_: object) -> Transcript:
-        started.append("job")
-        await release.wait()
-        raise InferenceError("released")
-
-    runner = JobRunner(store, held_job, settings.spool, timeout_s=60)
-    config = ConsumerConfig(url=URL, prefetch=2, model_name="tiny.en", shutdown_grace_s=1)
-    consumer = IngestConsumer(config, held_request, ledger, jobs=runner)
-    task = asyncio.create_task(consumer.run())
+    running = Running(held, ledger, prefetch=2, grace=1)
+    consumer, store = running.consumer, running.store
+    await running.__aenter__()
     try:
         await _until(lambda: consumer.status.consuming, 30, "the consumer")
         new = NewJob(source="http", audio_path="/x.mp3", options=TranscribeOptions(), model="m")
@@ -393,12 +379,11 @@ async def test_prefetch_is_shared_by_both_lanes(results, ledger, settings: Setti
         amqp.publish(URL, *(_request("/tmp/shared_audio/held.mp3") for _ in range(4)))
         await _until(lambda: len(started) >= 2, 30, "two jobs to start")
         await asyncio.sleep(1)  # time for a third delivery, if the broker would send one
-        held = amqp.unacked(c.REQUEST_QUEUE, VHOST) + amqp.unacked(c.JOB_QUEUE, VHOST)
-        assert len(started) == 2 and held == 2, (started, held)
+        held_now = amqp.unacked(c.REQUEST_QUEUE, VHOST) + amqp.unacked(c.JOB_QUEUE, VHOST)
+        assert len(started) == 2 and held_now == 2, (started, held_now)
     finally:
-        await consumer.stop()
+        await running.__aexit__()
         release.set()
-        await asyncio.wait_for(task, 30)
         with amqp.connect(URL) as conn:  # leave the lanes empty for the next test
             channel = conn.channel()
             for queue in (c.REQUEST_QUEUE, c.RETRY_QUEUE, c.JOB_QUEUE, c.JOB_RETRY_QUEUE):
@@ -409,7 +394,7 @@ class FailingOnce(ResultLedger):
     """The real ledger, with one store fault injected into the named call."""
 
     def __init__(self, ledger: ResultLedger, call: str) -> None:
-        super().__init__(ledger._engine)
+        super().__init__(ledger.engine)
         self.call, self.faults = call, 0
 
     def _fault(self, call: str) -> None:

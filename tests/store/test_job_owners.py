@@ -74,10 +74,13 @@ def test_migration_scopes_existing_idempotency_keys(url: str) -> None:
             )
         )
     migrate(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as conn:
         keys = dict(conn.execute(select(jobs.c.id, jobs.c.idempotency_key)).all())
         owners = {row.owner for row in conn.execute(select(jobs.c.owner))}
+        # 0004: jobs from before the outbox count as published, so no sweeper sends them again.
+        unsent = conn.execute(select(jobs.c.id).where(jobs.c.enqueued_at.is_(None))).all()
+    assert unsent == []
     assert keys == {"j1": "http:-:" + hashlib.sha256(b"client-key").hexdigest(), "j2": "amqp:abc"}
     assert owners == {None}
     engine.dispose()

@@ -1,4 +1,5 @@
-"""One job's run against a real store, with stand-in transcription (the outcome logic)."""
+"""One job's run against a real store, with stand-in transcription: the outcome logic, and
+the claim that keeps two deliveries of one job from both running it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from serve_app.errors import InferenceError, UndecodableAudioError
-from serve_app.fanout import ProgressFn, SegmentsFn
-from serve_app.jobs import JobRunner, Outcome
-from serve_app.schemas import Segment, TranscribeOptions, Transcript
-from serve_app.store import JobStore, open_engine
+from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.jobs import Outcome
+from serve_app.runner import JobRunner, LeaseLostError, RunPolicy
+from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
+from serve_app.store import ClaimStore, JobStore, UnitStore, open_engine
 from serve_app.store.jobs import NewJob
+from serve_app.store.tables import jobs
 
 
 def _segment(i: int) -> Segment:
@@ -35,6 +39,9 @@ class StandIn:
         self.error = error
         self.delay = delay
         self.cancelled = False
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
 
     async def __call__(
         self,
@@ -42,7 +49,11 @@ class StandIn:
         options: TranscribeOptions,
         on_progress: ProgressFn,
         on_segments: SegmentsFn,
+        checkpoint: Checkpoint,
     ) -> Transcript:
+        self.calls += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
         try:
             for i in range(3):
                 await asyncio.sleep(self.delay)
@@ -51,6 +62,8 @@ class StandIn:
         except asyncio.CancelledError:
             self.cancelled = True
             raise
+        finally:
+            self.running -= 1
         if self.error:
             raise self.error
         return Transcript(
@@ -85,8 +98,14 @@ def _job(store: JobStore, tmp_path: Path) -> tuple[str, Path]:
     return job.id, audio
 
 
-def _runner(store: JobStore, tmp_path: Path, stand_in: StandIn, timeout: float = 30) -> JobRunner:
-    return JobRunner(store, stand_in, tmp_path / "spool", timeout, cancel_poll_s=0.05)
+def _runner(
+    store: JobStore, tmp_path: Path, stand_in: StandIn, timeout: float = 30, lease: float = 5
+) -> JobRunner:
+    policy = RunPolicy(timeout_s=timeout, lease_s=lease, cancel_poll_s=0.05, busy_poll_s=0.05)
+    engine = store.engine
+    return JobRunner(
+        store, ClaimStore(engine), UnitStore(engine), stand_in, tmp_path / "spool", policy
+    )
 
 
 async def test_success_records_events_in_order_and_frees_the_audio(
@@ -147,3 +166,88 @@ async def test_a_job_cancelled_while_queued_is_skipped(store: JobStore, tmp_path
     stand_in = StandIn()
     outcome, _ = await _runner(store, tmp_path, stand_in).run(job_id, 0, final=False)
     assert outcome is Outcome.SKIPPED and not audio.exists()
+
+
+class Delivered:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    async def __call__(self, job: Job) -> None:
+        self.jobs.append(job)
+
+
+async def test_two_deliveries_at_once_run_the_job_once(store: JobStore, tmp_path: Path) -> None:
+    """A retry copy beside its redelivered original, on two replicas: one transcribes, the
+    other waits for the claim, then hands on the stored outcome."""
+    job_id, _ = _job(store, tmp_path)
+    stand_in = StandIn(delay=0.2)
+    delivered = Delivered()
+    first, second = _runner(store, tmp_path, stand_in), _runner(store, tmp_path, stand_in)
+    outcomes = await asyncio.gather(
+        first.run(job_id, 0, final=False, deliver=delivered),
+        second.run(job_id, 1, final=False, deliver=delivered),
+    )
+    assert sorted(o.value for o, _ in outcomes) == ["completed", "skipped"]
+    assert stand_in.calls == 1 and store.get(job_id).attempts == 1
+    assert [j.status for j in delivered.jobs] == ["completed", "completed"]
+
+
+async def test_a_dead_holders_claim_runs_out_then_the_job_runs(
+    store: JobStore, tmp_path: Path
+) -> None:
+    job_id, _ = _job(store, tmp_path)
+    ClaimStore(store.engine).claim(job_id, "dead-replica:delivery", lease_s=1)
+    stand_in = StandIn()
+    started = asyncio.get_running_loop().time()
+    outcome, _ = await _runner(store, tmp_path, stand_in).run(job_id, 0, final=False)
+    assert outcome is Outcome.COMPLETED and stand_in.calls == 1
+    assert asyncio.get_running_loop().time() - started > 0.5  # it waited for the lease
+
+
+async def test_a_job_whose_deliveries_died_three_times_gets_one_error(
+    store: JobStore, tmp_path: Path
+) -> None:
+    job_id, _ = _job(store, tmp_path)
+    claims = ClaimStore(store.engine)
+    for n in range(3):  # each delivery started it, then its worker died (nothing recorded)
+        claims.claim(job_id, f"dead-{n}", lease_s=0)
+        assert store.start(job_id) is not None
+    stand_in = StandIn()
+    delivered = Delivered()
+    outcome, reason = await _runner(store, tmp_path, stand_in).run(
+        job_id, 0, final=False, deliver=delivered
+    )
+    assert outcome is Outcome.FAILED and stand_in.calls == 0
+    assert reason and "3 deliveries that never finished" in reason
+    assert [j.error for j in delivered.jobs] == [reason]
+
+
+async def test_jobs_whose_delivery_died_run_one_at_a_time(store: JobStore, tmp_path: Path) -> None:
+    claims = ClaimStore(store.engine)
+    suspects = []
+    for n in range(3):
+        job_id, _ = _job(store, tmp_path)
+        claims.claim(job_id, f"dead-{n}", lease_s=0)
+        store.start(job_id)
+        suspects.append(job_id)
+    fresh, _ = _job(store, tmp_path)
+    stand_in = StandIn(delay=0.1)
+    runner = _runner(store, tmp_path, stand_in)
+    outcomes = await asyncio.gather(*(runner.run(j, 0, final=False) for j in [*suspects, fresh]))
+    assert all(o is Outcome.COMPLETED for o, _ in outcomes)
+    # The fresh job beside one suspect: two at once, never two suspects.
+    assert stand_in.most_at_once == 2
+
+
+async def test_a_lost_claim_stops_the_delivery(store: JobStore, tmp_path: Path) -> None:
+    job_id, _ = _job(store, tmp_path)
+    stand_in = StandIn(delay=1)
+    running = asyncio.create_task(
+        _runner(store, tmp_path, stand_in, lease=0.6).run(job_id, 0, final=False)
+    )
+    await asyncio.sleep(0.1)
+    with store.engine.begin() as conn:  # another delivery took it over (our lease ran out)
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_owner="other"))
+    with pytest.raises(LeaseLostError):
+        await asyncio.wait_for(running, 5)
+    assert stand_in.cancelled and store.get(job_id).status == "running"

@@ -1,0 +1,229 @@
+"""The one job runner for both lanes (HTTP jobs and Whisper-Local contract jobs).
+
+Per delivery: claim the job (wait while another delivery holds it) -> finished already? hand
+the stored outcome on -> died 3 times? fail it -> start it -> transcribe, checkpointing the
+units of long files -> record how it ended -> hand the outcome on -> release the claim.
+
+Lanes differ only in how an outcome is handed on (``Deliver``): an AMQP result on
+``whisper_results``, or nothing (the store is the answer; webhooks go out from it). Retries
+go back through the lane's queue; this says when one is due. Plain asyncio, no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serve_app import spool
+from serve_app.errors import JobCancelledError, ServiceError
+from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
+from serve_app.jobs import EventWriter, Outcome, run_cancellable
+from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
+from serve_app.store import Busy, Claim, ClaimStore, JobStore, UnitStore
+
+logger = logging.getLogger(__name__)
+
+TranscribePathFn = Callable[
+    [str, TranscribeOptions, ProgressFn, SegmentsFn, Checkpoint], Awaitable[Transcript]
+]
+# Hands a finished job's outcome to whoever waits for it; raising leaves it to be handed on
+# by the next delivery of the job (from the store, never by transcribing again).
+Deliver = Callable[[Job], Awaitable[None]]
+
+
+class LeaseLostError(Exception):
+    """Our claim ran out and another delivery took the job: this one must not finish it."""
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    timeout_s: float
+    lease_s: float = 60.0
+    cancel_poll_s: float = 1.0
+    # Deliveries that died mid-job before the job is answered with an error instead.
+    max_unfinished: int = 3
+    busy_poll_s: float = 2.0
+
+
+@dataclass
+class JobRunner:
+    store: JobStore
+    claims: ClaimStore
+    units: UnitStore
+    transcribe: TranscribePathFn
+    spool_dir: Path
+    policy: RunPolicy
+    replica: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    # Jobs whose earlier delivery died run one at a time here: if one of them kills the
+    # worker again, the jobs beside it were not running and are not blamed for it.
+    _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def run(
+        self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
+    ) -> tuple[Outcome, str | None]:
+        """One delivery of a job (attempt is 0-based); returns the outcome and, for RETRY,
+        the reason. Store errors propagate: the delivery is handed back and runs later."""
+        holder = f"{self.replica}:{uuid.uuid4().hex[:16]}"  # one per delivery, not per replica
+        claim = await self._claim(job_id, holder)
+        if claim is None:
+            return Outcome.SKIPPED, None  # deleted: refused at submit, or past retention
+        async with self._held(claim):
+            return await self._run_claimed(claim, attempt, final, deliver)
+
+    async def _run_claimed(
+        self, claim: Claim, attempt: int, final: bool, deliver: Deliver | None
+    ) -> tuple[Outcome, str | None]:
+        job_id = claim.job_id
+        if claim.status in FINISHED:
+            # Answered before (a duplicate, a retry copy, or a redelivery after the outcome
+            # was recorded): hand on the stored outcome, never transcribe again.
+            await self._hand_on(job_id, deliver)
+            return Outcome.SKIPPED, None
+        if claim.unfinished >= self.policy.max_unfinished:
+            abandoned = (
+                f"Abandoned after {claim.unfinished} deliveries that never finished: "
+                "the worker stopped while running this job each time"
+            )
+            logger.error("Job %s: %s", job_id, abandoned)
+            await asyncio.to_thread(self.store.fail, job_id, abandoned)
+            await self._hand_on(job_id, deliver)
+            return Outcome.FAILED, abandoned
+        suspect = claim.unfinished > 0
+        if suspect:
+            logger.warning(
+                "Job %s: %d earlier deliveries never finished; running it alone",
+                job_id,
+                claim.unfinished,
+            )
+        async with self._suspects if suspect else contextlib.nullcontext():
+            outcome, reason = await self._attempt(job_id, attempt, final)
+        if outcome is not Outcome.RETRY:
+            await self._hand_on(job_id, deliver)
+        return outcome, reason
+
+    async def _attempt(self, job_id: str, attempt: int, final: bool) -> tuple[Outcome, str | None]:
+        job = await asyncio.to_thread(self.store.start, job_id)
+        if job is None:
+            return Outcome.SKIPPED, None
+        events = EventWriter(self.store, job_id).start()
+        checkpoint = UnitCheckpoint(self.units, job_id, job.attempts)
+        work = asyncio.wait_for(
+            self.transcribe(
+                job.audio_path, job.options, events.progress, events.segments, checkpoint
+            ),
+            self.policy.timeout_s,
+        )
+        reason: str | None = None
+        retryable = cancelled = False
+        transcript: Transcript | None = None
+        try:
+            transcript = await run_cancellable(self.store, job_id, work, self.policy.cancel_poll_s)
+        except JobCancelledError:
+            cancelled = True
+        except ServiceError as exc:
+            reason, retryable = exc.message, exc.retryable
+        except TimeoutError:
+            reason, retryable = f"Timed out after {self.policy.timeout_s:.0f}s", True
+        except Exception as exc:  # unknown failures get the benefit of the doubt: retry
+            logger.exception("Job %s failed unexpectedly", job_id)
+            reason, retryable = f"Internal error ({exc.__class__.__name__})", True
+        finally:
+            await events.close()
+        if cancelled:
+            logger.info("Job %s cancelled while running", job_id)
+            return Outcome.CANCELLED, None
+        if transcript is not None:
+            await asyncio.to_thread(self.store.complete, job_id, transcript)
+            return Outcome.COMPLETED, None
+        assert reason is not None
+        if retryable and not final:
+            await asyncio.to_thread(self.store.requeue, job_id, reason)
+            return Outcome.RETRY, reason
+        if retryable:
+            reason = f"Failed after {attempt + 1} attempts: {reason}"
+        await asyncio.to_thread(self.store.fail, job_id, reason)
+        return Outcome.FAILED, reason
+
+    async def _hand_on(self, job_id: str, deliver: Deliver | None) -> None:
+        job = await asyncio.to_thread(self.store.find, job_id)
+        if job is None or job.status not in FINISHED:
+            return
+        if deliver is not None:
+            await deliver(job)
+        await asyncio.to_thread(self.units.drop_results, job_id)
+        if job.spooled:
+            await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
+
+    async def _claim(self, job_id: str, holder: str) -> Claim | None:
+        """The job's claim; while another delivery holds it, wait until it lets go (finished)
+        or its lease runs out (its worker died)."""
+        waited = False
+        while True:
+            got = await asyncio.to_thread(self.claims.claim, job_id, holder, self.policy.lease_s)
+            if not isinstance(got, Busy):
+                return got
+            if not waited:
+                logger.info("Job %s is held by another delivery; waiting for it", job_id)
+                waited = True
+            await asyncio.sleep(min(max(got.wait_s, 0.1), self.policy.busy_poll_s))
+
+    @contextlib.asynccontextmanager
+    async def _held(self, claim: Claim) -> AsyncIterator[None]:
+        """Keep the claim alive while the body runs; if it is lost, stop the body."""
+        task = asyncio.current_task()
+        assert task is not None
+        lost = asyncio.Event()
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.policy.lease_s / 3)
+                try:
+                    ours = await asyncio.to_thread(
+                        self.claims.renew, claim.job_id, claim.holder, self.policy.lease_s
+                    )
+                except Exception:  # the store may be back before the lease runs out
+                    logger.exception("Could not renew the claim on job %s", claim.job_id)
+                    continue
+                if not ours:
+                    logger.error("Lost the claim on job %s; stopping this delivery", claim.job_id)
+                    lost.set()
+                    task.cancel()
+                    return
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise
+            task.uncancel()
+            raise LeaseLostError(f"claim on job {claim.job_id} lost") from None
+        finally:
+            renewing.cancel()
+            try:
+                await asyncio.to_thread(self.claims.release, claim.job_id, claim.holder)
+            except Exception:  # it runs out by itself; the next delivery waits that long
+                logger.exception("Could not release the claim on job %s", claim.job_id)
+
+
+@dataclass
+class UnitCheckpoint:
+    """A job's finished units in the store; failing to save one costs only its redo."""
+
+    units: UnitStore
+    job_id: str
+    attempt: int
+
+    async def load(self) -> dict[Span, Transcript]:
+        return await asyncio.to_thread(self.units.done, self.job_id)
+
+    async def save(self, span: Span, transcript: Transcript) -> None:
+        try:
+            await asyncio.to_thread(self.units.save, self.job_id, span, self.attempt, transcript)
+        except Exception:
+            logger.exception("Could not checkpoint a unit of job %s", self.job_id)

@@ -1,0 +1,89 @@
+"""Claims on jobs: one delivery works on a job at a time, across replicas and lanes.
+
+A claim is a lease (holder, expiry) taken by a conditional update keyed by the job id, so two
+copies of one job (a producer's duplicate, a retry copy beside a redelivered original) never
+run at once; the second waits and then finds the job finished. A holder that dies stops
+renewing, and its lease runs out. Calls are blocking: run them in a thread from async code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import cast
+
+from sqlalchemy import Engine, or_, select, update
+
+from serve_app.schemas import JobStatus
+from serve_app.store.jobs import now
+from serve_app.store.tables import jobs
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    holder: str
+    status: JobStatus
+    # Deliveries that started this job and never recorded how it ended: each one's worker died.
+    unfinished: int
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another holder's lease is live; it ends at the latest after ``wait_s``."""
+
+    wait_s: float
+
+
+class ClaimStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def claim(self, job_id: str, holder: str, lease_s: float) -> Claim | Busy | None:
+        """Take the job's lease if it is free, expired, or already ours. None: no such job."""
+        stamp = now()
+        with self._engine.begin() as conn:
+            taken = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    or_(
+                        jobs.c.lease_owner.is_(None),
+                        jobs.c.lease_until < stamp,
+                        jobs.c.lease_owner == holder,
+                    ),
+                )
+                .values(lease_owner=holder, lease_until=stamp + timedelta(seconds=lease_s))
+            ).rowcount
+            row = conn.execute(
+                select(jobs.c.status, jobs.c.unfinished, jobs.c.lease_until).where(
+                    jobs.c.id == job_id
+                )
+            ).first()
+        if row is None:
+            return None
+        if not taken:
+            until = row.lease_until
+            if until is not None and until.tzinfo is None:  # SQLite hands back naive UTC
+                until = until.replace(tzinfo=stamp.tzinfo)
+            return Busy(max((until - stamp).total_seconds(), 0.0) if until else 0.0)
+        return Claim(job_id, holder, cast(JobStatus, row.status), int(row.unfinished or 0))
+
+    def renew(self, job_id: str, holder: str, lease_s: float) -> bool:
+        """Extend our lease; False when it is no longer ours (it ran out and was taken)."""
+        with self._engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.lease_owner == holder)
+                    .values(lease_until=now() + timedelta(seconds=lease_s))
+                ).rowcount
+            )
+
+    def release(self, job_id: str, holder: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == holder)
+                .values(lease_owner=None, lease_until=None)
+            )

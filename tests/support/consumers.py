@@ -1,0 +1,63 @@
+"""Consumers for tests against the real broker and a real store, with the job's work played
+by a callable that takes the request (a stand-in, or the real pipeline)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ingest.consumer import ConsumerConfig, IngestConsumer
+from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.job_service import JobService
+from serve_app.runner import JobRunner, RunPolicy, TranscribePathFn
+from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
+from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore
+
+Runner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
+SPOOL = Path(tempfile.gettempdir()) / "whisper-test-spool"
+
+
+def by_request(run: Runner) -> TranscribePathFn:
+    """The runner's transcribe call, handed to a callable of the request."""
+
+    async def transcribe(
+        path: str,
+        options: TranscribeOptions,
+        on_progress: ProgressFn,
+        on_segments: SegmentsFn,
+        checkpoint: Checkpoint,
+    ) -> Transcript:
+        request = QueuedTranscriptionRequest(
+            attachment_id=0, audio_file_path=path, language=options.language or ""
+        )
+        return await run(request)
+
+    return transcribe
+
+
+def make_consumer(
+    url: str,
+    run: Runner,
+    ledger: ResultLedger,
+    *,
+    prefetch: int = 4,
+    grace: float = 30,
+    lease_s: float = 10,
+    timeout_s: float = 120,
+) -> tuple[IngestConsumer, JobStore]:
+    engine = ledger.engine
+    store = JobStore(engine)
+    runner = JobRunner(
+        store,
+        ClaimStore(engine),
+        UnitStore(engine),
+        by_request(run),
+        SPOOL,
+        RunPolicy(timeout_s=timeout_s, lease_s=lease_s, cancel_poll_s=0.2, busy_poll_s=0.2),
+    )
+    jobs = JobService(store, runner, ledger, Outbox(engine), "tiny.en")
+    config = ConsumerConfig(
+        url=url, prefetch=prefetch, model_name="tiny.en", shutdown_grace_s=grace, reconnect_max_s=2
+    )
+    return IngestConsumer(config, jobs), store
