@@ -3,7 +3,7 @@ or a redelivery redoes only the units not done yet. Calls are blocking: run them
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, null, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.schemas import Transcript
@@ -56,8 +56,7 @@ class UnitStore:
     def drop_results(self, job_id: str) -> None:
         """The job is finished: its result holds the text, the units only their record."""
         with self._engine.begin() as conn:
-            conn.execute(update(job_units).where(job_units.c.job_id == job_id).values(result=None))
-
-    def delete(self, job_ids: list[str]) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(delete(job_units).where(job_units.c.job_id.in_(job_ids)))
+            # SQL NULL, not a JSON null: done() selects on it.
+            conn.execute(
+                update(job_units).where(job_units.c.job_id == job_id).values(result=null())
+            )

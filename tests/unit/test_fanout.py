@@ -232,3 +232,35 @@ async def test_segments_are_handed_out_in_order_as_soon_as_possible(
     ]
     # Units finished last-first: nothing could go out before the first unit was done.
     assert len(batches) == len(stand_in.calls) and finished_units[0] == 0
+
+
+class MemoryCheckpoint:
+    """Finished units kept in memory (the store's part in production)."""
+
+    def __init__(self) -> None:
+        self.units: dict[tuple[int, int], Transcript] = {}
+
+    async def load(self) -> dict[tuple[int, int], Transcript]:
+        return dict(self.units)
+
+    async def save(self, span: tuple[int, int], transcript: Transcript) -> None:
+        self.units[span] = transcript
+
+
+async def test_a_retry_redoes_only_the_units_not_checkpointed(long_audio: np.ndarray) -> None:
+    checkpoint = MemoryCheckpoint()
+    first = StandIn()
+    fan_out = FanOut(first.unit, first.detect, ChunkingOptions(unit_s=60), SR, attempts=1)
+    whole = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
+    spans = sorted(checkpoint.units)
+    assert len(spans) == len(first.calls) >= 4
+    # The first attempt died after some units: only those are kept.
+    kept = spans[: len(spans) * 6 // 10]
+    checkpoint.units = {span: checkpoint.units[span] for span in kept}
+    second = StandIn()
+    fan_out = FanOut(second.unit, second.detect, ChunkingOptions(unit_s=60), SR, attempts=1)
+    resumed = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
+    redone = sorted(second.calls)
+    assert redone == sorted(end - start for start, end in spans[len(kept) :])
+    assert [s.start for s in resumed.segments] == [s.start for s in whole.segments]
+    assert sorted(checkpoint.units) == spans  # the redone units are checkpointed too
