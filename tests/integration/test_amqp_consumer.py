@@ -36,14 +36,7 @@ _ids = itertools.count(int(time.time()) % 100000 * 1000)
 
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
-    amqp.rabbitmqctl("add_vhost", VHOST) if VHOST not in amqp.rabbitmqctl("list_vhosts") else None
-    amqp.rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    with amqp.connect(URL) as conn:
-        channel = conn.channel()
-        for queue in (c.REQUEST_QUEUE, c.RESULT_QUEUE, c.RETRY_QUEUE, c.REJECTED_QUEUE):
-            channel.queue_delete(queue)
-        amqp.declare_like_a_producer(channel)
-    yield URL
+    yield amqp.fresh_vhost(VHOST)
 
 
 @pytest.fixture(scope="module")

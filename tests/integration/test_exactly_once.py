@@ -40,14 +40,7 @@ _ids = itertools.count(int(time.time()) % 100000 * 1000 + 500)
 
 @pytest.fixture(scope="module")
 def results() -> Iterator[amqp.ResultCollector]:
-    if VHOST not in amqp.rabbitmqctl("list_vhosts"):
-        amqp.rabbitmqctl("add_vhost", VHOST)
-    amqp.rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    with amqp.connect(URL) as conn:
-        channel = conn.channel()
-        for queue in (c.REQUEST_QUEUE, c.RESULT_QUEUE, c.RETRY_QUEUE, c.REJECTED_QUEUE):
-            channel.queue_delete(queue)
-        amqp.declare_like_a_producer(channel)
+    amqp.fresh_vhost(VHOST)
     collector = amqp.ResultCollector(URL)
     yield collector
     collector.close()

@@ -27,6 +27,20 @@ def connect(url: str, attempts: int = 20) -> pika.BlockingConnection:
     raise AssertionError("unreachable")
 
 
+def fresh_vhost(vhost: str) -> str:
+    """A virtual host of the test's own, with the contract's queues empty; returns its URL."""
+    if vhost not in rabbitmqctl("list_vhosts"):
+        rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    with connect(url) as conn:
+        channel = conn.channel()
+        for queue in (c.REQUEST_QUEUE, c.RESULT_QUEUE, c.RETRY_QUEUE, c.REJECTED_QUEUE):
+            channel.queue_delete(queue)
+        declare_like_a_producer(channel)
+    return url
+
+
 def declare_like_a_producer(channel: BlockingChannel) -> None:
     """What an existing producer/consumer declares; fails if our arguments differ."""
     for exchange in (c.REQUEST_EXCHANGE, c.RESULT_EXCHANGE, c.RETRY_EXCHANGE):
