@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from ingest import contract as c
 from ingest import topology
 from ingest.transport import AmqpTransport, Handler, PublishError, TransportConfig
+from serve_app.errors import ServiceError
 from serve_app.jobs import Outcome
 from serve_app.runner import Deliver
 from serve_app.schemas import Job, QueuedTranscriptionRequest, QueuedTranscriptionResult
@@ -116,7 +117,21 @@ class IngestConsumer:
         if await self._jobs.was_answered(key):
             logger.info("Job %s already answered; acking the duplicate", request.attachment_id)
             return
-        job_id = await self._jobs.admit(request, key)
+        try:
+            job_id = await self._jobs.admit(request, key)
+        except ServiceError as exc:
+            if exc.retryable:
+                raise
+            # Refused before it is a job (an unknown language, say): one error result now.
+            result = c.error_result(
+                request.attachment_id,
+                request.import_batch_id,
+                self._config.model_name,
+                exc.message,
+                attempts=attempt + 1,
+            )
+            await self._jobs.answered(key, result, await self._publish_result(message, result, key))
+            return
 
         async def deliver(job: Job) -> None:
             if await self._jobs.was_answered(key):
