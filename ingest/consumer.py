@@ -12,7 +12,6 @@ that returns is acked, one that raises is handed back and comes again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Protocol
 
 import aio_pika
@@ -49,28 +48,15 @@ class Jobs(Protocol):
         """An HTTP job's message was confirmed on the broker (the outbox)."""
 
 
-@dataclass
-class ConsumerConfig:
-    url: str
-    prefetch: int
-    model_name: str
-    reconnect_max_s: float = 30
-    shutdown_grace_s: float = 90
-
-
 class IngestConsumer:
-    def __init__(self, config: ConsumerConfig, jobs: Jobs, http_jobs: bool = True) -> None:
-        self._config = config
+    def __init__(
+        self, config: TransportConfig, jobs: Jobs, model_name: str, http_jobs: bool = True
+    ) -> None:
+        # Named in error results of jobs that never reached the model.
+        self._model_name = model_name
         self._jobs = jobs
         self._http_jobs = http_jobs
-        self.transport = AmqpTransport(
-            TransportConfig(
-                url=config.url,
-                prefetch=config.prefetch,
-                reconnect_max_s=config.reconnect_max_s,
-                shutdown_grace_s=config.shutdown_grace_s,
-            )
-        )
+        self.transport = AmqpTransport(config)
         self.status = self.transport.status
 
     async def run(self) -> None:
@@ -104,7 +90,7 @@ class IngestConsumer:
             return
         except c.MalformedRequest as exc:
             result = c.error_result(
-                exc.attachment_id, exc.import_batch_id, self._config.model_name, exc.message
+                exc.attachment_id, exc.import_batch_id, self._model_name, exc.message
             )
             await self._publish_result(message, result, f"{exc.attachment_id}-malformed")
             return
@@ -126,7 +112,7 @@ class IngestConsumer:
             result = c.error_result(
                 request.attachment_id,
                 request.import_batch_id,
-                self._config.model_name,
+                self._model_name,
                 exc.message,
                 attempts=attempt + 1,
             )
@@ -142,7 +128,7 @@ class IngestConsumer:
                 result = c.error_result(
                     request.attachment_id,
                     request.import_batch_id,
-                    self._config.model_name,
+                    self._model_name,
                     job.error or "failed",
                     attempts=attempt + 1,
                 )

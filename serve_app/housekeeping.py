@@ -62,20 +62,13 @@ class Housekeeper:
     async def run(self) -> None:
         async with webhooks.make_client() as client, asyncio.TaskGroup() as loops:
             loops.create_task(self.deliver_forever(client))
-            loops.create_task(_every(self._retention_every_s, self.apply_retention, "Retention"))
+            retention = self._retention_every_s
+            loops.create_task(_every(retention, _in_thread(self.apply_retention), "Retention"))
             if self._purge_ledger is not None:
                 purge = self._purge_ledger
-                loops.create_task(_every(LEDGER_PURGE_EVERY_S, purge, "Ledger purge"))
+                loops.create_task(_every(LEDGER_PURGE_EVERY_S, _in_thread(purge), "Ledger purge"))
             if self._publish_job is not None:
-                loops.create_task(self.sweep_outbox_forever())
-
-    async def sweep_outbox_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep_outbox()
-            except Exception:
-                logger.exception("Outbox sweep failed; trying again in %.0f s", OUTBOX_EVERY_S)
-            await asyncio.sleep(OUTBOX_EVERY_S)
+                loops.create_task(_every(OUTBOX_EVERY_S, self.sweep_outbox, "Outbox sweep"))
 
     async def sweep_outbox(self) -> int:
         """Publish accepted jobs left unpublished past the grace (the Gateway died, or its
@@ -167,15 +160,19 @@ class Housekeeper:
         return len(purged)
 
 
-async def _every(interval_s: float, work: Callable[[], Any], what: str) -> None:
-    """Run blocking work in a thread now and every interval_s; a failure is logged and the
-    next round tries again."""
+async def _every(interval_s: float, work: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run work now and every interval_s; a failure is logged and the next round tries again."""
     while True:
         try:
-            await asyncio.to_thread(work)
+            await work()
         except Exception:
             logger.exception("%s failed; trying again in %.0f s", what, interval_s)
         await asyncio.sleep(interval_s)
+
+
+def _in_thread(work: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    """Blocking store work, off the event loop."""
+    return lambda: asyncio.to_thread(work)
 
 
 def webhook_body(job: Job) -> bytes:

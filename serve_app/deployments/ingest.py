@@ -17,8 +17,8 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ingest.consumer import ConsumerConfig, IngestConsumer
-from ingest.transport import PublishError
+from ingest.consumer import IngestConsumer
+from ingest.transport import PublishError, TransportConfig
 from serve_app.deployments.client import ModelClient
 from serve_app.errors import QueueUnavailableError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
@@ -74,14 +74,14 @@ class Ingest:
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)
         self._consumer = IngestConsumer(
-            ConsumerConfig(
+            TransportConfig(
                 url=settings.rabbitmq_url,
                 prefetch=settings.workers_count,
-                model_name=settings.whisper_model,
                 reconnect_max_s=settings.amqp_reconnect_max_sec,
                 shutdown_grace_s=settings.ingest_shutdown_grace_sec,
             ),
             jobs,
+            settings.whisper_model,
         )
         retention = timedelta(hours=settings.result_retention_hours)
         self._housekeeper = Housekeeper(

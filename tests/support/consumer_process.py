@@ -69,7 +69,8 @@ def real(root: Path) -> TranscribePathFn:
 
 
 async def main(mode: str, url: str, database: str, root: Path) -> None:
-    from ingest.consumer import ConsumerConfig, IngestConsumer
+    from ingest.consumer import IngestConsumer
+    from ingest.transport import TransportConfig
     from serve_app.job_service import JobService
 
     engine = open_engine(database)
@@ -85,7 +86,7 @@ async def main(mode: str, url: str, database: str, root: Path) -> None:
     )
     jobs = JobService(store, runner, ResultLedger(engine), Outbox(engine), "tiny.en")
     consumer = IngestConsumer(
-        ConsumerConfig(url=url, prefetch=4, model_name="tiny.en", reconnect_max_s=2), jobs
+        TransportConfig(url=url, prefetch=4, reconnect_max_s=2), jobs, "tiny.en"
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

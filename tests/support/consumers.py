@@ -7,7 +7,8 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ingest.consumer import ConsumerConfig, IngestConsumer
+from ingest.consumer import IngestConsumer
+from ingest.transport import TransportConfig
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.job_service import JobService
 from serve_app.runner import JobRunner, RunPolicy, TranscribePathFn
@@ -57,7 +58,5 @@ def make_consumer(
         RunPolicy(timeout_s=timeout_s, lease_s=lease_s, cancel_poll_s=0.2, busy_poll_s=0.2),
     )
     jobs = JobService(store, runner, ledger, Outbox(engine), "tiny.en")
-    config = ConsumerConfig(
-        url=url, prefetch=prefetch, model_name="tiny.en", shutdown_grace_s=grace, reconnect_max_s=2
-    )
-    return IngestConsumer(config, jobs), store
+    config = TransportConfig(url=url, prefetch=prefetch, shutdown_grace_s=grace, reconnect_max_s=2)
+    return IngestConsumer(config, jobs, "tiny.en"), store
