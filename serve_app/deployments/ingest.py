@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
 from serve_app.deployments.client import ModelClient
+from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.housekeeping import Housekeeper
@@ -52,6 +53,7 @@ class Ingest:
     async def __init__(  # type: ignore[misc]
         self, pools: list[DeploymentHandle[Any]], weights: list[float]
     ) -> None:
+        share_serve_handlers()
         self._settings = settings = load_settings()
         self._client = ModelClient(pools, weights, settings)
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
