@@ -82,7 +82,7 @@ class JobRunner:
         if claim.status in FINISHED:
             # Answered before (a duplicate, a retry copy, or a redelivery after the outcome
             # was recorded): hand on the stored outcome, never transcribe again.
-            await self._hand_on(job_id, deliver)
+            await self._hand_on(job_id, deliver, again=True)
             return Outcome.SKIPPED, None
         if claim.unfinished >= self.policy.max_unfinished:
             abandoned = (
@@ -100,10 +100,12 @@ class JobRunner:
                 job_id,
                 claim.unfinished,
             )
+        # A suspect keeps the lock until its outcome is handed on: another suspect that kills
+        # the worker must not run between this job's result going out and being recorded.
         async with self._suspects if suspect else contextlib.nullcontext():
             outcome, reason = await self._attempt(job_id, attempt, final)
-        if outcome is not Outcome.RETRY:
-            await self._hand_on(job_id, deliver)
+            if outcome is not Outcome.RETRY:
+                await self._hand_on(job_id, deliver)
         return outcome, reason
 
     async def _attempt(self, job_id: str, attempt: int, final: bool) -> tuple[Outcome, str | None]:
@@ -149,10 +151,12 @@ class JobRunner:
         await asyncio.to_thread(self.store.fail, job_id, reason)
         return Outcome.FAILED, reason
 
-    async def _hand_on(self, job_id: str, deliver: Deliver | None) -> None:
+    async def _hand_on(self, job_id: str, deliver: Deliver | None, again: bool = False) -> None:
         job = await asyncio.to_thread(self.store.find, job_id)
         if job is None or job.status not in FINISHED:
             return
+        if again:  # named by the caller's id (an AMQP job's attachment_id) for its logs
+            logger.info("Job %s answered from its stored result", job.external_id or job.id)
         if deliver is not None:
             await deliver(job)
         await asyncio.to_thread(self.units.drop_results, job_id)
