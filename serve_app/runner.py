@@ -159,9 +159,14 @@ class JobRunner:
             logger.info("Job %s answered from its stored result", job.external_id or job.id)
         if deliver is not None:
             await deliver(job)
-        await asyncio.to_thread(self.units.drop_results, job_id)
-        if job.spooled:
-            await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
+        # The outcome is out: from here nothing may fail the delivery, or its redelivery would
+        # hand the outcome on a second time. What is left is tidying; retention redoes it.
+        try:
+            await asyncio.to_thread(self.units.drop_results, job_id)
+            if job.spooled:
+                await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
+        except Exception:
+            logger.exception("Could not tidy up after job %s; retention will", job_id)
 
     async def _claim(self, job_id: str, holder: str) -> Claim | None:
         """The job's claim; while another delivery holds it, wait until it lets go (finished)
