@@ -54,7 +54,11 @@ def test_word_timestamps(tiny: Transcriber, clip) -> None:
     assert len(words) >= 25
     assert all(w.start <= w.end for w in words)
     assert [w.start for w in words] == sorted(w.start for w in words)
-    assert "fox" in "".join(w.word for w in words).lower()
+    # The words are the transcript's words; the recognition itself varies with espeak-ng's
+    # version, so it is held to a word error rate rather than to one word.
+    spoken = "".join(w.word for w in words)
+    assert speech.word_error_rate(result.text, spoken) == 0
+    assert speech.word_error_rate(speech.reference("en_office"), spoken) < 0.3
 
 
 def test_english_only_model_refuses_other_languages_and_translation(tiny: Transcriber) -> None:
