@@ -18,7 +18,10 @@ from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 
 logger = logging.getLogger(__name__)
 
-UnitFn = Callable[[AudioArray, list[dict[str, float]], TranscribeOptions], Awaitable[Transcript]]
+# (unit audio, its speech windows, options, a label naming the part for the model's logs)
+UnitFn = Callable[
+    [AudioArray, list[dict[str, float]], TranscribeOptions, str], Awaitable[Transcript]
+]
 DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
 ProgressFn = Callable[[float, float], None]
 # Segments with absolute timestamps, in order, as soon as every earlier part is done too.
@@ -51,6 +54,9 @@ class FanOut:
     options: ChunkingOptions
     sample_rate: int = 16000
     attempts: int = 3
+    # A replica that died is replaced in seconds: retrying at once could spend every attempt
+    # of a part before Serve has a replica to send it to. Waits 1x, 2x, ... this long.
+    retry_backoff_s: float = 1.0
 
     async def transcribe(
         self,
@@ -119,22 +125,30 @@ class FanOut:
         self, audio: AudioArray, unit: WorkUnit, options: TranscribeOptions, total: int
     ) -> Transcript:
         windows = unit.relative_windows(self.sample_rate)
+        label = describe(unit, total, self.sample_rate)
         error: ServiceError | None = None
         for attempt in range(1, self.attempts + 1):
             try:
-                return await self.transcribe_unit(audio[unit.start : unit.end], windows, options)
+                part = audio[unit.start : unit.end]
+                return await self.transcribe_unit(part, windows, options, label)
             except ServiceError as exc:
                 if not exc.retryable:
                     raise
                 error = exc
                 logger.warning("Part %d failed (attempt %d): %s", unit.index + 1, attempt, exc)
+                if attempt < self.attempts:
+                    await asyncio.sleep(self.retry_backoff_s * attempt)
         assert error is not None
-        start, end = unit.start / self.sample_rate, unit.end / self.sample_rate
         raise UnitFailedError(
-            f"Part {unit.index + 1} of {total} ({start:.1f}-{end:.1f} s) failed after "
-            f"{self.attempts} attempts: {error.message}",
+            f"{label[0].upper()}{label[1:]} failed after {self.attempts} attempts: {error.message}",
             retryable=True,
         )
+
+
+def describe(unit: WorkUnit, total: int, sample_rate: int) -> str:
+    """How a unit is named in errors and logs: 'part 2 of 4 (240.2-481.7 s)'."""
+    start, end = unit.start / sample_rate, unit.end / sample_rate
+    return f"part {unit.index + 1} of {total} ({start:.1f}-{end:.1f} s)"
 
 
 def merge(

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serve_app.chunking import ChunkingOptions
 from serve_app.errors import SettingsError
 
 ComputeType = Literal[
@@ -77,6 +78,9 @@ class Settings(BaseSettings):
     # Per attempt; keep it under RabbitMQ's consumer_timeout (30 min by default).
     job_timeout_sec: float = Field(1500, gt=0)
     amqp_reconnect_max_sec: float = Field(30, gt=0)
+    # How long an accepted HTTP job may wait for RabbitMQ's confirm before the submit is
+    # answered 503 (a broker under a memory or disk alarm blocks publishers silently).
+    amqp_publish_timeout_sec: float = Field(10, gt=0)
     ingest_shutdown_grace_sec: float = Field(90, ge=0)
     # A delivery's claim on its job, renewed while it runs: a second copy of the job waits at
     # most this long after its worker dies. Keep it well above clock differences of nodes.
@@ -161,6 +165,16 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url.removeprefix(prefix)
         return url
+
+    @property
+    def chunking(self) -> ChunkingOptions:
+        """How long files are cut into windows and work units."""
+        return ChunkingOptions(
+            max_window_s=self.chunk_max_window_sec,
+            unit_s=self.fanout_unit_sec,
+            min_fanout_s=self.fanout_min_sec,
+            vad_min_silence_ms=self.whisper_vad_min_silence_ms,
+        )
 
     @property
     def served_models(self) -> list[str]:

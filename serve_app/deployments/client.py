@@ -11,7 +11,6 @@ from typing import Any, cast
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.audio import AudioArray
-from serve_app.chunking import ChunkingOptions
 from serve_app.errors import ReplicaUnavailableError, ServiceError
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import Pool, PoolRouter
@@ -32,12 +31,7 @@ class ModelClient:
             ]
         )
         self._sample_rate = settings.audio_sample_rate
-        self._chunking = ChunkingOptions(
-            max_window_s=settings.chunk_max_window_sec,
-            unit_s=settings.fanout_unit_sec,
-            min_fanout_s=settings.fanout_min_sec,
-            vad_min_silence_ms=settings.whisper_vad_min_silence_ms,
-        )
+        self._chunking = settings.chunking
 
     async def transcribe(
         self,
@@ -61,9 +55,11 @@ class ModelClient:
         model = options.model
 
         async def unit(
-            part: AudioArray, windows: list[dict[str, float]], opts: TranscribeOptions
+            part: AudioArray, windows: list[dict[str, float]], opts: TranscribeOptions, label: str
         ) -> Transcript:
-            transcript: Transcript = await self._call("transcribe_unit", model, part, windows, opts)
+            transcript: Transcript = await self._call(
+                "transcribe_unit", model, part, windows, opts, label
+            )
             return transcript
 
         async def detect(part: AudioArray) -> tuple[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -60,14 +61,25 @@ class TranscriberDeployment:
             yield item
 
     async def transcribe_unit(
-        self, audio: AudioArray, windows: list[dict[str, float]], options: TranscribeOptions
+        self,
+        audio: AudioArray,
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+        label: str = "a unit",
     ) -> Transcript:
-        """One work unit of a long file: its speech windows decoded in batches."""
+        """One work unit of a long file: its speech windows decoded in batches. ``label``
+        names the part in the log line, which says what this replica decoded and how fast."""
         transcriber = await self._for(options)
         async with self._unit_slots:
+            started = time.monotonic()
             result: Transcript = await self._infer(
                 transcriber.transcribe_windows, audio, windows, options
             )
+        seconds = len(audio) / self._settings.audio_sample_rate
+        took = time.monotonic() - started
+        logger.info(
+            "Decoded %s: %.1f s of audio in %d windows, %.1f s", label, seconds, len(windows), took
+        )
         return result
 
     async def detect_language(self, audio: AudioArray) -> tuple[str, float]:

@@ -44,7 +44,7 @@ def real(root: Path) -> TranscribePathFn:
     slots = asyncio.Semaphore(2)
     admission = admission_for(settings, None)
 
-    async def unit(part, windows, options):  # type: ignore[no-untyped-def]
+    async def unit(part, windows, options, label):  # type: ignore[no-untyped-def]
         async with slots:
             return await asyncio.to_thread(tiny.transcribe_windows, part, windows, options)
 

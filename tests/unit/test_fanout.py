@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serve_app import audio
-from serve_app.chunking import ChunkingOptions, Window, WorkUnit
+from serve_app.chunking import ChunkingOptions, Window, WorkUnit, plan
 from serve_app.errors import InferenceError, InvalidOptionError
 from serve_app.fanout import FanOut, UnitFailedError, merge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
@@ -76,14 +76,20 @@ class StandIn:
         self.fail = fail or {}
         self.calls: list[int] = []
         self.detected: list[int] = []
+        self.labels: list[str] = []
         self.running = 0
         self.peak = 0
 
     async def unit(
-        self, part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+        self,
+        part: np.ndarray,
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+        label: str = "",
     ) -> Transcript:
         index = len(self.calls)
         self.calls.append(len(part))
+        self.labels.append(label)
         assert options.language == "en"
         self.running += 1
         self.peak = max(self.peak, self.running)
@@ -115,6 +121,12 @@ async def test_units_run_in_parallel_and_merge_in_order(long_audio: np.ndarray) 
     assert len(progress) == len(stand_in.calls)
     assert [d for d, _ in progress] == sorted(d for d, _ in progress)
     assert progress[-1][1] == pytest.approx(len(long_audio) / SR)
+    # Each call names its part and span on the file's clock, for the model replica's log.
+    total = len(stand_in.calls)
+    assert sorted(stand_in.labels) == sorted(
+        f"part {u.index + 1} of {total} ({u.start / SR:.1f}-{u.end / SR:.1f} s)"
+        for u in plan(long_audio, SR, ChunkingOptions(unit_s=60))
+    )
 
 
 async def test_a_fixed_language_skips_detection(long_audio: np.ndarray) -> None:
@@ -130,7 +142,7 @@ async def test_a_failed_unit_is_retried(long_audio: np.ndarray) -> None:
     await fan_out.transcribe(long_audio, TranscribeOptions())
     second_len = probe.calls[1]
     stand_in = StandIn(fail={second_len: [InferenceError("replica died")]})
-    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR)
+    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR, retry_backoff_s=0.01)
     result = await fan_out.transcribe(long_audio, TranscribeOptions())
     assert stand_in.calls.count(second_len) == 2 and result.segments
 
@@ -147,9 +159,9 @@ async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarra
         match=r"^Part 2 of \d+ \([\d.]+-[\d.]+ s\) failed "
         r"after 3 attempts: boom$",
     ) as info:
-        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
-            long_audio, TranscribeOptions()
-        )
+        await FanOut(
+            stand_in.unit, stand_in.detect, ChunkingOptions(), SR, retry_backoff_s=0.01
+        ).transcribe(long_audio, TranscribeOptions())
     assert info.value.retryable
 
 
@@ -176,7 +188,7 @@ async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.nd
     cancelled: list[int] = []
 
     async def unit(
-        part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+        part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions, label: str
     ) -> Transcript:
         if len(part) == first_len:
             raise InvalidOptionError("bad")
@@ -206,11 +218,15 @@ class LastFirst(StandIn):
     """Later units finish first: the first call sleeps longest."""
 
     async def unit(
-        self, part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions
+        self,
+        part: np.ndarray,
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+        label: str = "",
     ) -> Transcript:
         self.started = getattr(self, "started", 0) + 1
         await asyncio.sleep(0.3 - 0.05 * min(self.started, 5))
-        return await super().unit(part, windows, options)
+        return await super().unit(part, windows, options, label)
 
 
 async def test_segments_are_handed_out_in_order_as_soon_as_possible(
