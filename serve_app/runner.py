@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,7 +60,11 @@ class JobRunner:
     transcribe: TranscribePathFn
     spool_dir: Path
     policy: RunPolicy
-    replica: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    # Claims are held as "<host>:<pid>:<replica>:<delivery>" (the store keeps 64 characters):
+    # naming the host and process lets an operator, or a fault test, see who holds a job.
+    replica: str = field(
+        default_factory=lambda: f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
     # Jobs whose earlier delivery died run one at a time here: if one of them kills the
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
