@@ -11,6 +11,7 @@ that returns is acked, one that raises is handed back and comes again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -75,9 +76,18 @@ class IngestConsumer:
         """Queue an accepted HTTP job durably; PublishError if the broker does not confirm."""
         if not self.status.connected:
             raise PublishError(self.status.last_error or "not connected to RabbitMQ")
-        await self.transport.publish(
-            self.transport.out.job_exchange, _job_message(job_id), c.JOB_ROUTING_KEY
-        )
+        try:
+            async with asyncio.timeout(self.transport.config.submit_timeout_s):
+                await self.transport.publish(
+                    self.transport.out.job_exchange, _job_message(job_id), c.JOB_ROUTING_KEY
+                )
+        except TimeoutError:
+            # Not confirmed, yet maybe still on its way: if it lands after the caller dropped
+            # the job, its delivery finds no job and is acked without running anything.
+            raise PublishError(
+                f"RabbitMQ did not confirm within {self.transport.config.submit_timeout_s:.0f} s "
+                "(is it blocking publishers?)"
+            ) from None
         await self._jobs.enqueued(job_id)
 
     # --- the Whisper-Local lane -----------------------------------------------------------------

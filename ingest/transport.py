@@ -62,11 +62,14 @@ class TransportConfig:
     prefetch: int
     reconnect_max_s: float = 30
     shutdown_grace_s: float = 90
+    # A broker under a memory or disk alarm blocks publishers without a word: an HTTP client
+    # waiting for its job to be queued gets an answer (503) after this long instead.
+    submit_timeout_s: float = 10
 
 
 class AmqpTransport:
     def __init__(self, config: TransportConfig) -> None:
-        self._config = config
+        self.config = config
         self.status = ConsumerStatus()
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
@@ -99,11 +102,11 @@ class AmqpTransport:
                 await self._close_connection()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, self._config.reconnect_max_s)
+                delay = min(delay * 2, self.config.reconnect_max_s)
         await self._stopping.wait()
 
     async def _start(self, lanes: Callable[[topology.Topology], dict[str, Handler]]) -> None:
-        connection = await aio_pika.connect_robust(self._config.url)
+        connection = await aio_pika.connect_robust(self.config.url)
         self._connection = connection
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
@@ -111,7 +114,7 @@ class AmqpTransport:
         consumer_channel.close_callbacks.add(self._abandon_in_flight)
         # global: RabbitMQ shares the count among every consumer on the channel, so the contract
         # lane and the jobs lane together hold WORKERS_COUNT, not WORKERS_COUNT each.
-        await consumer_channel.set_qos(prefetch_count=self._config.prefetch, global_=True)
+        await consumer_channel.set_qos(prefetch_count=self.config.prefetch, global_=True)
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._out = await topology.declare(self._publisher)
         incoming = await topology.declare(consumer_channel)
@@ -125,7 +128,7 @@ class AmqpTransport:
         logger.info(
             "Consuming %s with prefetch %d",
             ", ".join(queue.name for queue, _ in self._consumed),
-            self._config.prefetch,
+            self.config.prefetch,
         )
 
     def _on_connection_lost(self, *_: Any) -> None:
@@ -158,7 +161,7 @@ class AmqpTransport:
             except Exception as exc:  # a lost channel has no consumer left to cancel
                 logger.warning("Could not cancel consuming %s: %r", queue.name, exc)
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=self._config.shutdown_grace_s)
+            _, pending = await asyncio.wait(self._tasks, timeout=self.config.shutdown_grace_s)
             for task in pending:
                 task.cancel()
             if pending:

@@ -107,9 +107,13 @@ class QueueUnavailableError(ServiceError):
     """The job could not be queued durably (RabbitMQ down); nothing was accepted."""
 
     def __init__(
-        self, message: str = "The job queue is unavailable; nothing was accepted, try again later"
+        self,
+        message: str = "The job queue is unavailable; nothing was accepted, try again later",
+        retry_after_s: int = 10,
     ) -> None:
         super().__init__(message)
+        # An outage is not over in a second: clients that honour Retry-After back off.
+        self.retry_after_s = retry_after_s
 
     retryable = True
 

@@ -81,6 +81,7 @@ class Ingest:
                 prefetch=settings.workers_count,
                 reconnect_max_s=settings.amqp_reconnect_max_sec,
                 shutdown_grace_s=settings.ingest_shutdown_grace_sec,
+                submit_timeout_s=settings.amqp_publish_timeout_sec,
             ),
             jobs,
             settings.whisper_model,
