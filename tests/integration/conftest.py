@@ -24,11 +24,13 @@ import pytest
 
 from ingest import contract as c
 from tests.support import amqp, speech
-from tests.support.serve_process import ServiceFailedError, serve_run
+from tests.support.serve_process import ServiceFailedError, replica_pids, serve_run
 
 MAX_FILE_SIZE_MB = 2
 MAX_AUDIO_DURATION_SEC = 600
 WORKERS_COUNT = 4
+FANOUT_UNIT_SEC = 30
+AMQP_PUBLISH_TIMEOUT_SEC = 3
 INGEST_REPLICAS = 2
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 API_KEY = "test-key-2"
@@ -53,6 +55,11 @@ class Service:
     models_broker_down: int = 0
     job_broker_down: int = 0
     restart: Callable[[], None] = field(default=lambda: None)
+    pid: int = 0  # of `serve run`: every Ray process of this app descends from it
+
+    def replica_pids(self, deployment: str) -> list[int]:
+        """Processes of this app's replicas of ``deployment`` (for fault tests to kill)."""
+        return replica_pids(self.pid, deployment)
 
     def client(self, timeout: float = 120, api_key: str | None = API_KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -93,6 +100,12 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "ALLOWED_AUDIO_ROOTS": f"{audio_dir},{speech_dir}",
         "RABBITMQ_URL": RABBITMQ_URL,
         "WORKERS_COUNT": str(WORKERS_COUNT),
+        # Units of 30 s: a 4-minute file fans out in about ten, so a kill can land mid-file.
+        "FANOUT_UNIT_SEC": str(FANOUT_UNIT_SEC),
+        # A dead Ingest replica's claims run out in this long (60 s by default).
+        "JOB_LEASE_SEC": "20",
+        "OUTBOX_GRACE_SEC": "10",
+        "AMQP_PUBLISH_TIMEOUT_SEC": str(AMQP_PUBLISH_TIMEOUT_SEC),
         # Short, so that shutdown hands unfinished jobs back instead of finishing them all.
         "INGEST_SHUTDOWN_GRACE_SEC": "1",
         "API_KEYS": API_KEYS,
@@ -102,6 +115,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         # The test receivers listen on 127.0.0.1; every other internal address stays refused.
         "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "API_ADMIN_KEYS": ADMIN_KEY,
+        # Every replica log line in serve run's output: Ray folds lines that differ only in
+        # numbers ("[repeated 2x across cluster]"), and the fault tests count them.
+        "RAY_DEDUP_LOGS": "0",
         # Ray's own servers on loopback only, as scripts/run.sh runs them.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
@@ -109,14 +125,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
     amqp.rabbitmqctl("stop_app")
     stack = contextlib.ExitStack()
 
-    def start() -> tuple[str, Path]:
-        url, _, log = stack.enter_context(serve_run(work, env, deployments=DEPLOYMENT_OVERRIDES))
-        return url, log
+    def start() -> tuple[str, Path, int]:
+        url, proc, log = stack.enter_context(serve_run(work, env, deployments=DEPLOYMENT_OVERRIDES))
+        return url, log, proc.pid
 
     try:
-        url, log = start()
+        url, log, pid = start()
         service = Service(
-            url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log, data_dir=work / "data"
+            url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log, data_dir=work / "data", pid=pid
         )
         service.health_broker_down = service.health()
         with service.client() as client:
@@ -130,7 +146,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         def restart() -> None:
             """Stop `serve run` (as Ctrl-C does) and start it again on the same data."""
             stack.close()
-            service.url, service.log = start()
+            service.url, service.log, service.pid = start()
             _wait_for_consumers()
 
         service.restart = restart

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -185,12 +184,10 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
         "the job in flight",
     )
     time.sleep(1)  # let decoding finish and inference start
-    pids = subprocess.run(
-        ["pgrep", "-f", "ServeReplica:whisper:TranscriberCPU"], capture_output=True, text=True
-    ).stdout.split()
+    pids = service.replica_pids("TranscriberCPU")
     assert pids, "no model replica process found"
     for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     result = results.wait(job["attachment_id"], timeout=180)
     assert result["success"] is True, result
     assert speech.word_error_rate(text, result["texto"]) < 0.3

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import httpx
 import pytest
 
 from serve_app import webhooks
-from tests.integration.conftest import WEBHOOK_SECRET, Service
-from tests.support import speech, sse
+from tests.integration.conftest import AMQP_PUBLISH_TIMEOUT_SEC, WEBHOOK_SECRET, Service
+from tests.support import amqp, speech, sse
 from tests.support.webhook_server import webhook_server
 
 OFFICE = speech.reference("en_office")
@@ -201,6 +202,32 @@ def test_idempotency_key_returns_the_same_job(service: Service, clip) -> None:
         _wait(client, first.json()["id"])
 
 
+def test_a_broker_blocking_publishers_gets_a_503_not_a_hang(service: Service, clip) -> None:
+    """A memory alarm (here: a watermark of 0) makes RabbitMQ block publishers silently: the
+    submit is answered 503 within AMQP_PUBLISH_TIMEOUT_SEC and nothing is kept; once the alarm
+    clears, the client's retry with the same key is accepted and runs."""
+    path = clip("en_office", ".mp3")
+    key = f"alarm-{time.time_ns()}"
+    watermark = amqp.rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+    amqp.rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        started = time.monotonic()
+        with service.client(timeout=60) as client:
+            refused = _submit(client, path, idempotency_key=key)
+        waited = time.monotonic() - started
+    finally:
+        amqp.rabbitmqctl("set_vm_memory_high_watermark", watermark.strip())
+    assert refused.status_code == 503, refused.text
+    assert refused.headers.get("retry-after"), refused.headers
+    assert "nothing was accepted" in refused.json()["error"]["message"]
+    assert waited < AMQP_PUBLISH_TIMEOUT_SEC + 20, waited
+    with service.client() as client:
+        accepted = _submit(client, path, idempotency_key=key)
+        assert accepted.status_code == 202, "the refused job's key was released"
+        job = _wait(client, accepted.json()["id"])
+    assert job["status"] == "completed" and job["attempts"] == 1, job
+
+
 def test_cancel_a_queued_job(service: Service, clip) -> None:
     path = clip("en_thirty", ".mp3")
     with service.client() as client:
@@ -275,7 +302,14 @@ def test_jobs_survive_every_replica_of_the_app_being_killed(service: Service, cl
     path = clip("en_thirty", ".wav")
     with service.client() as client:
         ids = [_submit(client, path).json()["id"] for _ in range(3)]
-    subprocess.run(["pkill", "-9", "-f", "ServeReplica:whisper:"], check=False)
+    replicas = [
+        pid
+        for name in ("Gateway", "Ingest", "TranscriberCPU")
+        for pid in service.replica_pids(name)
+    ]
+    assert len(replicas) >= 4, replicas
+    for pid in replicas:
+        os.kill(pid, signal.SIGKILL)
     with service.client() as client:
         deadline = time.monotonic() + 120
         while True:  # the Gateway comes back first

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,24 @@ def serve_run(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def replica_pids(serve_pid: int, deployment: str, app: str = "whisper") -> list[int]:
+    """The replica processes of ``deployment`` under one `serve run` (its local Ray's raylet
+    starts them), so a test kills only what it started."""
+    title = f"ServeReplica:{app}:{deployment}"
+    try:
+        children = psutil.Process(serve_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if any(title in part for part in child.cmdline()):
+                found.append(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # ended while we looked
+    return found
 
 
 def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
