@@ -135,3 +135,8 @@ class ServiceBusyError(ServiceError):
 
 class QuotaExceededError(ServiceBusyError):
     """One API key has too much queued or spooled; its other requests still pass."""
+
+
+class NoReplicaError(ServiceBusyError):
+    """No model pool has a running replica and none can be started by a request (their nodes
+    are down, or they are still starting): a caller that cannot wait comes back later."""

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from serve_app.audio import AudioArray
 from serve_app.chunking import ChunkingOptions, WorkUnit, plan
-from serve_app.errors import ServiceError
+from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,9 @@ class FanOut:
                 part = audio[unit.start : unit.end]
                 return await self.transcribe_unit(part, windows, options, label)
             except ServiceError as exc:
-                if not exc.retryable:
+                # Busy (no replica at all, a limit): the caller is told to come back, as a
+                # whole; retrying a part at once would only hit the same wall.
+                if not exc.retryable or isinstance(exc, ServiceBusyError):
                     raise
                 error = exc
                 logger.warning("Part %d failed (attempt %d): %s", unit.index + 1, attempt, exc)

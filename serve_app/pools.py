@@ -1,42 +1,127 @@
-"""Choosing a replica pool (CPU, GPU, ...) for each request: plain logic, no Ray."""
+"""Choosing a replica pool (CPU, GPU, ...) for each request: plain logic, no Ray.
+
+The policy, in order:
+1. Pools with running replicas serve; each request goes to the one with the least in-flight
+   work per unit of weight (a GPU pool of weight 8 takes 8 requests for each one a CPU pool
+   of weight 1 takes, and wins ties when listed first: it is preferred).
+2. A pool scaled to zero (asleep) is woken, without making anyone wait for it, once every
+   serving pool has ``busy_per_replica`` requests in flight per running replica, or when no
+   pool serves at all: the burst keeps going to the serving pools while the sleeper starts,
+   and it takes its share once it runs.
+3. With no pool serving (all asleep, or down: replicas lost with their node, or unplaceable),
+   ``pick`` raises ``NoReplicaError``: callers that cannot wait (an HTTP client holding a
+   connection) answer 503 with Retry-After; callers that can (queued jobs) wait until some
+   pool serves, then take it, whichever comes back first. Nothing is queued on a pool that
+   may never start (a GPU pool with no GPU node to go to).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Generic, TypeVar
 
+from serve_app.errors import NoReplicaError
+
 T = TypeVar("T")
+
+
+class PoolState(Enum):
+    UNKNOWN = "unknown"  # not seen yet: treated as serving, so a new app takes work at once
+    RUNNING = "running"
+    ASLEEP = "asleep"  # scaled to zero on purpose: a request starts a replica
+    DOWN = "down"  # should have replicas and has none running (starting, or its node died)
+
+
+SERVING = (PoolState.RUNNING, PoolState.UNKNOWN)
 
 
 @dataclass
 class Pool(Generic[T]):
     name: str
     target: T
-    # Relative throughput: a GPU pool with weight 8 takes 8 requests for each one a CPU pool
-    # with weight 1 takes, as long as both have work in flight.
+    # Relative throughput, see the module's policy.
     weight: float = 1.0
     in_flight: int = field(default=0, init=False)
+    state: PoolState = field(default=PoolState.UNKNOWN, init=False)
+    running: int = field(default=0, init=False)
+    woken_at: float = field(default=float("-inf"), init=False)
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.weight
+
+    def observe(self, status: str | None, running: int) -> None:
+        """What Serve says of the pool's deployment: its status and running replicas."""
+        self.running = running
+        if running > 0:
+            self.state = PoolState.RUNNING
+        elif status == "HEALTHY":  # settled at zero replicas: its autoscaling target is 0
+            self.state = PoolState.ASLEEP
+        else:
+            self.state = PoolState.DOWN
 
 
 class PoolRouter(Generic[T]):
-    """Sends each request to the pool with the least in-flight work per unit of weight."""
-
-    def __init__(self, pools: list[Pool[T]]) -> None:
+    def __init__(
+        self, pools: list[Pool[T]], busy_per_replica: int = 2, wake_every_s: float = 30.0
+    ) -> None:
         if not pools:
             raise ValueError("at least one pool is needed")
         self.pools = pools
+        self._busy_per_replica = busy_per_replica
+        self._wake_every_s = wake_every_s
 
     def pick(self) -> Pool[T]:
+        """The serving pool to send a request to; NoReplicaError when none serves."""
+        serving = [p for p in self.pools if p.state in SERVING]
+        if not serving:
+            raise self.no_replica()
         # min() keeps the first of equals: pools listed first win ties.
-        return min(self.pools, key=lambda pool: pool.in_flight / pool.weight)
+        return min(serving, key=lambda p: p.load)
+
+    @staticmethod
+    def no_replica() -> NoReplicaError:
+        return NoReplicaError(
+            "No model replica is running (the model pools are starting, or their nodes are "
+            "down); try again later",
+            retry_after_s=15,
+        )
+
+    def observe(self, states: dict[str, tuple[str | None, int]]) -> None:
+        """One look at every pool: name -> (deployment status, running replicas)."""
+        for pool in self.pools:
+            pool.observe(*states.get(pool.name, (None, 0)))
+
+    def to_wake(self, now: float | None = None) -> list[Pool[T]]:
+        """Sleeping pools to start now because every serving pool is busy; each is returned
+        at most once per ``wake_every_s`` (a start takes that long to show)."""
+        now = time.monotonic() if now is None else now
+        serving = [p for p in self.pools if p.state in SERVING]
+        if any(p.in_flight < max(p.running, 1) * self._busy_per_replica for p in serving):
+            return []
+        waking = [
+            p
+            for p in self.pools
+            if p.state is PoolState.ASLEEP and now - p.woken_at >= self._wake_every_s
+        ]
+        for pool in waking:
+            pool.woken_at = now
+        return waking
 
     @contextmanager
-    def lease(self) -> Iterator[Pool[T]]:
-        pool = self.pick()
+    def hold(self, pool: Pool[T]) -> Iterator[Pool[T]]:
+        """Count a request in flight on ``pool`` while it runs."""
         pool.in_flight += 1
         try:
             yield pool
         finally:
             pool.in_flight -= 1
+
+    @contextmanager
+    def lease(self) -> Iterator[Pool[T]]:
+        with self.hold(self.pick()) as pool:
+            yield pool

@@ -3,26 +3,40 @@ out over replicas by units, Ray's failures made domain errors."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar, cast
 
+from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.audio import AudioArray
-from serve_app.errors import ReplicaUnavailableError, ServiceError
+from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
-from serve_app.pools import Pool, PoolRouter
+from serve_app.pools import SERVING, Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+_WATCH_EVERY_S = 2.0
+_FIRST_LOOK_S = 5.0
+
 
 class ModelClient:
+    """``can_wait``: whether a caller may wait for a pool that is down to come back (queued
+    jobs) or must be told at once (HTTP requests); see ``serve_app.pools``."""
+
     def __init__(
-        self, pools: list[DeploymentHandle[Any]], weights: list[float], settings: Settings
+        self,
+        pools: list[DeploymentHandle[Any]],
+        weights: list[float],
+        settings: Settings,
+        can_wait: bool = True,
     ) -> None:
         self.router = PoolRouter(
             [
@@ -32,6 +46,10 @@ class ModelClient:
         )
         self._sample_rate = settings.audio_sample_rate
         self._chunking = settings.chunking
+        self._can_wait = can_wait
+        self._watching: asyncio.Task[None] | None = None
+        self._looked = asyncio.Event()
+        self._waking: set[asyncio.Task[None]] = set()
 
     async def transcribe(
         self,
@@ -70,24 +88,117 @@ class ModelClient:
         return await fan_out.transcribe(audio, options, on_progress, on_segments, checkpoint)
 
     async def _call(self, method: str, model: str | None, *args: Any) -> Any:
-        with self.router.lease() as pool, _replica_errors(pool.name):
+        pool = await self._pool()
+        with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=model or "")
-            return await getattr(handle, method).remote(*args)
+            response = getattr(handle, method).remote(*args)
+
+            async def result() -> Any:
+                return await response
+
+            return await self._unless_pool_lost(pool, result())
+
+    async def _unless_pool_lost(self, pool: Pool[DeploymentHandle[Any]], work: Awaitable[T]) -> T:
+        """For callers that cannot wait: give up (503) if the pool stops serving while the
+        request waits. A request sent just before its replicas' node died waits in Serve's
+        queue for a replacement that may take minutes; one that was running on them has
+        failed already."""
+        task = asyncio.ensure_future(work)
+        if self._can_wait:
+            return await task
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_WATCH_EVERY_S)
+            if done:
+                return task.result()
+            if pool.state not in SERVING:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise self.router.no_replica()
+
+    async def _pool(self) -> Pool[DeploymentHandle[Any]]:
+        """The pool for the next call, by the policy in ``serve_app.pools``: with none
+        serving, sleeping pools are woken, and a caller that can wait polls until one
+        serves instead of queueing on a pool that may never start."""
+        if self._watching is None:  # started here: the replica's event loop runs by now
+            self._watching = asyncio.create_task(self._watch())
+        if not self._looked.is_set():
+            try:
+                await asyncio.wait_for(self._looked.wait(), _FIRST_LOOK_S)
+            except TimeoutError:
+                logger.warning("No status of the model pools yet; routing without it")
+        waiting = False
+        while True:
+            for sleeper in self.router.to_wake():
+                self._wake(sleeper)
+            try:
+                return self.router.pick()
+            except NoReplicaError:
+                if not self._can_wait:
+                    raise
+                if not waiting:
+                    logger.warning("No model replica is running; waiting for one")
+                    waiting = True
+                await asyncio.sleep(_WATCH_EVERY_S)
+
+    def _wake(self, pool: Pool[DeploymentHandle[Any]]) -> None:
+        """A call nobody waits for: queued at a pool scaled to zero, it makes Serve start a
+        replica while the request that found every pool busy goes elsewhere."""
+        logger.info("Every serving pool is busy; waking %s", pool.name)
+
+        async def ping() -> None:
+            try:
+                await pool.target.ping.remote()
+            except Exception as exc:
+                logger.warning("Could not wake %s: %r", pool.name, exc)
+
+        task = asyncio.create_task(ping())
+        self._waking.add(task)
+        task.add_done_callback(self._waking.discard)
+
+    async def _watch(self) -> None:
+        """Keep the router's view of each pool (running, asleep, down) current."""
+        app_name = serve.get_replica_context().app_name
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                app = status.applications.get(app_name)
+                deployments = app.deployments if app else {}
+                self.router.observe(
+                    {
+                        name: (
+                            str(d.status.value),
+                            sum(n for state, n in d.replica_states.items() if state == "RUNNING"),
+                        )
+                        for name, d in deployments.items()
+                    }
+                )
+                self._looked.set()
+            except Exception as exc:  # the controller is restarting: keep the last view
+                logger.warning("Could not read the model pools' status: %r", exc)
+            await asyncio.sleep(_WATCH_EVERY_S)
 
     async def _stream(
         self, audio: AudioArray, options: TranscribeOptions, on_segments: SegmentsFn
     ) -> Transcript:
         result: Transcript | None = None
-        with self.router.lease() as pool, _replica_errors(pool.name):
+        pool = await self._pool()
+        with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=options.model or "", stream=True)
             stream = cast(
                 DeploymentResponseGenerator[Any], handle.transcribe_stream.remote(audio, options)
             )
-            async for item in stream:
-                if isinstance(item, Segment):
-                    on_segments([item])
-                else:
-                    result = item
+
+            async def consume() -> Transcript | None:
+                last: Transcript | None = None
+                async for item in stream:
+                    if isinstance(item, Segment):
+                        on_segments([item])
+                    else:
+                        last = item
+                return last
+
+            result = await self._unless_pool_lost(pool, consume())
         if result is None:
             raise ReplicaUnavailableError("Model replica ended the stream without a transcript")
         return result

@@ -43,7 +43,8 @@ class Gateway:
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
         tempfile.tempdir = str(self.settings.tmp_dir)
-        self._models = ModelClient(pools, weights, self.settings)
+        # An HTTP client holds a connection: no model replica anywhere is a 503 at once.
+        self._models = ModelClient(pools, weights, self.settings, can_wait=False)
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest

@@ -105,6 +105,10 @@ class TranscriberDeployment:
         self._failures = 0
         return result
 
+    async def ping(self) -> bool:
+        """Nothing to do: a call queued at a pool scaled to zero makes Serve start a replica."""
+        return True
+
     def check_health(self) -> None:
         if self._failures >= _UNHEALTHY_AFTER_FAILURES:
             raise RuntimeError(f"{self._failures} inference failures in a row")

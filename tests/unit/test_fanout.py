@@ -10,7 +10,7 @@ import pytest
 
 from serve_app import audio
 from serve_app.chunking import ChunkingOptions, Window, WorkUnit, plan
-from serve_app.errors import InferenceError, InvalidOptionError
+from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
 from serve_app.fanout import FanOut, UnitFailedError, merge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from tests.support import speech
@@ -163,6 +163,20 @@ async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarra
             stand_in.unit, stand_in.detect, ChunkingOptions(), SR, retry_backoff_s=0.01
         ).transcribe(long_audio, TranscribeOptions())
     assert info.value.retryable
+
+
+async def test_no_replica_anywhere_fails_the_file_at_once(long_audio: np.ndarray) -> None:
+    probe = StandIn()
+    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+        long_audio, TranscribeOptions()
+    )
+    first_len = probe.calls[0]
+    stand_in = StandIn(fail={first_len: [NoReplicaError("none running", retry_after_s=15)]})
+    with pytest.raises(NoReplicaError):  # the caller comes back later, as the error says
+        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+            long_audio, TranscribeOptions()
+        )
+    assert stand_in.calls.count(first_len) == 1
 
 
 async def test_deterministic_errors_are_not_retried(long_audio: np.ndarray) -> None:

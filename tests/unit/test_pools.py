@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.pools import Pool, PoolRouter
+from serve_app.errors import NoReplicaError
+from serve_app.pools import Pool, PoolRouter, PoolState
 
 
 def test_single_pool_takes_everything() -> None:
@@ -36,3 +37,68 @@ def test_lease_released_on_error() -> None:
 def test_needs_a_pool() -> None:
     with pytest.raises(ValueError):
         PoolRouter([])
+
+
+def _cluster() -> PoolRouter[str]:
+    """A GPU pool scaled to zero beside a CPU pool with two running replicas."""
+    router = PoolRouter(
+        [Pool("gpu", "g", weight=8), Pool("cpu", "c")], busy_per_replica=2, wake_every_s=30
+    )
+    router.observe({"gpu": ("HEALTHY", 0), "cpu": ("HEALTHY", 2)})
+    return router
+
+
+def test_what_serve_says_becomes_a_pool_state() -> None:
+    pool = Pool("p", "t")
+    assert pool.state is PoolState.UNKNOWN
+    pool.observe("UPSCALING", 1)
+    assert pool.state is PoolState.RUNNING and pool.running == 1
+    pool.observe("HEALTHY", 0)
+    assert pool.state is PoolState.ASLEEP
+    for status in ("UNHEALTHY", "UPSCALING", "UPDATING", None):
+        pool.observe(status, 0)
+        assert pool.state is PoolState.DOWN, status
+
+
+def test_a_sleeping_pool_is_woken_by_a_busy_cluster_not_by_one_request() -> None:
+    router = _cluster()
+    gpu, cpu = router.pools
+    leases = [router.lease() for _ in range(3)]
+    assert [lease.__enter__().name for lease in leases] == ["cpu"] * 3
+    assert router.to_wake(now=100) == []  # 3 in flight on 2 replicas: not busy yet
+    leases.append(router.lease())
+    leases[-1].__enter__()
+    assert router.to_wake(now=100) == [gpu]  # 4 = 2 per replica: wake the GPU pool
+    assert router.to_wake(now=110) == []  # once per wake_every_s
+    assert router.to_wake(now=131) == [gpu]
+    assert cpu.in_flight == 4 and gpu.in_flight == 0  # nobody waited for the cold start
+
+
+def test_a_woken_pool_is_preferred_once_it_runs() -> None:
+    router = _cluster()
+    gpu = router.pools[0]
+    gpu.observe("UPSCALING", 1)
+    leases = [router.lease() for _ in range(9)]  # held: a dropped lease gives its slot back
+    picked = [lease.__enter__().name for lease in leases]
+    assert picked.count("gpu") == 8 and picked.count("cpu") == 1
+
+
+def test_with_nothing_serving_sleepers_are_woken_and_nobody_is_queued_on_them() -> None:
+    router = _cluster()
+    gpu, cpu = router.pools
+    router.observe({"gpu": ("HEALTHY", 0), "cpu": ("UNHEALTHY", 0)})  # the CPU node died
+    assert router.to_wake(now=100) == [gpu]  # started for whoever comes back later
+    with pytest.raises(NoReplicaError) as info:
+        router.pick()
+    assert info.value.retry_after_s > 0 and "No model replica is running" in info.value.message
+    # The GPU pool starts a replica, or cannot (no GPU node): either way it is not serving
+    # until a replica runs, and the CPU pool serves again as soon as its node is back.
+    router.observe({"gpu": ("UPSCALING", 0), "cpu": ("UPSCALING", 0)})
+    assert gpu.state is PoolState.DOWN and router.to_wake(now=200) == []
+    with pytest.raises(NoReplicaError):
+        router.pick()
+    router.observe({"gpu": ("UPSCALING", 0), "cpu": ("UPSCALING", 1)})
+    assert router.pick() is cpu
+    router.observe({})  # the app is gone from Serve's status
+    assert all(p.state is PoolState.DOWN for p in router.pools)
+    assert all(p.in_flight == 0 for p in router.pools)
