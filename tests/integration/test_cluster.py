@@ -1,0 +1,187 @@
+"""Two Ray nodes on one machine, started as separate processes as an operator starts them: a
+head, and a worker offering the `whisper_cpu` resource. `cluster/serve_cluster.yaml` is
+deployed with `serve deploy`; model replicas must land only on the worker, a job published
+on RabbitMQ is transcribed there, and killing the worker's raylet mid-job (then starting the
+node again) ends with the job retried and exactly one result, while HTTP answers 503 with
+Retry-After as long as no model replica exists."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from ingest import contract as c
+from serve_app.schemas import QueuedTranscriptionRequest
+from serve_app.store import UnitStore, open_engine
+from tests.support import amqp, speech
+from tests.support.ray_cluster import RayCluster
+from tests.support.serve_process import ROOT, free_port
+
+VHOST = "whisper_cluster_test"
+URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+CPU_POOL = "ServeReplica:whisper:TranscriberCPU"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
+    work = tmp_path_factory.mktemp("cluster")
+    amqp.fresh_vhost(VHOST)
+    env = {
+        "WHISPER_MODEL": "tiny.en",
+        "MODELS_DIR": str(work / "models"),
+        "DATA_DIR": str(work / "data"),  # one SQLite file: both nodes are on this machine
+        "TMP_DIR": str(work / "spool"),
+        "ALLOWED_AUDIO_ROOTS": str(speech_dir),
+        "RABBITMQ_URL": URL,
+        "FANOUT_UNIT_SEC": "30",
+        "JOB_LEASE_SEC": "20",
+    }
+    ray = RayCluster(work, env)
+    try:
+        ray.start_head(num_cpus=1)
+        yield ray
+    finally:
+        ray.stop()
+
+
+def _config(work: Path, port: int) -> Path:
+    """cluster/serve_cluster.yaml as shipped, but for one machine: loopback, the head's proxy
+    only (two proxies cannot share a port), one Gateway and one Ingest."""
+    config: dict[str, Any] = yaml.safe_load((ROOT / "cluster" / "serve_cluster.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["proxy_location"] = "HeadOnly"
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] in ("Gateway", "Ingest"):
+            deployment["num_replicas"] = 1
+    path = work / "serve_cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _transcribe(url: str, clip: Path) -> httpx.Response:
+    with open(clip, "rb") as f:
+        return httpx.post(
+            f"{url}/v1/audio/transcriptions", files={"file": (clip.name, f)}, timeout=120
+        )
+
+
+def _replica_nodes(ray: RayCluster, class_name: str) -> list[str]:
+    return [
+        actor["node_id"]
+        for actor in ray.state("actors")
+        if actor["state"] == "ALIVE" and actor["class_name"] == class_name
+    ]
+
+
+def _cpu_node(ray: RayCluster) -> str:
+    [node] = [n["node_id"] for n in ray.alive_nodes() if "whisper_cpu" in n["resources_total"]]
+    return str(node)
+
+
+def _wait_503(url: str, clip: Path, timeout: float) -> httpx.Response:
+    answers: list[httpx.Response] = []
+
+    def refused() -> bool:
+        answers.append(_transcribe(url, clip))
+        return answers[-1].status_code == 503
+
+    speech.wait_until(refused, timeout, "HTTP to answer 503 while no model replica exists")
+    return answers[-1]
+
+
+def test_replicas_follow_whisper_cpu_and_a_lost_node_costs_no_job(
+    cluster: RayCluster, speech_dir: Path, clip
+) -> None:
+    work = cluster.work
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    cluster.serve_deploy(_config(work, port))
+
+    # Only the head so far: it offers no whisper_cpu, so the CPU pool has nowhere to go.
+    short = clip("en_office", ".mp3")
+    speech.wait_until(lambda: _gateway_up(url), 300, "the Gateway on the head")
+    refused = _wait_503(url, short, 60)
+    assert refused.headers.get("retry-after"), refused.headers
+    assert "No model replica is running" in refused.json()["error"]["message"]
+    assert _replica_nodes(cluster, CPU_POOL) == []
+
+    worker = cluster.start_worker("cpu-worker", {"whisper_cpu": 1}, num_cpus=1)
+    speech.wait_until(lambda: _transcribe(url, short).status_code == 200, 300, "a model replica")
+    placed = time.monotonic() - started
+    cpu_node = _cpu_node(cluster)
+    assert _replica_nodes(cluster, CPU_POOL) == [cpu_node]
+    head = [n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"]]
+    light = {
+        name: _replica_nodes(cluster, f"ServeReplica:whisper:{name}")
+        for name in ("Gateway", "Ingest")
+    }
+    assert light["Gateway"] == head and light["Ingest"] == head  # started before the worker
+
+    # A long job over RabbitMQ, and the worker's raylet killed once some of its parts are done.
+    wav, reference = speech.long_recording("en_long", speech_dir)
+    long_clip = speech.encode(wav, ".opus", speech_dir)
+    request = {
+        "attachment_id": 9 * 10**8 + time.time_ns() % 10**8,
+        "audio_file_path": str(long_clip),
+    }
+    key = c.job_key(QueuedTranscriptionRequest.model_validate(request))
+    results = amqp.ResultCollector(URL)
+    engine = open_engine(f"sqlite:///{work / 'data' / 'whisper.db'}")
+    units = UnitStore(engine)
+    try:
+        amqp.publish(URL, request)
+        speech.wait_until(lambda: len(units.attempts(key)) >= 3, 300, "3 parts done")
+        [raylet] = worker.pids("raylet")
+        killed = time.monotonic()
+        os.kill(raylet, signal.SIGKILL)
+        refused = _wait_503(url, short, 90)
+        refused_after = time.monotonic() - killed
+        assert refused.headers.get("retry-after")
+        done_at_kill = len(units.attempts(key))
+        assert not results.all(request["attachment_id"]), "the job outran the kill"
+        worker.stop()
+
+        restarted = time.monotonic()
+        cluster.start_worker("cpu-worker-again", {"whisper_cpu": 1}, num_cpus=1)
+        result = results.wait(request["attachment_id"], 300)
+        answered_after = time.monotonic() - restarted
+        assert result["success"] is True, result
+        assert speech.word_error_rate(reference, result["texto"]) < 0.25
+        new_node = _cpu_node(cluster)
+        assert new_node != cpu_node and _replica_nodes(cluster, CPU_POOL) == [new_node]
+        speech.wait_until(
+            lambda: (
+                amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0
+                and amqp.queue_depth(URL, c.RETRY_QUEUE)[0] == 0
+            ),
+            60,
+            "every delivery settled",
+        )
+        assert len(results.all(request["attachment_id"])) == 1
+        assert _transcribe(url, short).status_code == 200
+    finally:
+        results.close()
+        engine.dispose()
+    print(
+        f"placement: CPU replica on node {cpu_node[:12]} (whisper_cpu), Gateway and Ingest on "
+        f"the head {head[0][:12]}; deployed and placed in {placed:.0f} s; raylet killed with "
+        f"{done_at_kill} parts done, HTTP 503 after {refused_after:.1f} s; node started again "
+        f"as {new_node[:12]}, one result {answered_after:.0f} s later (attempts "
+        f"{result.get('attempts')})"
+    )
+
+
+def _gateway_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code in (200, 503)
+    except httpx.HTTPError:
+        return False

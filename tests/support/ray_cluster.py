@@ -1,0 +1,194 @@
+"""A Ray cluster of separate node processes on this machine, started as an operator would
+(`ray start --head`, `ray start --address ...`), each node in the foreground (`--block`) so the
+test owns it and stops only what it started.
+
+Each node gets an address of its own in the loopback range (head 127.0.0.2, workers 127.0.0.3
+and up): Ray swaps 127.0.0.1 for the machine's network address, and nothing of this test may
+leave loopback. Token authentication is on, with a token of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.support.serve_process import free_port
+
+HEAD_IP = "127.0.0.2"
+RAY = str(Path(sys.executable).parent / "ray")
+SERVE = str(Path(sys.executable).parent / "serve")
+
+
+@dataclass
+class Node:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def pids(self, part: str) -> list[int]:
+        """This node's processes whose command line contains ``part`` (raylet, a replica)."""
+        found = []
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            try:
+                if any(part in arg for arg in child.cmdline()):
+                    found.append(child.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # `ray start --block` stops its node's processes; whatever outlived it was ours too.
+        for child in _orphans(self.process.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+
+def _orphans(session_leader: int) -> list[int]:
+    """Processes left in the process session this node was started in."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == session_leader and proc.pid != session_leader:
+                found.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@dataclass
+class RayCluster:
+    work: Path
+    env: dict[str, str]
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    nodes: list[Node] = field(default_factory=list)
+    _next_ip: int = 3
+
+    def __post_init__(self) -> None:
+        token = self.work / "ray_auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {**self.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+    @property
+    def address(self) -> str:
+        return f"{HEAD_IP}:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def _start(self, name: str, ip: str, args: list[str]) -> Node:
+        log = self.work / f"{name}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [RAY, "start", "--block", f"--node-ip-address={ip}", *args],
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        node = Node(name, process, log)
+        self.nodes.append(node)
+        return node
+
+    def start_head(self, num_cpus: int = 1) -> Node:
+        node = self._start(
+            "head",
+            HEAD_IP,
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                f"--num-cpus={num_cpus}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                "--disable-usage-stats",
+            ],
+        )
+        self.wait_nodes(1)
+        return node
+
+    def start_worker(self, name: str, resources: dict[str, float], num_cpus: int = 1) -> Node:
+        alive = len(self.alive_nodes())
+        ip = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        node = self._start(
+            name,
+            ip,
+            [
+                f"--address={self.address}",
+                f"--num-cpus={num_cpus}",
+                f"--resources={json.dumps(resources)}",
+                "--disable-usage-stats",
+            ],
+        )
+        self.wait_nodes(alive + 1)
+        return node
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.state("nodes") if n["state"] == "ALIVE"]
+
+    def wait_nodes(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if len(self.alive_nodes()) >= count:
+                    return
+            except (subprocess.SubprocessError, json.JSONDecodeError):
+                pass  # the dashboard is not up yet
+            if time.monotonic() > deadline:
+                logs = "\n".join(n.log.read_text(errors="replace")[-2000:] for n in self.nodes)
+                raise AssertionError(f"{count} Ray nodes not alive after {timeout}s:\n{logs}")
+            time.sleep(1)
+
+    def state(self, what: str) -> list[dict[str, Any]]:
+        """`ray list <what>` as an operator reads it (nodes, actors), from the dashboard."""
+        out = subprocess.run(
+            [RAY, "list", what, "--address", self.dashboard, "--format", "json", "--detail"],
+            env=self._env(),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        rows: list[dict[str, Any]] = json.loads(out)
+        return rows
+
+    def serve_deploy(self, config: Path) -> None:
+        subprocess.run(
+            [SERVE, "deploy", str(config), "--address", self.dashboard],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
