@@ -29,7 +29,7 @@ if ! port_open 5432; then
       $sudo sed -i -E 's/^(host\s+all\s+all\s+(127.0.0.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
     done
   fi
-  $sudo service postgresql start >/dev/null || $sudo pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  $sudo service postgresql start >/dev/null || $sudo pg_ctlcluster --skip-systemctl-redirect "$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | head -1)" main start
   for _ in $(seq 1 60); do
     port_open 5432 && break
     sleep 1

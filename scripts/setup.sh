@@ -18,6 +18,8 @@ packages=()
 command -v ffmpeg >/dev/null || packages+=(ffmpeg)
 if [ "$dev" = 1 ]; then
   command -v espeak-ng >/dev/null || packages+=(espeak-ng)
+  # systemd-analyze verifies the unit files in cluster/systemd.
+  command -v systemd-analyze >/dev/null || packages+=(systemd)
 fi
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ ${#packages[@]} -gt 0 ]; then
