@@ -8,8 +8,10 @@ Retry-After as long as no model replica exists."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import yaml
 
 from ingest import contract as c
 from serve_app.schemas import QueuedTranscriptionRequest
-from serve_app.store import UnitStore, open_engine
+from serve_app.store import JobStore, UnitStore, open_engine
 from tests.support import amqp, speech
 from tests.support.ray_cluster import RayCluster
 from tests.support.serve_process import ROOT, free_port
@@ -28,6 +30,7 @@ from tests.support.serve_process import ROOT, free_port
 VHOST = "whisper_cluster_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 CPU_POOL = "ServeReplica:whisper:TranscriberCPU"
+DECODED = re.compile(r"Decoded part \d+ of \d+ \(([\d.]+-[\d.]+) s\)")
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,87 @@ def _gateway_up(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=5).status_code in (200, 503)
     except httpx.HTTPError:
         return False
+
+
+def _scaled(config_path: Path, replicas: int) -> Path:
+    config = yaml.safe_load(config_path.read_text())
+    pool = _deployments_by_name(config)["TranscriberCPU"]["autoscaling_config"]
+    pool.update(min_replicas=replicas, max_replicas=replicas)
+    path = config_path.with_name(f"serve_cluster_{replicas}.yaml")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _deployments_by_name(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in config["applications"][0]["deployments"]}
+
+
+def _replica_logs(cluster: RayCluster) -> dict[Path, int]:
+    """The model replicas' log files on every node, with their sizes now."""
+    folder = cluster.session_dir() / "logs" / "serve"
+    return {f: f.stat().st_size for f in folder.glob("replica_whisper_TranscriberCPU_*.log")}
+
+
+def _decoded_since(sizes: dict[Path, int], cluster: RayCluster) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for path in _replica_logs(cluster):
+        text = path.read_bytes()[sizes.get(path, 0) :].decode(errors="replace")
+        counts.update(m[1] for m in DECODED.finditer(text))
+    return counts
+
+
+def test_a_downscale_during_a_long_job_loses_and_repeats_nothing(
+    cluster: RayCluster, speech_dir: Path
+) -> None:
+    """Two CPU replicas on two nodes; while a 4-minute job runs on both, the pool is scaled to
+    one. The replica going away finishes what it holds (graceful_shutdown_timeout_s), nothing
+    is retried, and every part is decoded exactly once."""
+    config = cluster.work / "serve_cluster.yaml"
+    assert config.exists(), "runs after the placement test, on its deployed app"
+    cluster.start_worker("cpu-worker-b", {"whisper_cpu": 1}, num_cpus=1)
+    cluster.serve_deploy(_scaled(config, 2))
+    speech.wait_until(
+        lambda: len(set(_replica_nodes(cluster, CPU_POOL))) == 2, 300, "a replica on each worker"
+    )
+    wav, reference = speech.long_recording("en_long", speech_dir)
+    long_clip = speech.encode(wav, ".opus", speech_dir)
+    request = {
+        "attachment_id": 9 * 10**8 + time.time_ns() % 10**8,
+        "audio_file_path": str(long_clip),
+    }
+    key = c.job_key(QueuedTranscriptionRequest.model_validate(request))
+    engine = open_engine(f"sqlite:///{cluster.work / 'data' / 'whisper.db'}")
+    units, store = UnitStore(engine), JobStore(engine)
+    results = amqp.ResultCollector(URL)
+    sizes = _replica_logs(cluster)
+    try:
+        amqp.publish(URL, request)
+        speech.wait_until(lambda: len(units.attempts(key)) >= 2, 300, "2 parts done")
+        cluster.serve_deploy(_scaled(config, 1))
+        done_at_downscale = len(units.attempts(key))
+        result = results.wait(request["attachment_id"], 300)
+        speech.wait_until(lambda: len(_replica_nodes(cluster, CPU_POOL)) == 1, 300, "one replica")
+        assert result["success"] is True, result
+        assert speech.word_error_rate(reference, result["texto"]) < 0.25
+        job = store.get(key)
+        recorded = units.attempts(key)
+        spans = [span for span, _ in recorded]
+        assert len(spans) == len(set(spans)) >= 6 and {a for _, a in recorded} == {1}
+        assert job.attempts == 1 and done_at_downscale < len(spans), (job, done_at_downscale)
+        labels = [f"{s / 16000:.1f}-{e / 16000:.1f}" for s, e in spans]
+        speech.wait_until(
+            lambda: all(_decoded_since(sizes, cluster)[label] for label in labels), 30, "logs"
+        )
+        decoded = _decoded_since(sizes, cluster)
+        assert all(decoded[label] == 1 for label in labels), decoded
+        speech.wait_until(
+            lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 60, "every delivery settled"
+        )
+        assert len(results.all(request["attachment_id"])) == 1
+    finally:
+        results.close()
+        engine.dispose()
+    print(
+        f"downscale 2 -> 1 replicas with {done_at_downscale} of {len(spans)} parts done: one "
+        f"result, attempts {job.attempts}, every part decoded once"
+    )

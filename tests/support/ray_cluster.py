@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -132,12 +133,11 @@ class RayCluster:
                 "--disable-usage-stats",
             ],
         )
-        self.wait_nodes(1)
+        self.wait_alive(HEAD_IP)
         return node
 
     def start_worker(self, name: str, resources: dict[str, float], num_cpus: int = 1) -> Node:
-        alive = len(self.alive_nodes())
-        ip = f"127.0.0.{self._next_ip}"
+        ip = f"127.0.0.{self._next_ip}"  # a new address: a node started again is a new node
         self._next_ip += 1
         node = self._start(
             name,
@@ -149,23 +149,23 @@ class RayCluster:
                 "--disable-usage-stats",
             ],
         )
-        self.wait_nodes(alive + 1)
+        self.wait_alive(ip)
         return node
 
     def alive_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.state("nodes") if n["state"] == "ALIVE"]
 
-    def wait_nodes(self, count: int, timeout: float = 120) -> None:
+    def wait_alive(self, ip: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if len(self.alive_nodes()) >= count:
+                if any(n["node_ip"] == ip for n in self.alive_nodes()):
                     return
             except (subprocess.SubprocessError, json.JSONDecodeError):
                 pass  # the dashboard is not up yet
             if time.monotonic() > deadline:
                 logs = "\n".join(n.log.read_text(errors="replace")[-2000:] for n in self.nodes)
-                raise AssertionError(f"{count} Ray nodes not alive after {timeout}s:\n{logs}")
+                raise AssertionError(f"Ray node {ip} not alive after {timeout}s:\n{logs}")
             time.sleep(1)
 
     def state(self, what: str) -> list[dict[str, Any]]:
@@ -188,6 +188,13 @@ class RayCluster:
             capture_output=True,
             timeout=120,
         )
+
+    def session_dir(self) -> Path:
+        """Where the head keeps this cluster's logs (every node here writes under it)."""
+        log = self.nodes[0].log.read_text(errors="replace")
+        found = re.search(r"Process exit logs will be saved to: \S*?(/\S+?)/logs/", log)
+        assert found, "the head did not say where its session is"
+        return Path(found[1])
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
