@@ -174,8 +174,7 @@ def _wait_for_consumers() -> None:
 def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
     """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
     # Four minutes each: long enough that none can finish within the 1 s shutdown grace.
-    wav, _ = speech.long_recording("en_long", speech_dir)
-    clip = speech.encode(wav, ".opus", speech_dir)
+    clip, _ = speech.four_minutes(speech_dir)
     ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(3)]
     amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
     speech.wait_until(

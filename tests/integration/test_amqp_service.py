@@ -252,8 +252,7 @@ def test_broker_restart_mid_run_gives_exactly_one_result_per_job(
 def test_cancelling_an_amqp_job_answers_it_once_as_cancelled(
     service: Service, results, speech_dir: Path
 ) -> None:
-    wav, _ = speech.long_recording("en_long", speech_dir)
-    job = _job(speech.encode(wav, ".opus", speech_dir))
+    job = _job(speech.four_minutes(speech_dir)[0])
     amqp.publish(RABBITMQ_URL, job)
     with service.client(api_key=ADMIN_KEY) as admin:
 

@@ -89,6 +89,13 @@ def _cpu_node(ray: RayCluster) -> str:
     return str(node)
 
 
+def _long_job(speech_dir: Path) -> tuple[dict[str, Any], str, str]:
+    """A Whisper-Local request for the 4-minute recording: (body, job key, reference text)."""
+    clip, reference = speech.four_minutes(speech_dir)
+    request = {"attachment_id": 9 * 10**8 + time.time_ns() % 10**8, "audio_file_path": str(clip)}
+    return request, c.job_key(QueuedTranscriptionRequest.model_validate(request)), reference
+
+
 def _wait_503(url: str, clip: Path, timeout: float) -> httpx.Response:
     answers: list[httpx.Response] = []
 
@@ -130,13 +137,7 @@ def test_replicas_follow_whisper_cpu_and_a_lost_node_costs_no_job(
     assert light["Gateway"] == head and light["Ingest"] == head  # started before the worker
 
     # A long job over RabbitMQ, and the worker's raylet killed once some of its parts are done.
-    wav, reference = speech.long_recording("en_long", speech_dir)
-    long_clip = speech.encode(wav, ".opus", speech_dir)
-    request = {
-        "attachment_id": 9 * 10**8 + time.time_ns() % 10**8,
-        "audio_file_path": str(long_clip),
-    }
-    key = c.job_key(QueuedTranscriptionRequest.model_validate(request))
+    request, key, reference = _long_job(speech_dir)
     results = amqp.ResultCollector(URL)
     engine = open_engine(f"sqlite:///{work / 'data' / 'whisper.db'}")
     units = UnitStore(engine)
@@ -230,13 +231,7 @@ def test_a_downscale_during_a_long_job_loses_and_repeats_nothing(
     speech.wait_until(
         lambda: len(set(_replica_nodes(cluster, CPU_POOL))) == 2, 300, "a replica on each worker"
     )
-    wav, reference = speech.long_recording("en_long", speech_dir)
-    long_clip = speech.encode(wav, ".opus", speech_dir)
-    request = {
-        "attachment_id": 9 * 10**8 + time.time_ns() % 10**8,
-        "audio_file_path": str(long_clip),
-    }
-    key = c.job_key(QueuedTranscriptionRequest.model_validate(request))
+    request, key, reference = _long_job(speech_dir)
     engine = open_engine(f"sqlite:///{cluster.work / 'data' / 'whisper.db'}")
     units, store = UnitStore(engine), JobStore(engine)
     results = amqp.ResultCollector(URL)

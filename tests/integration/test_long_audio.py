@@ -23,8 +23,7 @@ WER_MARGIN = 0.01
 
 @pytest.fixture(scope="module")
 def long_file(speech_dir: Path) -> tuple[Path, str]:
-    wav, reference = speech.long_recording("en_long", speech_dir)
-    return speech.encode(wav, ".opus", speech_dir), reference
+    return speech.four_minutes(speech_dir)
 
 
 @pytest.fixture(scope="module")

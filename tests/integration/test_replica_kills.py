@@ -101,8 +101,7 @@ def test_model_replicas_killed_at_60_percent_cost_only_their_unfinished_parts(
 ) -> None:
     store, units = stores
     _idle(store)
-    wav, reference = speech.long_recording("en_long", speech_dir)
-    clip = speech.encode(wav, ".opus", speech_dir)  # under MAX_FILE_SIZE_MB, as a user sends it
+    clip, reference = speech.four_minutes(speech_dir)
     offset = service.log.stat().st_size
     with service.client() as client:
         response = client.post("/v1/jobs", json={"audio_file_path": str(clip), "language": "en"})
@@ -140,8 +139,7 @@ def test_an_ingest_replica_killed_at_60_percent_resumes_from_its_checkpoints(
 ) -> None:
     store, units = stores
     _idle(store)
-    wav, reference = speech.long_recording("en_long", speech_dir)
-    clip = speech.encode(wav, ".opus", speech_dir)  # under MAX_FILE_SIZE_MB, as a user sends it
+    clip, reference = speech.four_minutes(speech_dir)
     offset = service.log.stat().st_size
     request = {"attachment_id": 7 * 10**8 + time.time_ns() % 10**8, "audio_file_path": str(clip)}
     job_id = c.job_key(QueuedTranscriptionRequest.model_validate(request))

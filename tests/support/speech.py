@@ -74,6 +74,13 @@ def long_recording(
     return target, " ".join(texts)
 
 
+def four_minutes(out_dir: Path) -> tuple[Path, str]:
+    """The en_long recording (about 4 minutes) as Opus, small enough for the service's test
+    MAX_FILE_SIZE_MB as a user would send it, and its reference text."""
+    wav, reference = long_recording("en_long", out_dir)
+    return encode(wav, ".opus", out_dir), reference
+
+
 def speak(text: str, voice: str, wav: Path, words_per_minute: int = 150) -> Path:
     wav.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
