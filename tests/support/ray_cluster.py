@@ -8,13 +8,16 @@ leave loopback. Token authentication is on, with a token of the test's own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,31 +54,15 @@ class Node:
         return found
 
     def stop(self) -> None:
+        """`ray start --block` stops its node's processes on SIGTERM; whatever is left of
+        the process group it leads (it was started in a session of its own) is killed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        # `ray start --block` stops its node's processes; whatever outlived it was ours too.
-        for child in _orphans(self.process.pid):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-
-
-def _orphans(session_leader: int) -> list[int]:
-    """Processes left in the process session this node was started in."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(proc.pid) == session_leader and proc.pid != session_leader:
-                found.append(proc.pid)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return found
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, then
+                self.process.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 @dataclass
@@ -86,6 +73,8 @@ class RayCluster:
     dashboard_port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
     _next_ip: int = 3
+    # Short: Ray's socket paths under it must stay within the 107 bytes Unix allows.
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rc-")))
 
     def __post_init__(self) -> None:
         token = self.work / "ray_auth_token"
@@ -127,6 +116,9 @@ class RayCluster:
             [
                 "--head",
                 f"--port={self.gcs_port}",
+                # Its own temp dir: Ray notes the running cluster there (ray_current_cluster),
+                # and a later `serve run` of the suite must not join this one.
+                f"--temp-dir={self.temp_dir}",
                 f"--num-cpus={num_cpus}",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
@@ -199,3 +191,4 @@ class RayCluster:
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.stop()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

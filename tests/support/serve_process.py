@@ -52,7 +52,8 @@ def serve_run(
     config_path = work / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     full_env = {**os.environ, **env}
-    full_env.pop("RAY_ADDRESS", None)
+    # A Ray of its own, even where another local cluster runs (a test's `ray start`, yours).
+    full_env["RAY_ADDRESS"] = "local"
     log = work / "serve.log"
     serve_bin = Path(sys.executable).parent / "serve"
     with open(log, "wb") as out:
