@@ -103,9 +103,9 @@ class ModelClient:
         request waits. A request sent just before its replicas' node died waits in Serve's
         queue for a replacement that may take minutes; one that was running on them has
         failed already."""
-        task = asyncio.ensure_future(work)
         if self._can_wait:
-            return await task
+            return await work
+        task = asyncio.ensure_future(work)
         while True:
             done, _ = await asyncio.wait({task}, timeout=_WATCH_EVERY_S)
             if done:
@@ -144,7 +144,7 @@ class ModelClient:
     def _wake(self, pool: Pool[DeploymentHandle[Any]]) -> None:
         """A call nobody waits for: queued at a pool scaled to zero, it makes Serve start a
         replica while the request that found every pool busy goes elsewhere."""
-        logger.info("Every serving pool is busy; waking %s", pool.name)
+        logger.info("Waking %s (scaled to zero): no pool serves, or all are busy", pool.name)
 
         async def ping() -> None:
             try:
