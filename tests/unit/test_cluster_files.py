@@ -59,7 +59,7 @@ def test_cluster_serve_config_places_pools_by_node_resource() -> None:
     for light in ("Gateway", "Ingest"):
         options = deployments[light]["ray_actor_options"]
         assert options == {"num_cpus": 0}, f"{light} must fit on any node"
-    # Longer than the longest work unit on the slowest pool (a 240 s unit: about 30 s on two
+    # Longer than the longest work unit on the slowest pool (a 240 s unit: 14-27 s on two
     # cores with base), so a downscale lets it finish.
     for pool in (cpu, gpu):
         assert pool["graceful_shutdown_timeout_s"] >= 240
