@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     fanout_unit_sec: float = Field(240, gt=0)
     fanout_min_sec: float = Field(60, ge=0)
     whisper_vad_min_silence_ms: int = Field(500, ge=0)
+    # Long files' segments (one per window from the batched pipeline) are cut into sentences of
+    # at most this long, at word timestamps, so subtitle cues read like those of short files.
+    segment_max_sec: float = Field(10, gt=1)
     models_dir: Path = Path("./models")
 
     # Audio limits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +12,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from serve_app.errors import InvalidOptionError, ModelNotServedError
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from serve_app.segments import split_segments
 from serve_app.settings import Settings
 from serve_app.weights import resolve_model_path
 
@@ -74,6 +75,7 @@ class Transcriber:
         self._model = model
         self._beam_size = settings.whisper_beam_size
         self._batch_size = settings.whisper_batch_size
+        self._segment_max_s = settings.segment_max_sec
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
         from faster_whisper import BatchedInferencePipeline
 
@@ -141,14 +143,19 @@ class Transcriber:
         windows: list[dict[str, float]],
         options: TranscribeOptions,
     ) -> Transcript:
-        """Blocking: decode the given speech windows (seconds) in batches, no VAD pass."""
+        """Blocking: decode the given speech windows (seconds) in batches, no VAD pass.
+
+        The batched pipeline gives one segment per window (up to 30 s): with word timestamps,
+        always asked for here, each is cut into sentences of at most SEGMENT_MAX_SEC."""
         segments, info = self._batched.transcribe(
             audio,
-            **self._decoding(options),
+            **{**self._decoding(options), "word_timestamps": True},
             clip_timestamps=windows,
             batch_size=self._batch_size,
         )
-        return self._collect(segments, info, options)
+        converted = [_convert_segment(i, segment) for i, segment in enumerate(segments)]
+        parts = split_segments(converted, self._segment_max_s, options.word_timestamps)
+        return self._transcript(parts, info, options)
 
     def _decoding(self, options: TranscribeOptions) -> dict[str, Any]:
         """What both decoding paths take from a request (checked) and from settings."""
@@ -166,13 +173,6 @@ class Transcriber:
             return "en", 1.0
         language, probability, _ = self._model.detect_language(audio)
         return language, probability
-
-    def _collect(
-        self, segments: Iterable[Any], info: Any, options: TranscribeOptions
-    ) -> Transcript:
-        # The generator does the work here.
-        converted = [_convert_segment(i, segment) for i, segment in enumerate(segments)]
-        return self._transcript(converted, info, options)
 
     def _transcript(
         self, segments: list[Segment], info: Any, options: TranscribeOptions

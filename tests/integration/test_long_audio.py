@@ -4,6 +4,7 @@ against plain sequential faster-whisper with the same model on the same file."""
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,38 @@ def test_http_long_file(
     assert len(words) > 500
     assert all(a["start"] <= b["start"] + 0.05 for a, b in itertools.pairwise(words))
     assert [s["id"] for s in body["segments"]] == list(range(len(body["segments"])))
+
+
+def _seconds(stamp: str) -> float:
+    hours, minutes, rest = stamp.replace(",", ".").split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+
+
+def test_long_file_subtitles_are_sentence_sized(
+    service: Service, long_file: tuple[Path, str]
+) -> None:
+    """The batched pipeline decodes a long file in 30 s windows; its SRT cues must still be
+    sentences (issue 12: median <= 10 s, none over 20 s), as they are for short files."""
+    path, reference = long_file
+    with service.client(timeout=600) as client, open(path, "rb") as f:
+        response = client.post(
+            "/v1/audio/transcriptions",
+            files={"file": (path.name, f)},
+            data={"response_format": "srt"},
+        )
+    assert response.status_code == 200, response.text
+    lengths, texts = [], []
+    for cue in response.text.strip().split("\n\n"):
+        _, timing, *text = cue.splitlines()
+        start, end = (_seconds(part.strip()) for part in timing.split("-->"))
+        lengths.append(end - start)
+        texts.append(" ".join(text))
+    print(
+        f"{len(lengths)} cues: median {statistics.median(lengths):.1f} s, max {max(lengths):.1f} s"
+    )
+    assert statistics.median(lengths) <= 10 and max(lengths) <= 20, lengths
+    assert len(lengths) > 25  # 240 s of speech, not 30 s windows
+    assert speech.word_error_rate(reference, " ".join(texts)) < 0.25
 
 
 def test_amqp_long_file(
