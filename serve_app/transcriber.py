@@ -11,6 +11,7 @@ import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.quality import Thresholds, Verdict, by_window, judge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from serve_app.segments import split_segments
 from serve_app.settings import Settings
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 OPENAI_MODEL_ALIAS = "whisper-1"
 LANGUAGES = frozenset(_LANGUAGE_CODES)
 _FALLBACK_STEP = 0.2
+SAMPLE_RATE = 16000  # what serve_app.audio decodes to
 
 
 def served_model(requested: str | None, settings: Settings) -> str:
@@ -76,6 +78,7 @@ class Transcriber:
         self._beam_size = settings.whisper_beam_size
         self._batch_size = settings.whisper_batch_size
         self._segment_max_s = settings.segment_max_sec
+        self.thresholds = Thresholds()
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
         from faster_whisper import BatchedInferencePipeline
 
@@ -154,8 +157,48 @@ class Transcriber:
             batch_size=self._batch_size,
         )
         converted = [_convert_segment(i, segment) for i, segment in enumerate(segments)]
-        parts = split_segments(converted, self._segment_max_s, options.word_timestamps)
+        checked = self._guard(audio, windows, converted, options)
+        parts = split_segments(checked, self._segment_max_s, options.word_timestamps)
         return self._transcript(parts, info, options)
+
+    def _guard(
+        self,
+        audio: np.ndarray[Any, Any],
+        windows: list[dict[str, float]],
+        segments: list[Segment],
+        options: TranscribeOptions,
+    ) -> list[Segment]:
+        """Windows that fail the thresholds are decoded again one by one, sequentially, with
+        the temperature fallback (see serve_app.quality)."""
+        kept: list[Segment] = []
+        for window, found in zip(windows, by_window(segments, windows), strict=True):
+            verdicts = [judge(segment, self.thresholds) for segment in found]
+            if Verdict.REDO not in verdicts:
+                kept += [s for s, v in zip(found, verdicts, strict=True) if v is Verdict.OK]
+                continue
+            logger.info(
+                "Window %.1f-%.1f s failed the quality checks; decoding it again",
+                window["start"],
+                window["end"],
+            )
+            kept += self._redo(audio, window, options)
+        return kept
+
+    def _redo(
+        self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
+    ) -> list[Segment]:
+        start = int(window["start"] * SAMPLE_RATE)
+        segments, _ = self._model.transcribe(
+            audio[start : int(window["end"] * SAMPLE_RATE)],
+            **{**self._decoding(options), "word_timestamps": True},
+            vad_filter=False,
+            condition_on_previous_text=False,
+            compression_ratio_threshold=self.thresholds.compression_ratio,
+            log_prob_threshold=self.thresholds.log_prob,
+            no_speech_threshold=self.thresholds.no_speech,
+        )
+        offset = start / SAMPLE_RATE
+        return [_shifted(_convert_segment(0, segment), offset) for segment in segments]
 
     def _decoding(self, options: TranscribeOptions) -> dict[str, Any]:
         """What both decoding paths take from a request (checked) and from settings."""
@@ -211,4 +254,19 @@ def _convert_segment(index: int, segment: Any) -> Segment:
             )
             for w in segment.words
         ],
+    )
+
+
+def _shifted(segment: Segment, offset: float) -> Segment:
+    """A segment decoded from a slice, put back on the clock of the audio it was cut from."""
+    words = segment.words and [
+        w.model_copy(update={"start": round(w.start + offset, 3), "end": round(w.end + offset, 3)})
+        for w in segment.words
+    ]
+    return segment.model_copy(
+        update={
+            "start": round(segment.start + offset, 3),
+            "end": round(segment.end + offset, 3),
+            "words": words,
+        }
     )

@@ -1,0 +1,48 @@
+"""A quality check per window of the batched pipeline, which has no temperature fallback and
+ignores the thresholds sequential decoding applies: a window whose text looks like a
+repetition loop or a low-confidence guess is decoded again the sequential way; text over what
+the model itself calls silence is dropped, as sequential decoding drops it. Plain logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from serve_app.schemas import Segment
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """faster-whisper's own defaults for sequential decoding."""
+
+    compression_ratio: float = 2.4
+    log_prob: float = -1.0
+    no_speech: float = 0.6
+
+
+class Verdict(Enum):
+    OK = "ok"
+    SILENCE = "silence"  # the model says no speech and is unsure of its words: drop them
+    REDO = "redo"  # decode the window again, with the temperature fallback
+
+
+def judge(segment: Segment, limits: Thresholds) -> Verdict:
+    if segment.no_speech_prob > limits.no_speech and segment.avg_logprob < limits.log_prob:
+        return Verdict.SILENCE
+    if (
+        segment.compression_ratio > limits.compression_ratio
+        or segment.avg_logprob < limits.log_prob
+    ):
+        return Verdict.REDO
+    return Verdict.OK
+
+
+def by_window(segments: list[Segment], windows: list[dict[str, float]]) -> list[list[Segment]]:
+    """Each window's segments (a segment belongs to the window holding its midpoint; one past
+    every window goes to the last)."""
+    grouped: list[list[Segment]] = [[] for _ in windows]
+    for segment in segments:
+        middle = (segment.start + segment.end) / 2
+        index = next((i for i, w in enumerate(windows) if middle <= w["end"]), len(windows) - 1)
+        grouped[index].append(segment)
+    return grouped

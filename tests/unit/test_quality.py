@@ -1,0 +1,99 @@
+"""The per-window quality check of batched decoding: pure verdicts, and with the real model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app import audio
+from serve_app.chunking import plan
+from serve_app.quality import Thresholds, Verdict, by_window, judge
+from serve_app.schemas import Segment, TranscribeOptions
+from serve_app.settings import Settings
+from serve_app.transcriber import Transcriber
+from tests.support import speech
+
+SR = 16000
+
+
+def _segment(start: float, end: float, **quality: float) -> Segment:
+    values = {"avg_logprob": -0.3, "compression_ratio": 1.5, "no_speech_prob": 0.05} | quality
+    return Segment(
+        id=0, seek=0, start=start, end=end, text=" x", tokens=[], temperature=0.0, **values
+    )
+
+
+def test_verdicts_follow_sequential_decodings_thresholds() -> None:
+    limits = Thresholds()
+    assert judge(_segment(0, 1), limits) is Verdict.OK
+    assert judge(_segment(0, 1, compression_ratio=3.1), limits) is Verdict.REDO  # a loop
+    assert judge(_segment(0, 1, avg_logprob=-1.4), limits) is Verdict.REDO  # a guess
+    silence = _segment(0, 1, avg_logprob=-1.4, no_speech_prob=0.9)
+    assert judge(silence, limits) is Verdict.SILENCE  # text invented over silence
+    confident = _segment(0, 1, avg_logprob=-0.2, no_speech_prob=0.9)
+    assert judge(confident, limits) is Verdict.OK  # sure of its words: speech after all
+
+
+def test_segments_go_to_the_window_holding_their_middle() -> None:
+    windows = [{"start": 0.0, "end": 28.0}, {"start": 29.0, "end": 50.0}]
+    first, second, late = _segment(0.5, 27.5), _segment(29.2, 49.8), _segment(49.0, 52.0)
+    assert by_window([first, second, late], windows) == [[first], [second, late]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
+    settings = Settings(whisper_model="tiny.en", models_dir=tmp_path_factory.mktemp("models"))
+    return Transcriber.load("tiny.en", settings)
+
+
+@pytest.fixture(scope="module")
+def long_speech(speech_dir: Path) -> tuple[np.ndarray, list[dict[str, float]], str]:
+    clip, reference = speech.four_minutes(speech_dir)
+    with open(clip, "rb") as f:
+        samples = audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples[: SR * 90]
+    windows = [
+        {"start": w.start / SR, "end": w.end / SR}
+        for unit in plan(samples, SR, Settings().chunking)
+        for w in unit.windows
+    ]
+    return samples, windows, reference
+
+
+def test_failing_windows_are_decoded_again_sequentially(
+    tiny: Transcriber, long_speech: tuple[np.ndarray, list[dict[str, float]], str], caplog
+) -> None:
+    """Made to fail: a log-probability bar no window can clear sends every window back
+    through sequential decoding, whose segments come back on the file's clock."""
+    samples, windows, _ = long_speech
+    baseline = tiny.transcribe_windows(samples, windows, TranscribeOptions())
+    tiny.thresholds = Thresholds(log_prob=0.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="serve_app.transcriber"):
+            redone = tiny.transcribe_windows(samples, windows, TranscribeOptions())
+    finally:
+        tiny.thresholds = Thresholds()
+    again = [r for r in caplog.records if "failed the quality checks" in r.getMessage()]
+    assert len(again) == len(windows) >= 3
+    assert speech.word_error_rate(baseline.text, redone.text) < 0.15
+    starts = [s.start for s in redone.segments]
+    assert starts == sorted(starts) and redone.segments[-1].end <= len(samples) / SR + 0.5
+    assert redone.segments[-1].start > windows[-1]["start"] - 1  # not on the slice's clock
+
+
+def test_text_over_silence_is_dropped(
+    tiny: Transcriber, long_speech: tuple[np.ndarray, list[dict[str, float]], str]
+) -> None:
+    samples, windows, _ = long_speech
+    quiet = np.random.default_rng(7).normal(0, 1e-3, SR * 20).astype(np.float32)
+    padded = np.concatenate([samples, quiet])
+    end = len(samples) / SR
+    silent = {"start": end + 0.5, "end": end + 19.5}
+    result = tiny.transcribe_windows(padded, [*windows, silent], TranscribeOptions())
+    assert result.segments and all(s.start < end for s in result.segments), [
+        (s.start, s.text, s.no_speech_prob, s.avg_logprob)
+        for s in result.segments
+        if s.start >= end
+    ]
