@@ -14,7 +14,8 @@ from typing import Protocol
 from serve_app.audio import AudioArray
 from serve_app.chunking import ChunkingOptions, WorkUnit, plan
 from serve_app.errors import ServiceBusyError, ServiceError
-from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
+from serve_app.segments import shifted
 
 logger = logging.getLogger(__name__)
 
@@ -182,27 +183,9 @@ def shift_segments(
     """One unit's segments on the file's clock, numbered from ``first_id``."""
     offset = unit.start / sample_rate
     return [
-        segment.model_copy(
-            update={
-                "id": first_id + i,
-                "start": round(segment.start + offset, 3),
-                "end": round(min(segment.end + offset, duration), 3),
-                "words": None
-                if segment.words is None
-                else [_shift(w, offset, duration) for w in segment.words],
-            }
-        )
+        shifted(segment, offset, duration).model_copy(update={"id": first_id + i})
         for i, segment in enumerate(part.segments)
     ]
-
-
-def _shift(word: Word, offset: float, duration: float) -> Word:
-    return word.model_copy(
-        update={
-            "start": round(word.start + offset, 3),
-            "end": round(min(word.end + offset, duration), 3),
-        }
-    )
 
 
 def _empty(duration: float, options: TranscribeOptions) -> Transcript:

@@ -14,6 +14,21 @@ SENTENCE_ENDS = (".", "?", "!", "\u2026", "\u3002", "\uff1f", "\uff01")
 CLAUSE_ENDS = (",", ";", ":", "\uff0c", "\u3001")
 
 
+def shifted(segment: Segment, offset: float, end: float = float("inf")) -> Segment:
+    """A segment decoded from a slice, on the clock of the audio it was cut from (its times and
+    its words' moved by ``offset`` seconds, ends capped at ``end``)."""
+
+    def move(start: float, stop: float) -> dict[str, float]:
+        return {"start": round(start + offset, 3), "end": round(min(stop + offset, end), 3)}
+
+    words = (
+        None
+        if segment.words is None
+        else [w.model_copy(update=move(w.start, w.end)) for w in segment.words]
+    )
+    return segment.model_copy(update={**move(segment.start, segment.end), "words": words})
+
+
 def split_segments(segments: list[Segment], max_s: float, keep_words: bool) -> list[Segment]:
     """Every segment cut into sentences of at most ``max_s`` where its words allow, numbered
     from 0; ``keep_words`` False drops the word list afterwards (the caller did not ask)."""

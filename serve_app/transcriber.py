@@ -13,7 +13,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 from serve_app.errors import InvalidOptionError, ModelNotServedError
 from serve_app.quality import Thresholds, Verdict, by_window, judge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
-from serve_app.segments import split_segments
+from serve_app.segments import shifted, split_segments
 from serve_app.settings import Settings
 from serve_app.weights import resolve_model_path
 
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 OPENAI_MODEL_ALIAS = "whisper-1"
 LANGUAGES = frozenset(_LANGUAGE_CODES)
 _FALLBACK_STEP = 0.2
-SAMPLE_RATE = 16000  # what serve_app.audio decodes to
 
 
 def served_model(requested: str | None, settings: Settings) -> str:
@@ -78,6 +77,7 @@ class Transcriber:
         self._beam_size = settings.whisper_beam_size
         self._batch_size = settings.whisper_batch_size
         self._segment_max_s = settings.segment_max_sec
+        self._sample_rate = settings.audio_sample_rate
         self.thresholds = Thresholds()
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
         from faster_whisper import BatchedInferencePipeline
@@ -187,9 +187,9 @@ class Transcriber:
     def _redo(
         self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
     ) -> list[Segment]:
-        start = int(window["start"] * SAMPLE_RATE)
+        start = int(window["start"] * self._sample_rate)
         segments, _ = self._model.transcribe(
-            audio[start : int(window["end"] * SAMPLE_RATE)],
+            audio[start : int(window["end"] * self._sample_rate)],
             **{**self._decoding(options), "word_timestamps": True},
             vad_filter=False,
             condition_on_previous_text=False,
@@ -197,8 +197,8 @@ class Transcriber:
             log_prob_threshold=self.thresholds.log_prob,
             no_speech_threshold=self.thresholds.no_speech,
         )
-        offset = start / SAMPLE_RATE
-        return [_shifted(_convert_segment(0, segment), offset) for segment in segments]
+        offset = start / self._sample_rate
+        return [shifted(_convert_segment(0, segment), offset) for segment in segments]
 
     def _decoding(self, options: TranscribeOptions) -> dict[str, Any]:
         """What both decoding paths take from a request (checked) and from settings."""
@@ -254,19 +254,4 @@ def _convert_segment(index: int, segment: Any) -> Segment:
             )
             for w in segment.words
         ],
-    )
-
-
-def _shifted(segment: Segment, offset: float) -> Segment:
-    """A segment decoded from a slice, put back on the clock of the audio it was cut from."""
-    words = segment.words and [
-        w.model_copy(update={"start": round(w.start + offset, 3), "end": round(w.end + offset, 3)})
-        for w in segment.words
-    ]
-    return segment.model_copy(
-        update={
-            "start": round(segment.start + offset, 3),
-            "end": round(segment.end + offset, 3),
-            "words": words,
-        }
     )

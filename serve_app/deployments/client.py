@@ -91,12 +91,8 @@ class ModelClient:
         pool = await self._pool()
         with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=model or "")
-            response = getattr(handle, method).remote(*args)
-
-            async def result() -> Any:
-                return await response
-
-            return await self._unless_pool_lost(pool, result())
+            response: Awaitable[Any] = getattr(handle, method).remote(*args)
+            return await self._unless_pool_lost(pool, response)
 
     async def _unless_pool_lost(self, pool: Pool[DeploymentHandle[Any]], work: Awaitable[T]) -> T:
         """For callers that cannot wait: give up (503) if the pool stops serving while the
