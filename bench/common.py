@@ -12,7 +12,9 @@ from serve_app.weights import resolve_model_path
 from tests.support import speech
 
 
-def plain_sequential(model: str, models_dir: Path) -> Callable[[Path], str]:
+def plain_sequential(
+    model: str, models_dir: Path, language: str | None = None
+) -> Callable[[Path], str]:
     """faster-whisper the seeds' way: WhisperModel.transcribe, beam 5, VAD on (500 ms)."""
     from faster_whisper import WhisperModel
 
@@ -22,6 +24,7 @@ def plain_sequential(model: str, models_dir: Path) -> Callable[[Path], str]:
     def transcribe(clip: Path) -> str:
         segments, _ = whisper.transcribe(
             str(clip),
+            language=language,
             beam_size=settings.whisper_beam_size,
             vad_filter=True,
             vad_parameters={"min_silence_duration_ms": settings.whisper_vad_min_silence_ms},

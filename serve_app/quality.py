@@ -35,14 +35,3 @@ def judge(segment: Segment, limits: Thresholds) -> Verdict:
     ):
         return Verdict.REDO
     return Verdict.OK
-
-
-def by_window(segments: list[Segment], windows: list[dict[str, float]]) -> list[list[Segment]]:
-    """Each window's segments (a segment belongs to the window holding its midpoint; one past
-    every window goes to the last)."""
-    grouped: list[list[Segment]] = [[] for _ in windows]
-    for segment in segments:
-        middle = (segment.start + segment.end) / 2
-        index = next((i for i, w in enumerate(windows) if middle <= w["end"]), len(windows) - 1)
-        grouped[index].append(segment)
-    return grouped

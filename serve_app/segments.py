@@ -16,10 +16,14 @@ CLAUSE_ENDS = (",", ";", ":", "\uff0c", "\u3001")
 
 def shifted(segment: Segment, offset: float, end: float = float("inf")) -> Segment:
     """A segment decoded from a slice, on the clock of the audio it was cut from (its times and
-    its words' moved by ``offset`` seconds, ends capped at ``end``)."""
+    its words' moved by ``offset`` seconds, ends capped at ``end``, none before 0: word times
+    are on a 10 ms grid, and the first may land a few ms before its slice)."""
 
     def move(start: float, stop: float) -> dict[str, float]:
-        return {"start": round(start + offset, 3), "end": round(min(stop + offset, end), 3)}
+        return {
+            "start": round(max(start + offset, 0.0), 3),
+            "end": round(max(min(stop + offset, end), 0.0), 3),
+        }
 
     words = (
         None

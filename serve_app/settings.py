@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     # CHUNK_MAX_WINDOW_SEC, decoded WHISPER_BATCH_SIZE at a time, in work units of about
     # FANOUT_UNIT_SEC spread over replicas.
     whisper_batch_size: int = Field(8, ge=1, le=64)
+    # Speech windows of concurrent requests (short files and units of long ones) are decoded
+    # together, up to WHISPER_BATCH_SIZE at once; a batch that is not full waits at most
+    # WHISPER_BATCH_WAIT_MS for more. WHISPER_CROSS_BATCH=false decodes each request alone
+    # (short files sequentially, with the previous text as context).
+    whisper_cross_batch: bool = True
+    whisper_batch_wait_ms: float = Field(10, ge=0, le=1000)
+    # Short windows are packed, 1 s of silence apart, into shared 30 s decoding windows (the
+    # encoder's cost is per 30 s, however little speech it holds), their words taken back by
+    # timestamp. Windows of different requests with the same language, task and prompt may
+    # share one; WHISPER_PACK_WINDOWS=false keeps every window in a decoding window of its own.
+    whisper_pack_windows: bool = True
     chunk_max_window_sec: float = Field(30, gt=1, le=30)
     fanout_unit_sec: float = Field(240, gt=0)
     fanout_min_sec: float = Field(60, ge=0)

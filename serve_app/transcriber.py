@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
+from serve_app.batching import Batcher
+from serve_app.chunking import detect_speech, merge_into_windows
 from serve_app.errors import InvalidOptionError, ModelNotServedError
-from serve_app.quality import Thresholds, Verdict, by_window, judge
+from serve_app.packing import Placed, plan_packs, unpack
+from serve_app.quality import Thresholds, Verdict, judge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from serve_app.segments import shifted, split_segments
 from serve_app.settings import Settings
@@ -25,6 +29,20 @@ logger = logging.getLogger(__name__)
 OPENAI_MODEL_ALIAS = "whisper-1"
 LANGUAGES = frozenset(_LANGUAGE_CODES)
 _FALLBACK_STEP = 0.2
+# VAD pads speech by 400 ms each side: a window shorter than this holds no word.
+_MIN_WINDOW_S = 0.1
+# Silence between windows packed together: enough for word timestamps to tell them apart.
+_PACK_GAP_S = 1.0
+
+
+@dataclass(frozen=True)
+class DecodeKey:
+    """What windows must share to be decoded in one batch: the batch has one prompt."""
+
+    task: str
+    language: str
+    prompt: str | None
+    temperature: float
 
 
 def served_model(requested: str | None, settings: Settings) -> str:
@@ -78,11 +96,24 @@ class Transcriber:
         self._batch_size = settings.whisper_batch_size
         self._segment_max_s = settings.segment_max_sec
         self._sample_rate = settings.audio_sample_rate
+        self._chunking = settings.chunking
         self.thresholds = Thresholds()
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
         from faster_whisper import BatchedInferencePipeline
 
         self._batched = BatchedInferencePipeline(model)
+        # Windows of concurrent requests decoded together (serve_app.batching); a Transcriber
+        # evicted from a replica's model cache takes its batcher with it.
+        # With packing, a batch is WHISPER_BATCH_SIZE packs' worth of audio.
+        self._pack = settings.whisper_pack_windows
+        self._pack_capacity = int(settings.chunk_max_window_sec * self._sample_rate)
+        self._pack_gap = int(_PACK_GAP_S * self._sample_rate)
+        self.batcher: Batcher[DecodeKey, np.ndarray[Any, Any], list[Segment]] = Batcher(
+            self.decode_batch,
+            settings.whisper_batch_size * (self._pack_capacity if self._pack else 1),
+            settings.whisper_batch_wait_ms / 1000,
+            (lambda s: float(len(s) + self._pack_gap)) if self._pack else (lambda _: 1.0),
+        )
 
     @classmethod
     def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
@@ -99,6 +130,15 @@ class Transcriber:
         )
         logger.info("Loaded model %s from %s on %s", name, path, device)
         return cls(name, model, settings)
+
+    def warm_up(self) -> None:
+        """Blocking: run each decoding path once, so the first request does not pay for
+        first-call setup (the VAD model's load, CTranslate2's buffers for a batch)."""
+        rng = np.random.default_rng(0)
+        noise = rng.normal(0, 0.05, self._pack_capacity).astype(np.float32)
+        self.speech_windows(noise[: self._sample_rate])
+        self.detect_language(noise)
+        self.decode_batch(DecodeKey("transcribe", "en", None, 0.0), [noise, noise[::2]])
 
     @property
     def multilingual(self) -> bool:
@@ -146,32 +186,153 @@ class Transcriber:
         windows: list[dict[str, float]],
         options: TranscribeOptions,
     ) -> Transcript:
-        """Blocking: decode the given speech windows (seconds) in batches, no VAD pass.
+        """Blocking: decode the given speech windows (seconds) in batches, no VAD pass; what
+        the replica's batcher does for one request alone."""
+        language, probability = self.language_of(audio, windows, options)
+        key = self.decoding_key(options, language)
+        decoded = self.decode_batch(key, self.slices(audio, windows))
+        return self.assemble(audio, windows, decoded, options, language, probability)
 
-        The batched pipeline gives one segment per window (up to 30 s): with word timestamps,
-        always asked for here, each is cut into sentences of at most SEGMENT_MAX_SEC."""
-        segments, info = self._batched.transcribe(
-            audio,
-            **{**self._decoding(options), "word_timestamps": True},
-            clip_timestamps=windows,
-            batch_size=self._batch_size,
+    def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[dict[str, float]]:
+        """Blocking: a short file's speech, cut in silences into windows of at most 30 s."""
+        found = merge_into_windows(
+            detect_speech(audio, self._chunking), self._sample_rate, self._chunking
         )
-        converted = [_convert_segment(i, segment) for i, segment in enumerate(segments)]
-        checked = self._guard(audio, windows, converted, options)
+        return [
+            {"start": w.start / self._sample_rate, "end": w.end / self._sample_rate}
+            for w in found
+            if w.end - w.start >= self._sample_rate * _MIN_WINDOW_S
+        ]
+
+    def slices(
+        self, audio: np.ndarray[Any, Any], windows: list[dict[str, float]]
+    ) -> list[np.ndarray[Any, Any]]:
+        return [audio[self._sample(w["start"]) : self._sample(w["end"])] for w in windows]
+
+    def language_of(
+        self,
+        audio: np.ndarray[Any, Any],
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+    ) -> tuple[str, float]:
+        """Blocking: the requested language, or the one detected in the first window."""
+        language = self.check_options(options)
+        if language is not None:
+            return language, 1.0
+        if not windows:
+            return ("" if self.multilingual else "en"), 0.0
+        first = windows[0]
+        return self.detect_language(
+            audio[self._sample(first["start"]) : self._sample(first["end"])]
+        )
+
+    def decoding_key(self, options: TranscribeOptions, language: str) -> DecodeKey:
+        return DecodeKey(
+            task=options.task,
+            language=language,
+            prompt=options.prompt or None,
+            temperature=options.temperature,
+        )
+
+    def decode_batch(
+        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]]
+    ) -> list[list[Segment]]:
+        """Blocking, one call at a time per instance: windows (of one request or several)
+        decoded together, each one's segments on its own clock. Short windows are packed
+        into shared 30 s decoding windows first (see serve_app.packing)."""
+        lengths = [len(s) for s in slices]
+        if self._pack:
+            placed = plan_packs(lengths, self._pack_capacity, self._pack_gap)
+        else:
+            placed = [Placed(i, 0, n) for i, n in enumerate(lengths)]
+        packs = [np.zeros(0, np.float32) for _ in range(placed[-1].pack + 1)]
+        members: list[list[Placed]] = [[] for _ in packs]
+        for window, samples in zip(placed, slices, strict=True):
+            packs[window.pack] = np.concatenate(
+                [
+                    packs[window.pack],
+                    np.zeros(window.start - len(packs[window.pack]), np.float32),
+                    samples,
+                ]
+            )
+            members[window.pack].append(window)
+        decoded: list[list[Segment]] = []
+        for pack, found in zip(members, self._decode_clips(key, packs), strict=True):
+            decoded += unpack(found, pack, self._sample_rate, self._pack_gap)
+        return decoded
+
+    def _decode_clips(
+        self, key: DecodeKey, clips: list[np.ndarray[Any, Any]]
+    ) -> list[list[Segment]]:
+        """Clips of at most 30 s decoded in batches by the batched pipeline, each one's
+        segments on its own clock. They are laid end to end in one array, each a clip of its
+        own: the pipeline decodes clips apart (no previous text), as one call per clip would."""
+        offsets = np.cumsum([0] + [len(c) for c in clips[:-1]])
+        timestamps = [
+            {"start": int(o) / self._sample_rate, "end": (int(o) + len(c)) / self._sample_rate}
+            for o, c in zip(offsets, clips, strict=True)
+        ]
+        segments, _ = self._batched.transcribe(
+            np.concatenate(clips),
+            language=key.language,
+            task=key.task,
+            initial_prompt=key.prompt,
+            temperature=key.temperature,
+            beam_size=self._beam_size,
+            word_timestamps=True,
+            clip_timestamps=timestamps,
+            batch_size=min(self._batch_size, len(clips)),
+        )
+        # The pipeline puts a clip at its start rounded down to a sample and names its
+        # segments' clip by their seek (that start in frames): both computed here its way.
+        starts = [int(t["start"] * self._sample_rate) / self._sample_rate for t in timestamps]
+        fps = self._model.frames_per_second
+        index = {int(start * fps): i for i, start in enumerate(starts)}
+        decoded: list[list[Segment]] = [[] for _ in clips]
+        for segment in segments:
+            i = index[segment.seek]
+            decoded[i].append(shifted(_convert_segment(0, segment), -starts[i]))
+        return decoded
+
+    def assemble(
+        self,
+        audio: np.ndarray[Any, Any],
+        windows: list[dict[str, float]],
+        decoded: list[list[Segment]],
+        options: TranscribeOptions,
+        language: str,
+        probability: float,
+    ) -> Transcript:
+        """Blocking: windows' segments on the file's clock, failing windows decoded again,
+        segments cut into sentences of at most SEGMENT_MAX_SEC, as one transcript."""
+        fixed = options.model_copy(update={"language": language or None})
+        per_window = [
+            [shifted(s, w["start"]) for s in found]
+            for w, found in zip(windows, decoded, strict=True)
+        ]
+        checked = self._guard(audio, windows, per_window, fixed)
         parts = split_segments(checked, self._segment_max_s, options.word_timestamps)
-        return self._transcript(parts, info, options)
+        return Transcript(
+            text="".join(segment.text for segment in parts).strip(),
+            language=language,
+            language_probability=probability,
+            duration=len(audio) / self._sample_rate,
+            segments=parts,
+            model=self.name,
+            task=options.task,
+        )
 
     def _guard(
         self,
         audio: np.ndarray[Any, Any],
         windows: list[dict[str, float]],
-        segments: list[Segment],
+        per_window: list[list[Segment]],
         options: TranscribeOptions,
     ) -> list[Segment]:
         """Windows that fail the thresholds are decoded again one by one, sequentially, with
         the temperature fallback (see serve_app.quality)."""
         kept: list[Segment] = []
-        for window, found in zip(windows, by_window(segments, windows), strict=True):
+        for window, found in zip(windows, per_window, strict=True):
             verdicts = [judge(segment, self.thresholds) for segment in found]
             if Verdict.REDO not in verdicts:
                 kept += [s for s, v in zip(found, verdicts, strict=True) if v is Verdict.OK]
@@ -187,9 +348,9 @@ class Transcriber:
     def _redo(
         self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
     ) -> list[Segment]:
-        start = int(window["start"] * self._sample_rate)
+        start = self._sample(window["start"])
         segments, _ = self._model.transcribe(
-            audio[start : int(window["end"] * self._sample_rate)],
+            audio[start : self._sample(window["end"])],
             **{**self._decoding(options), "word_timestamps": True},
             vad_filter=False,
             condition_on_previous_text=False,
@@ -199,6 +360,9 @@ class Transcriber:
         )
         offset = start / self._sample_rate
         return [shifted(_convert_segment(0, segment), offset) for segment in segments]
+
+    def _sample(self, seconds: float) -> int:
+        return int(seconds * self._sample_rate)
 
     def _decoding(self, options: TranscribeOptions) -> dict[str, Any]:
         """What both decoding paths take from a request (checked) and from settings."""

@@ -9,10 +9,12 @@ import logging
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar, cast
 
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.audio import AudioArray
+from serve_app.chunking import detect_speech
 from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import SERVING, Pool, PoolRouter
@@ -46,6 +48,8 @@ class ModelClient:
         )
         self._sample_rate = settings.audio_sample_rate
         self._chunking = settings.chunking
+        # Long files are planned here: load the VAD model now, not in the first one's time.
+        detect_speech(np.zeros(self._sample_rate, np.float32), self._chunking)
         self._can_wait = can_wait
         self._watching: asyncio.Task[None] | None = None
         self._looked = asyncio.Event()

@@ -33,6 +33,9 @@ class TranscriberDeployment:
         self._settings = load_settings()
         self._device = device
         self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)
+        started = time.monotonic()
+        self._default.warm_up()
+        logger.info("Warmed up %s in %.1f s", self._default.name, time.monotonic() - started)
         self._failures = 0
         # Batched units of long files already fill the cores: running several at once only made
         # them fight (a 1-replica pool ran an 8-min file at 0.67x plain batched, 0.82x with
@@ -46,10 +49,14 @@ class TranscriberDeployment:
         return await asyncio.to_thread(Transcriber.load, model_id, self._settings, self._device)
 
     async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
-        """A whole (short) file: sequential decoding with the previous text as context."""
+        """A whole (short) file: its speech windows decoded in batches with other requests'
+        (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context)."""
         transcriber = await self._for(options)
-        result: Transcript = await self._infer(transcriber.transcribe, audio, options)
-        return result
+        if not self._settings.whisper_cross_batch:
+            result: Transcript = await self._infer(transcriber.transcribe, audio, options)
+            return result
+        windows = await self._infer(transcriber.speech_windows, audio)
+        return await self._batched(transcriber, audio, windows, options)
 
     async def transcribe_stream(
         self, audio: AudioArray, options: TranscribeOptions
@@ -70,15 +77,34 @@ class TranscriberDeployment:
         """One work unit of a long file: its speech windows decoded in batches. ``label``
         names the part in the log line, which says what this replica decoded and how fast."""
         transcriber = await self._for(options)
-        async with self._unit_slots:
-            started = time.monotonic()
-            result: Transcript = await self._infer(
-                transcriber.transcribe_windows, audio, windows, options
-            )
+        started = time.monotonic()
+        if self._settings.whisper_cross_batch:
+            result = await self._batched(transcriber, audio, windows, options)
+        else:
+            async with self._unit_slots:
+                started = time.monotonic()
+                result = await self._infer(transcriber.transcribe_windows, audio, windows, options)
         seconds = len(audio) / self._settings.audio_sample_rate
         took = time.monotonic() - started
         logger.info(
             "Decoded %s: %.1f s of audio in %d windows, %.1f s", label, seconds, len(windows), took
+        )
+        return result
+
+    async def _batched(
+        self,
+        transcriber: Transcriber,
+        audio: AudioArray,
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+    ) -> Transcript:
+        language, probability = await self._infer(transcriber.language_of, audio, windows, options)
+        key = transcriber.decoding_key(options, language)
+        decoded = await self._infer(
+            transcriber.batcher.decode, key, transcriber.slices(audio, windows), asynchronous=True
+        )
+        result: Transcript = await self._infer(
+            transcriber.assemble, audio, windows, decoded, options, language, probability
         )
         return result
 
@@ -93,9 +119,11 @@ class TranscriberDeployment:
         transcriber.check_options(options)
         return transcriber
 
-    async def _infer(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _infer(self, fn: Callable[..., Any], *args: Any, asynchronous: bool = False) -> Any:
+        """``fn(*args)`` off the event loop (or awaited, when ``asynchronous``); a failure
+        that is not the request's fault counts against the replica's health."""
         try:
-            result = await asyncio.to_thread(fn, *args)
+            result = await (fn(*args) if asynchronous else asyncio.to_thread(fn, *args))
         except ServiceError:
             raise
         except Exception as exc:

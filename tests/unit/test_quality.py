@@ -10,7 +10,7 @@ import pytest
 
 from serve_app import audio
 from serve_app.chunking import plan
-from serve_app.quality import Thresholds, Verdict, by_window, judge
+from serve_app.quality import Thresholds, Verdict, judge
 from serve_app.schemas import Segment, TranscribeOptions
 from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
@@ -35,12 +35,6 @@ def test_verdicts_follow_sequential_decodings_thresholds() -> None:
     assert judge(silence, limits) is Verdict.SILENCE  # text invented over silence
     confident = _segment(0, 1, avg_logprob=-0.2, no_speech_prob=0.9)
     assert judge(confident, limits) is Verdict.OK  # sure of its words: speech after all
-
-
-def test_segments_go_to_the_window_holding_their_middle() -> None:
-    windows = [{"start": 0.0, "end": 28.0}, {"start": 29.0, "end": 50.0}]
-    first, second, late = _segment(0.5, 27.5), _segment(29.2, 49.8), _segment(49.0, 52.0)
-    assert by_window([first, second, late], windows) == [[first], [second, late]]
 
 
 @pytest.fixture(scope="module")
