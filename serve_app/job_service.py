@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from serve_app.jobs import Outcome
+from serve_app.model_options import normalize_language
 from serve_app.runner import Deliver, JobRunner
 from serve_app.schemas import (
     QueuedTranscriptionRequest,
@@ -17,7 +18,6 @@ from serve_app.schemas import (
 )
 from serve_app.store import JobStore, Outbox, ResultLedger
 from serve_app.store.jobs import NewJob
-from serve_app.transcriber import normalize_language
 
 logger = logging.getLogger(__name__)
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from serve_app.batching import Batcher
 from serve_app.chunking import detect_speech, merge_into_windows
-from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.errors import InvalidOptionError
+from serve_app.model_options import (
+    cpu_threads,
+    normalize_language,
+    resolve_compute_type,
+    temperature_schedule,
+)
 from serve_app.packing import Placed, plan_packs, unpack
 from serve_app.quality import Thresholds, Verdict, judge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
@@ -26,9 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OPENAI_MODEL_ALIAS = "whisper-1"
-LANGUAGES = frozenset(_LANGUAGE_CODES)
-_FALLBACK_STEP = 0.2
 # VAD pads speech by 400 ms each side: a window shorter than this holds no word.
 _MIN_WINDOW_S = 0.1
 # Silence between windows packed together: enough for word timestamps to tell them apart.
@@ -43,47 +44,6 @@ class DecodeKey:
     language: str
     prompt: str | None
     temperature: float
-
-
-def served_model(requested: str | None, settings: Settings) -> str:
-    """Map the model a client asked for to one this service holds."""
-    if not requested or requested == OPENAI_MODEL_ALIAS:
-        return settings.whisper_model
-    if requested in settings.served_models:
-        return requested
-    raise ModelNotServedError(
-        f"Model '{requested}' is not served here; available: "
-        + ", ".join([*settings.served_models, OPENAI_MODEL_ALIAS])
-    )
-
-
-def normalize_language(language: str | None) -> str | None:
-    """'' or None means detect; 'en-US' and 'EN' mean 'en'."""
-    if language is None or not language.strip():
-        return None
-    code = language.strip().lower().replace("_", "-").split("-")[0]
-    if code not in LANGUAGES:
-        raise InvalidOptionError(f"Unknown language code '{language}'", param="language")
-    return code
-
-
-def temperature_schedule(temperature: float) -> tuple[float, ...]:
-    """OpenAI semantics: start at the given temperature and fall back upwards on failures."""
-    steps = np.arange(temperature, 1.0 + 1e-6, _FALLBACK_STEP)
-    return tuple(round(float(t), 2) for t in steps) or (temperature,)
-
-
-def resolve_compute_type(settings: Settings, device: str) -> str:
-    if settings.whisper_compute_type is not None:
-        return settings.whisper_compute_type
-    return "float16" if device == "cuda" else "int8" if device == "cpu" else "default"
-
-
-def cpu_threads(settings: Settings) -> int:
-    # CTranslate2's own default is 4 threads, but it defers to OMP_NUM_THREADS, which Ray sets
-    # to a replica's num_cpus (1 here): that alone made replicas ~20% slower than plain
-    # faster-whisper on a 2-core machine. Ask for the library's default explicitly.
-    return settings.whisper_cpu_threads or min(4, os.cpu_count() or 1)
 
 
 class Transcriber:

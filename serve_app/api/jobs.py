@@ -31,6 +31,7 @@ from serve_app.errors import (
     RequestTooLargeError,
     UnsupportedFormatError,
 )
+from serve_app.model_options import normalize_language, served_model
 from serve_app.pipeline import check_path
 from serve_app.schemas import (
     FINISHED,
@@ -42,7 +43,6 @@ from serve_app.schemas import (
     TranscribeOptions,
 )
 from serve_app.store.jobs import NewJob, Viewer
-from serve_app.transcriber import normalize_language, served_model
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -11,6 +11,7 @@ from serve_app import formats
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
+from serve_app.model_options import OPENAI_MODEL_ALIAS, normalize_language, served_model
 from serve_app.schemas import (
     MAX_PROMPT_CHARS,
     ModelCard,
@@ -19,7 +20,6 @@ from serve_app.schemas import (
     TranscribeOptions,
     VerboseTranscription,
 )
-from serve_app.transcriber import OPENAI_MODEL_ALIAS, normalize_language, served_model
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -11,10 +11,12 @@ from typing import Any
 from ray import serve
 
 from serve_app.audio import AudioArray
+from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
+from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.transcriber import Transcriber, served_model
+from serve_app.transcriber import Transcriber
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,6 +32,7 @@ _UNHEALTHY_AFTER_FAILURES = 3
 )
 class TranscriberDeployment:
     def __init__(self, device: str | None = None) -> None:
+        share_serve_handlers()  # the batcher's and the quality guard's lines
         self._settings = load_settings()
         self._device = device
         self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,6 +165,25 @@ def test_concurrent_requests_all_answered(service: Service, clip) -> None:
     for response in responses:
         assert response.status_code == 200, response.text
         assert speech.word_error_rate(ENGLISH, response.json()["text"]) < 0.2
+
+
+def test_concurrent_requests_share_batches_and_keep_their_own_words(service: Service, clip) -> None:
+    """Windows of concurrent requests are decoded in shared batches (and short ones packed into
+    shared decoding windows): each answer must hold its own words and no one else's."""
+    references = {"en_office": ENGLISH, "en_thirty": speech.reference("en_thirty")}
+    requests = [(name, clip(name, s)) for name in references for s in (".mp3", ".ogg", ".flac")]
+    offset = service.log.stat().st_size
+    with ThreadPoolExecutor(len(requests)) as pool:
+        responses = list(pool.map(lambda r: _post(service, r[1]), requests))
+    for (name, _), response in zip(requests, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert speech.word_error_rate(references[name], response.json()["text"]) < 0.2, name
+    shared = re.compile(r"Decoded a batch of \d+ windows from ([2-9]|\d\d+) requests")
+
+    def logged() -> bool:
+        return bool(shared.search(service.log.read_bytes()[offset:].decode(errors="replace")))
+
+    speech.wait_until(logged, 30, "a batch holding windows of two requests or more")
 
 
 # --- errors -------------------------------------------------------------------------------------

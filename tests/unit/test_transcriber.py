@@ -8,14 +8,10 @@ import pytest
 
 from serve_app import audio
 from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.model_options import normalize_language, served_model, temperature_schedule
 from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
-from serve_app.transcriber import (
-    Transcriber,
-    normalize_language,
-    served_model,
-    temperature_schedule,
-)
+from serve_app.transcriber import Transcriber
 from tests.support import speech
 
 LIMITS = audio.AudioLimits(max_bytes=10 << 20, max_duration_s=120)

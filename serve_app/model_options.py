@@ -1,0 +1,57 @@
+"""What a request may ask of a model, checked before any audio is decoded: which model, which
+language, which temperatures; and how a model is loaded on a device. Plain logic."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.settings import Settings
+
+OPENAI_MODEL_ALIAS = "whisper-1"
+LANGUAGES = frozenset(_LANGUAGE_CODES)
+_FALLBACK_STEP = 0.2
+
+
+def served_model(requested: str | None, settings: Settings) -> str:
+    """Map the model a client asked for to one this service holds."""
+    if not requested or requested == OPENAI_MODEL_ALIAS:
+        return settings.whisper_model
+    if requested in settings.served_models:
+        return requested
+    raise ModelNotServedError(
+        f"Model '{requested}' is not served here; available: "
+        + ", ".join([*settings.served_models, OPENAI_MODEL_ALIAS])
+    )
+
+
+def normalize_language(language: str | None) -> str | None:
+    """'' or None means detect; 'en-US' and 'EN' mean 'en'."""
+    if language is None or not language.strip():
+        return None
+    code = language.strip().lower().replace("_", "-").split("-")[0]
+    if code not in LANGUAGES:
+        raise InvalidOptionError(f"Unknown language code '{language}'", param="language")
+    return code
+
+
+def temperature_schedule(temperature: float) -> tuple[float, ...]:
+    """OpenAI semantics: start at the given temperature and fall back upwards on failures."""
+    steps = np.arange(temperature, 1.0 + 1e-6, _FALLBACK_STEP)
+    return tuple(round(float(t), 2) for t in steps) or (temperature,)
+
+
+def resolve_compute_type(settings: Settings, device: str) -> str:
+    if settings.whisper_compute_type is not None:
+        return settings.whisper_compute_type
+    return "float16" if device == "cuda" else "int8" if device == "cpu" else "default"
+
+
+def cpu_threads(settings: Settings) -> int:
+    # CTranslate2's own default is 4 threads, but it defers to OMP_NUM_THREADS, which Ray sets
+    # to a replica's num_cpus (1 here): that alone made replicas ~20% slower than plain
+    # faster-whisper on a 2-core machine. Ask for the library's default explicitly.
+    return settings.whisper_cpu_threads or min(4, os.cpu_count() or 1)
