@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import plain_sequential, short_clips
+from bench.common import plain_sequential, publish_burst, short_clips
 from tests.support import amqp, speech
 from tests.support.serve_process import serve_run
 
@@ -44,17 +44,7 @@ def service(model: str, clips: list[tuple[Path, str]], work: Path) -> tuple[floa
             warm = 10**9 + int(time.time()) % 10**6 * 100
             amqp.publish(URL, {"attachment_id": warm, "audio_file_path": str(clips[0][0])})
             collector.wait(warm, timeout=300)
-            ids = list(range(warm + 1, warm + 1 + len(clips)))
-            started = time.perf_counter()
-            amqp.publish(
-                URL,
-                *(
-                    {"attachment_id": i, "audio_file_path": str(p), "language": "en"}
-                    for i, (p, _) in zip(ids, clips, strict=True)
-                ),
-            )
-            results = [collector.wait(i, timeout=600) for i in ids]
-            elapsed = time.perf_counter() - started
+            elapsed, results = publish_burst(URL, collector, [p for p, _ in clips], warm + 1)
         finally:
             collector.close()
     assert all(r["success"] for r in results), [r for r in results if not r["success"]]

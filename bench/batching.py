@@ -24,7 +24,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import duration, plain_batched, plain_sequential, replica_peak_memory_mb
+from bench.common import (
+    duration,
+    plain_batched,
+    plain_sequential,
+    publish_burst,
+    replica_peak_memory_mb,
+)
 from bench.long_audio import URL
 from tests.support import amqp, speech
 from tests.support.serve_process import serve_run
@@ -139,17 +145,9 @@ def service(
             figures.lone_s = statistics.median(
                 _timed(lambda: str(http(lone, language="en")["text"]))[0] for _ in range(3)
             )
-            ids = list(range(base + 1, base + 1 + len(burst)))
-            started = time.perf_counter()
-            amqp.publish(
-                URL,
-                *(
-                    {"attachment_id": i, "audio_file_path": str(p), "language": "en"}
-                    for i, (p, _) in zip(ids, burst, strict=True)
-                ),
+            figures.burst_s, results = publish_burst(
+                URL, collector, [p for p, _ in burst], base + 1
             )
-            results = [collector.wait(i, timeout=1800) for i in ids]
-            figures.burst_s = time.perf_counter() - started
             assert all(r["success"] for r in results), [r for r in results if not r["success"]]
             figures.burst_wer = statistics.mean(
                 speech.word_error_rate(t, r["texto"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from serve_app.settings import Settings
 from serve_app.weights import resolve_model_path
-from tests.support import speech
+from tests.support import amqp, speech
 
 
 def plain_sequential(
@@ -90,3 +92,21 @@ def replica_peak_memory_mb(deployment: str = "TranscriberCPU") -> list[float]:
         if match:
             peaks.append(int(match.group(1)) / 1024)
     return peaks
+
+
+def publish_burst(
+    url: str, collector: amqp.ResultCollector, clips: list[Path], first_id: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """Whisper-Local requests for every clip published at once (language en); seconds from
+    the first publish to the last result, and the results in clip order."""
+    ids = list(range(first_id, first_id + len(clips)))
+    started = time.perf_counter()
+    amqp.publish(
+        url,
+        *(
+            {"attachment_id": i, "audio_file_path": str(path), "language": "en"}
+            for i, path in zip(ids, clips, strict=True)
+        ),
+    )
+    results = [collector.wait(i, timeout=1800) for i in ids]
+    return time.perf_counter() - started, results

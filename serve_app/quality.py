@@ -27,6 +27,10 @@ class Verdict(Enum):
 
 
 def judge(segment: Segment, limits: Thresholds) -> Verdict:
+    # No letter or digit at all (" ." over and over on near-silence): never speech, however
+    # sure of it the model is.
+    if not any(ch.isalnum() for ch in segment.text):
+        return Verdict.SILENCE
     if segment.no_speech_prob > limits.no_speech and segment.avg_logprob < limits.log_prob:
         return Verdict.SILENCE
     if (

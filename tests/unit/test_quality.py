@@ -35,12 +35,8 @@ def test_verdicts_follow_sequential_decodings_thresholds() -> None:
     assert judge(silence, limits) is Verdict.SILENCE  # text invented over silence
     confident = _segment(0, 1, avg_logprob=-0.2, no_speech_prob=0.9)
     assert judge(confident, limits) is Verdict.OK  # sure of its words: speech after all
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
-    settings = Settings(whisper_model="tiny.en", models_dir=tmp_path_factory.mktemp("models"))
-    return Transcriber.load("tiny.en", settings)
+    dots = _segment(0, 1, avg_logprob=-0.2, no_speech_prob=0.9).model_copy(update={"text": " ."})
+    assert judge(dots, limits) is Verdict.SILENCE  # no word at all
 
 
 @pytest.fixture(scope="module")
