@@ -3,6 +3,11 @@ against the service without it (WHISPER_CROSS_BATCH=false: each request alone, a
 
     .venv/bin/python -m bench.batching [--model base] [--clips 40]
 
+Columns: plain faster-whisper; the service as configured ("batched"); one CPU replica (all
+cores, no autoscaling) with WORKERS_COUNT and its max_ongoing_requests at --wide (16), so more
+jobs are in flight to batch and pack ("wide"); WHISPER_CROSS_BATCH=false ("alone": each
+request decoded alone, as the service did before batching across requests).
+
 Inputs: a burst of 40 clips of 2-30 s (one to six synthesized sentences each, three speaking
 rates), published at once over AMQP with `"language": "en"`; the 8-minute two-voice file;
 one 5 s clip alone. Baselines, in this process: WhisperModel.transcribe one clip after another
@@ -102,7 +107,13 @@ def sequential_long(model: str, models_dir: Path, long: Clip) -> tuple[float, li
 
 
 def service(
-    model: str, work: Path, extra_env: dict[str, str], burst: list[Clip], long: Clip, lone: Path
+    model: str,
+    work: Path,
+    extra_env: dict[str, str],
+    burst: list[Clip],
+    long: Clip,
+    lone: Path,
+    deployments: dict[str, dict[str, object]] | None = None,
 ) -> Figures:
     env = {
         "WHISPER_MODEL": model,
@@ -114,7 +125,7 @@ def service(
     }
     figures = Figures()
     with (
-        serve_run(work, env) as (url, _, _),
+        serve_run(work, env, deployments=deployments) as (url, _, _),
         httpx.Client(base_url=url, timeout=1800) as client,
     ):
         collector = amqp.ResultCollector(URL)
@@ -171,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="base")
     parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--wide", type=int, default=16, help="WORKERS_COUNT of the wide run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -185,6 +197,22 @@ def main() -> None:
         seq_wer, seq_segments = sequential_long(args.model, work / "models", long)
         plain_mb = plain_process_memory_mb()
         batched = service(args.model, work, {}, burst, long, lone)
+        # One replica with every core, holding more jobs at once to batch and pack.
+        wide = service(
+            args.model,
+            work,
+            {"WORKERS_COUNT": str(args.wide)},
+            burst,
+            long,
+            lone,
+            {
+                "TranscriberCPU": {
+                    "max_ongoing_requests": args.wide,
+                    "num_replicas": 1,
+                    "autoscaling_config": None,
+                }
+            },
+        )
         alone = service(args.model, work, {"WHISPER_CROSS_BATCH": "false"}, burst, long, lone)
 
     burst_audio = sum(lengths)
@@ -193,27 +221,28 @@ def main() -> None:
         f"burst: {len(burst)} clips, {min(lengths):.1f}-{max(lengths):.1f} s, "
         f"{burst_audio:.0f} s in all; long file {long_s:.0f} s; lone clip {lone_s:.1f} s"
     )
-    print(f"{'':34s} {'plain':>9s} {'batched':>9s} {'alone':>9s}")
+    print(f"{'':34s} {'plain':>9s} {'batched':>9s} {'wide':>9s} {'alone':>9s}")
+    columns = (batched, wide, alone)
 
-    def row(name: str, a: float, b: float, c: float, unit: str = "s") -> None:
-        print(f"{name:34s} {a:8.2f}{unit} {b:8.2f}{unit} {c:8.2f}{unit}")
+    def row(name: str, plain: float, pick: Callable[[Figures], float], unit: str = "s") -> None:
+        cells = " ".join(f"{pick(f):8.2f}{unit}" for f in columns)
+        print(f"{name:34s} {plain:8.2f}{unit} {cells}")
 
-    row("burst over AMQP, wall", base.burst_s, batched.burst_s, alone.burst_s)
-    row("burst mean WER", base.burst_wer, batched.burst_wer, alone.burst_wer, " ")
-    row("long warm HTTP, wall", base.long_http_s, batched.long_http_s, alone.long_http_s)
-    row("long warm AMQP, wall", base.long_http_s, batched.long_amqp_s, alone.long_amqp_s)
-    row(
-        "long cold HTTP (first after start)",
-        base.long_http_s,
-        batched.long_cold_s,
-        alone.long_cold_s,
-    )
-    row("long WER", base.long_wer, batched.long_wer, alone.long_wer, " ")
-    row("lone clip latency", base.lone_s, batched.lone_s, alone.lone_s)
+    row("burst over AMQP, wall", base.burst_s, lambda f: f.burst_s)
+    row("burst mean WER", base.burst_wer, lambda f: f.burst_wer, " ")
+    row("long warm HTTP, wall", base.long_http_s, lambda f: f.long_http_s)
+    row("long warm AMQP, wall", base.long_http_s, lambda f: f.long_amqp_s)
+    row("long cold HTTP (first after start)", base.long_http_s, lambda f: f.long_cold_s)
+    row("long WER", base.long_wer, lambda f: f.long_wer, " ")
+    row("lone clip latency", base.lone_s, lambda f: f.lone_s)
     print()
     print("targets (batched service):")
     print(f"  burst vs plain sequential loop: {base.burst_s / batched.burst_s:.2f}x (>= 2.5x)")
     print(f"  burst vs service without batching: {alone.burst_s / batched.burst_s:.2f}x (>= 1.3x)")
+    print(
+        f"  wide (WORKERS_COUNT={args.wide}): burst {base.burst_s / wide.burst_s:.2f}x the loop, "
+        f"{alone.burst_s / wide.burst_s:.2f}x the service without batching"
+    )
     print(
         f"  long warm vs plain batched: HTTP {base.long_http_s / batched.long_http_s:.2f}x, "
         f"AMQP {base.long_http_s / batched.long_amqp_s:.2f}x (>= 1.0x); "
