@@ -51,6 +51,7 @@ class ModelClient:
         # Long files are planned here: load the VAD model now, not in the first one's time.
         detect_speech(np.zeros(self._sample_rate, np.float32), self._chunking)
         self._can_wait = can_wait
+        self._cross_batch = settings.whisper_cross_batch
         self._watching: asyncio.Task[None] | None = None
         self._looked = asyncio.Event()
         self._waking: set[asyncio.Task[None]] = set()
@@ -62,15 +63,20 @@ class ModelClient:
         on_progress: ProgressFn | None = None,
         on_segments: SegmentsFn | None = None,
         checkpoint: Checkpoint | None = None,
+        live: bool = False,
     ) -> Transcript:
-        """Short audio in one call (streamed segment by segment when ``on_segments`` is
-        given); long audio fanned out in units across replicas, resumed from ``checkpoint``."""
+        """Short audio in one call; long audio fanned out in units across replicas, resumed
+        from ``checkpoint``. A short file's segments reach ``on_segments`` when it is done,
+        or one by one as they are decoded when ``live`` (a client streaming the response):
+        decoded that way, a file is not batched with others."""
         duration = len(audio) / self._sample_rate
         if duration < self._chunking.min_fanout_s:
-            if on_segments is None:
-                result: Transcript = await self._call("transcribe", options.model, audio, options)
+            if on_segments is not None and (live or not self._cross_batch):
+                result: Transcript = await self._stream(audio, options, on_segments)
             else:
-                result = await self._stream(audio, options, on_segments)
+                result = await self._call("transcribe", options.model, audio, options)
+                if on_segments is not None and result.segments:
+                    on_segments(result.segments)
             if on_progress:
                 on_progress(duration, duration)
             return result

@@ -61,7 +61,10 @@ class Gateway:
         options: TranscribeOptions,
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
-        return await self._models.transcribe(audio, options, on_segments=on_segments)
+        # Segments wanted as they come: the client streams the response.
+        return await self._models.transcribe(
+            audio, options, on_segments=on_segments, live=on_segments is not None
+        )
 
     async def submit(self, job_id: str) -> None:
         if self._ingest is None:
