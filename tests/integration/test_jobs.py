@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -151,6 +152,23 @@ def test_undecodable_upload_fails_the_job_with_a_reason(service: Service, tmp_pa
         assert "decode" in job["error"].lower() or "cannot" in job["error"].lower()
         result = client.get(f"/v1/jobs/{job['id']}/result")
         assert result.status_code == 409 and "failed" in result.json()["error"]["message"]
+
+
+def test_short_jobs_are_batched_together(service: Service, clip) -> None:
+    """Jobs take their segments as events: short ones once went down the streaming path and
+    were decoded one at a time, never in a batch with other jobs."""
+    paths = [clip(name, s) for name in ("en_office", "en_thirty") for s in (".mp3", ".ogg")]
+    offset = service.log.stat().st_size
+    with service.client(timeout=300) as client:
+        ids = [_submit(client, path).json()["id"] for path in paths]
+        jobs = [_wait(client, job_id) for job_id in ids]
+    assert [j["status"] for j in jobs] == ["completed"] * len(paths), jobs
+    shared = re.compile(r"Decoded a batch of \d+ windows from ([2-9]|\d\d+) requests")
+
+    def logged() -> bool:
+        return bool(shared.search(service.log.read_bytes()[offset:].decode(errors="replace")))
+
+    speech.wait_until(logged, 30, "a batch holding windows of two jobs or more")
 
 
 def test_unknown_job_is_404(service: Service) -> None:
