@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio
+from serve_app import audio, transcriber
 from serve_app.chunking import plan
 from serve_app.quality import Thresholds, Verdict, judge
 from serve_app.schemas import Segment, TranscribeOptions
@@ -53,18 +53,19 @@ def long_speech(speech_dir: Path) -> tuple[np.ndarray, list[dict[str, float]], s
 
 
 def test_failing_windows_are_decoded_again_sequentially(
-    tiny: Transcriber, long_speech: tuple[np.ndarray, list[dict[str, float]], str], caplog
+    tiny: Transcriber,
+    long_speech: tuple[np.ndarray, list[dict[str, float]], str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Made to fail: a log-probability bar no window can clear sends every window back
-    through sequential decoding, whose segments come back on the file's clock."""
+    """Made to fail: a check that calls every window a failure sends each back through
+    sequential decoding, whose segments come back on the file's clock. (Raising the bar in
+    ``Thresholds`` instead would fail every temperature of the redo too: six decodings.)"""
     samples, windows, _ = long_speech
     baseline = tiny.transcribe_windows(samples, windows, TranscribeOptions())
-    tiny.thresholds = Thresholds(log_prob=0.0)
-    try:
-        with caplog.at_level(logging.INFO, logger="serve_app.transcriber"):
-            redone = tiny.transcribe_windows(samples, windows, TranscribeOptions())
-    finally:
-        tiny.thresholds = Thresholds()
+    monkeypatch.setattr(transcriber, "judge", lambda segment, limits: Verdict.REDO)
+    with caplog.at_level(logging.INFO, logger="serve_app.transcriber"):
+        redone = tiny.transcribe_windows(samples, windows, TranscribeOptions())
     again = [r for r in caplog.records if "failed the quality checks" in r.getMessage()]
     assert len(again) == len(windows) >= 3
     assert speech.word_error_rate(baseline.text, redone.text) < 0.15
