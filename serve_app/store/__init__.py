@@ -3,6 +3,7 @@
 SQLite under DATA_DIR by default (one node); DATABASE_URL pointing to PostgreSQL for a cluster.
 """
 
+from serve_app.store.backlog import BacklogStore, PoolSpeed
 from serve_app.store.claims import Busy, Claim, ClaimStore
 from serve_app.store.db import make_engine, migrate, open_engine
 from serve_app.store.jobs import JobStore
@@ -13,12 +14,14 @@ from serve_app.store.units import UnitStore
 from serve_app.store.webhooks import WebhookClaim, WebhookStore
 
 __all__ = [
+    "BacklogStore",
     "Busy",
     "Claim",
     "ClaimStore",
     "FinishedJob",
     "JobStore",
     "Outbox",
+    "PoolSpeed",
     "ResultLedger",
     "RetentionStore",
     "UnitStore",

@@ -94,3 +94,17 @@ job_events = Table(
     Column("data", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# What each model replica reports of its speed, every few seconds while it lives: a pool's
+# capacity is the sum over its replicas heard from lately (see serve_app.store.speeds).
+replica_speeds = Table(
+    "replica_speeds",
+    metadata,
+    Column("replica", String(128), primary_key=True),
+    Column("pool", String(100), nullable=False),
+    Column("device", String(16), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("rate", Float),  # audio seconds per busy second; NULL before any measurement
+    Column("busy", Boolean, nullable=False),
+    Column("reported_at", DateTime(timezone=True), nullable=False),
+)

@@ -63,11 +63,18 @@ def _transcript() -> Transcript:
 def test_migrations_create_the_schema_and_are_idempotent(url: str) -> None:
     engine = open_engine(url)
     try:
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
         tables = set(inspect(engine).get_table_names())
-        assert {"jobs", "job_events", "job_units", "published_results", "alembic_version"} <= tables
+        assert {
+            "jobs",
+            "job_events",
+            "job_units",
+            "published_results",
+            "replica_speeds",
+            "alembic_version",
+        } <= tables
         migrate(engine)  # a second replica starting finds nothing to do
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
     finally:
         engine.dispose()
 
@@ -88,7 +95,7 @@ def test_replicas_migrating_at_once_apply_each_migration_once(url: str) -> None:
         thread.join()
     assert errors == []
     engine = make_engine(url)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     engine.dispose()
 
 
@@ -108,7 +115,7 @@ def test_a_database_from_before_migrations_keeps_its_ledger(url: str) -> None:
             text("INSERT INTO published_results VALUES ('k1', 7, 'm', true, CURRENT_TIMESTAMP)")
         )
     migrate(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     assert ResultLedger(engine).was_published("k1")
     engine.dispose()
 
