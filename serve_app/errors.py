@@ -137,6 +137,11 @@ class QuotaExceededError(ServiceBusyError):
     """One API key has too much queued or spooled; its other requests still pass."""
 
 
+class BacklogFullError(ServiceBusyError):
+    """More audio waits than the service lets in on the sync routes; ``retry_after_s`` is how
+    long its pools need, at their measured speed, to get back under the bound."""
+
+
 class NoReplicaError(ServiceBusyError):
     """No model pool has a running replica and none can be started by a request (their nodes
     are down, or they are still starting): a caller that cannot wait comes back later."""

@@ -20,7 +20,7 @@ from serve_app import spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore
-from serve_app.store.jobs import now
+from serve_app.store.rows import now
 
 logger = logging.getLogger(__name__)
 

@@ -191,6 +191,10 @@ class Job(BaseModel):
     duration: float | None = None
     processed_seconds: float = 0.0
     queue_position: int | None = None
+    # From the work ahead and the pools' measured speed, fresh on every read; null once the
+    # job is finished or while no speed is known. A running job's start is started_at.
+    estimated_start: datetime | None = None
+    estimated_completion: datetime | None = None
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None

@@ -2,10 +2,13 @@
 
 faster-whisper's batched pipeline gives one segment per speech window (up to 30 s), which makes
 30-second subtitle cues. Cut each segment where a sentence ends; a sentence still longer than
-``max_s`` is cut again at its longest pause (preferring a pause after a comma). Plain logic.
+``max_s`` is cut again at its longest pause (preferring a pause after a comma). Plain logic;
+faster-whisper's segments become ours here too (``from_faster_whisper``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from serve_app.schemas import Segment, Word
 
@@ -89,3 +92,30 @@ def _short_enough(words: list[Word], max_s: float) -> list[list[Word]]:
     candidates = range(1, len(words)) if len(words) < 4 else range(2, len(words) - 1)
     cut = max(candidates, key=lambda i: (pause(i), -abs(i - len(words) / 2)))
     return _short_enough(words[:cut], max_s) + _short_enough(words[cut:], max_s)
+
+
+def from_faster_whisper(index: int, segment: Any) -> Segment:
+    """A faster-whisper segment as ours: converted once, where it leaves the model."""
+    return Segment(
+        id=index,
+        seek=segment.seek,
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text,
+        tokens=list(segment.tokens),
+        temperature=segment.temperature,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+        words=None
+        if segment.words is None
+        else [
+            Word(
+                start=round(w.start, 3),
+                end=round(w.end, 3),
+                word=w.word,
+                probability=w.probability,
+            )
+            for w in segment.words
+        ],
+    )

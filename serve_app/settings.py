@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # requests waiting for the model; past it new requests get 503 with Retry-After.
     max_decoded_audio_mb: float = Field(1024, gt=0)
 
+    # Admission: past MAX_BACKLOG_AUDIO_SEC of audio waiting or in flight (jobs and sync
+    # requests), the sync transcription routes answer 429 with Retry-After: how long the pools
+    # need, at their measured speed, to get back under it. 0 turns it off. Jobs are queued
+    # whatever the backlog, with estimated_start and estimated_completion.
+    max_backlog_audio_sec: float = Field(1800, ge=0)
+
     # Messaging: WORKERS_COUNT is the prefetch (jobs taken at once) of each ingest replica.
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
     workers_count: int = Field(4, ge=1)

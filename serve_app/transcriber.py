@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,8 @@ from serve_app.model_options import (
 )
 from serve_app.packing import Placed, plan_packs, unpack
 from serve_app.quality import Thresholds, Verdict, judge
-from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
-from serve_app.segments import shifted, split_segments
+from serve_app.schemas import Segment, TranscribeOptions, Transcript
+from serve_app.segments import from_faster_whisper, shifted, split_segments
 from serve_app.settings import Settings
 from serve_app.weights import resolve_model_path
 
@@ -92,14 +93,19 @@ class Transcriber:
         logger.info("Loaded model %s from %s on %s", name, path, device)
         return cls(name, model, settings)
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> tuple[float, float]:
         """Blocking: run each decoding path once, so the first request does not pay for
-        first-call setup (the VAD model's load, CTranslate2's buffers for a batch)."""
+        first-call setup (the VAD model's load, CTranslate2's buffers for a batch). Returns
+        the batch's (audio seconds, wall seconds): a first guess at the replica's speed."""
         rng = np.random.default_rng(0)
         noise = rng.normal(0, 0.05, self._pack_capacity).astype(np.float32)
         self.speech_windows(noise[: self._sample_rate])
         self.detect_language(noise)
-        self.decode_batch(DecodeKey("transcribe", "en", None, 0.0), [noise, noise[::2]])
+        batch = [noise, noise[::2]]
+        started = time.monotonic()
+        self.decode_batch(DecodeKey("transcribe", "en", None, 0.0), batch)
+        took = time.monotonic() - started
+        return sum(len(clip) for clip in batch) / self._sample_rate, took
 
     @property
     def multilingual(self) -> bool:
@@ -137,7 +143,7 @@ class Transcriber:
         )
         converted: list[Segment] = []
         for segment in segments:
-            converted.append(_convert_segment(len(converted), segment))
+            converted.append(from_faster_whisper(len(converted), segment))
             yield converted[-1]
         yield self._transcript(converted, info, options)
 
@@ -271,7 +277,7 @@ class Transcriber:
         decoded: list[list[Segment]] = [[] for _ in clips]
         for segment in segments:
             i = index[segment.seek]
-            decoded[i].append(shifted(_convert_segment(0, segment), -starts[i]))
+            decoded[i].append(shifted(from_faster_whisper(0, segment), -starts[i]))
         return decoded
 
     def assemble(
@@ -339,7 +345,7 @@ class Transcriber:
             no_speech_threshold=self.thresholds.no_speech,
         )
         offset = start / self._sample_rate
-        return [shifted(_convert_segment(0, segment), offset) for segment in segments]
+        return [shifted(from_faster_whisper(0, segment), offset) for segment in segments]
 
     def _sample(self, seconds: float) -> int:
         return int(seconds * self._sample_rate)
@@ -373,29 +379,3 @@ class Transcriber:
             model=self.name,
             task=options.task,
         )
-
-
-def _convert_segment(index: int, segment: Any) -> Segment:
-    return Segment(
-        id=index,
-        seek=segment.seek,
-        start=round(segment.start, 3),
-        end=round(segment.end, 3),
-        text=segment.text,
-        tokens=list(segment.tokens),
-        temperature=segment.temperature,
-        avg_logprob=segment.avg_logprob,
-        compression_ratio=segment.compression_ratio,
-        no_speech_prob=segment.no_speech_prob,
-        words=None
-        if segment.words is None
-        else [
-            Word(
-                start=round(w.start, 3),
-                end=round(w.end, 3),
-                word=w.word,
-                probability=w.probability,
-            )
-            for w in segment.words
-        ],
-    )

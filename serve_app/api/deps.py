@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from serve_app.admission import AudioAdmission, StreamLimit
 from serve_app.audio import AudioArray, AudioLimits
+from serve_app.backlog import Backlog
 from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import audio_limits
 from serve_app.schemas import TranscribeOptions, Transcript
@@ -22,6 +23,7 @@ class Backend(Protocol):
     store: JobStore
     admission: AudioAdmission
     streams: StreamLimit
+    backlog: Backlog
 
     async def transcribe(
         self,

@@ -35,6 +35,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.QueueUnavailableError, 503),
     (errors.UnauthorizedError, 401),
     (errors.QuotaExceededError, 429),
+    (errors.BacklogFullError, 429),
     (errors.ServiceBusyError, 503),
 ]
 

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from serve_app import formats, spool, webhooks
 from serve_app.api.auth import ViewerDep
-from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.uploads import check_upload
 from serve_app.errors import (
     InvalidOptionError,
@@ -134,6 +134,7 @@ async def submit_job(
         await asyncio.to_thread(backend.store.delete, job.id)
         await _drop_spooled(path, spooled, settings.spool)
         raise
+    [job] = await _estimated(backend, [job])
     return _job_response(job, 202)
 
 
@@ -148,12 +149,14 @@ async def list_jobs(
     page, next_cursor = await asyncio.to_thread(
         backend.store.list_jobs, status, limit, cursor, viewer
     )
-    return JobList(data=page, next_cursor=next_cursor)
+    return JobList(data=await _estimated(backend, page), next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=Job)
 async def get_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> Job:
-    return await asyncio.to_thread(backend.store.get, job_id, True, viewer)
+    job = await asyncio.to_thread(backend.store.get, job_id, True, viewer)
+    [job] = await _estimated(backend, [job])
+    return job
 
 
 @router.get("/{job_id}/result")
@@ -280,6 +283,22 @@ async def _check_quota(backend: BackendDep, viewer: Viewer, new_bytes: int) -> N
 async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
     if spooled:
         await asyncio.to_thread(spool.remove, path, spool_dir)
+
+
+async def _estimated(backend: Backend, jobs: list[Job]) -> list[Job]:
+    """Unfinished jobs with their estimated start (queued ones) and completion."""
+    etas = await backend.backlog.estimates([j.id for j in jobs if j.status not in FINISHED])
+    return [
+        job.model_copy(
+            update={
+                "estimated_start": eta.start if job.status == "queued" else None,
+                "estimated_completion": eta.completion,
+            }
+        )
+        if (eta := etas.get(job.id))
+        else job
+        for job in jobs
+    ]
 
 
 def _job_response(job: Job, status: Literal[200, 202]) -> JSONResponse:

@@ -37,6 +37,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     413: {"description": "File too large or audio too long"},
     415: {"description": "Unsupported or undecodable audio"},
     422: {"description": "Invalid parameters"},
+    429: {"description": "The service is behind; Retry-After says when to come back"},
 }
 
 
@@ -66,6 +67,7 @@ async def create_transcription(
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
     )
+    await backend.backlog.admit()  # 429 before the upload costs a decode
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)
         return stream_transcription(backend, decoded.samples, options, held)
@@ -88,6 +90,7 @@ async def create_translation(
         prompt=prompt,
         temperature=temperature,
     )
+    await backend.backlog.admit()
     return await _respond(backend, limits, file, options, response_format)
 
 

@@ -55,6 +55,12 @@ class ModelClient:
         self._watching: asyncio.Task[None] | None = None
         self._looked = asyncio.Event()
         self._waking: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[int, float] = {}  # audio seconds of each call not answered yet
+
+    def in_flight_s(self) -> list[float]:
+        """Audio seconds of each transcription this client waits for (the backlog's part
+        that is not in the job store: sync requests)."""
+        return list(self._in_flight.values())
 
     async def transcribe(
         self,
@@ -69,7 +75,27 @@ class ModelClient:
         from ``checkpoint``. A short file's segments reach ``on_segments`` when it is done,
         or one by one as they are decoded when ``live`` (a client streaming the response):
         decoded that way, a file is not batched with others."""
+        token = object()
+        self._in_flight[id(token)] = len(audio) / self._sample_rate
+        try:
+            return await self._transcribe(
+                audio, options, on_progress, on_segments, checkpoint, live
+            )
+        finally:
+            del self._in_flight[id(token)]
+
+    async def _transcribe(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_progress: ProgressFn | None,
+        on_segments: SegmentsFn | None,
+        checkpoint: Checkpoint | None,
+        live: bool,
+    ) -> Transcript:
         duration = len(audio) / self._sample_rate
+        if on_progress:  # the job's length, known from here on (the backlog counts it)
+            on_progress(0.0, duration)
         if duration < self._chunking.min_fanout_s:
             if on_segments is not None and (live or not self._cross_batch):
                 result: Transcript = await self._stream(audio, options, on_segments)

@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.admission import StreamLimit
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
+from serve_app.backlog import Backlog
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
@@ -21,7 +22,7 @@ from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import JobStore, open_engine
+from serve_app.store import BacklogStore, JobStore, open_engine
 
 _STATUS_TIMEOUT_S = 3
 logger = logging.getLogger("ray.serve")
@@ -50,7 +51,11 @@ class Gateway:
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
-        self.store = JobStore(open_engine(self.settings.database))
+        engine = open_engine(self.settings.database)
+        self.store = JobStore(engine)
+        self.backlog = Backlog(
+            BacklogStore(engine), self.settings.max_backlog_audio_sec, self._models.in_flight_s
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -96,7 +101,12 @@ class Gateway:
             info["replicas"].get("RUNNING", 0) > 0 or info["status"] == "HEALTHY"
             for info in pools.values()
         )
-        details: dict[str, Any] = {"models": self.settings.served_models, "pools": pools}
+        details: dict[str, Any] = {
+            "models": self.settings.served_models,
+            "pools": pools,
+        }
+        if backlog := await self.backlog.read():
+            details["backlog"] = backlog.summary()
         if self._ingest is not None:
             details["broker"] = await self._broker_status()
         return ready, details

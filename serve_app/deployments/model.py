@@ -16,6 +16,8 @@ from serve_app.errors import InferenceError, ServiceError
 from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
+from serve_app.speed import ReplicaId, SpeedMeter, SpeedReporter
+from serve_app.store import BacklogStore, open_engine
 from serve_app.transcriber import Transcriber
 
 logger = logging.getLogger("ray.serve")
@@ -37,13 +39,40 @@ class TranscriberDeployment:
         self._device = device
         self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)
         started = time.monotonic()
-        self._default.warm_up()
+        self.meter = SpeedMeter()
+        self.meter.seed(*self._default.warm_up())
         logger.info("Warmed up %s in %.1f s", self._default.name, time.monotonic() - started)
         self._failures = 0
+        self._reporter = self._start_reporting()
         # Batched units of long files already fill the cores: running several at once only made
         # them fight (a 1-replica pool ran an 8-min file at 0.67x plain batched, 0.82x with
         # this). Short requests stay concurrent: serializing them cost 9% on a burst.
         self._unit_slots = asyncio.Semaphore(self._settings.whisper_num_workers)
+
+    def _start_reporting(self) -> SpeedReporter | None:
+        """The replica's speed, for the Gateway's admission and the jobs' estimates; without
+        a store the model still serves, and the service estimates nothing."""
+        context = serve.get_replica_context()
+        who = ReplicaId(
+            replica=context.replica_id.unique_id,
+            pool=context.deployment,
+            device=self._device or self._settings.whisper_device,
+            model=self._default.name,
+        )
+        try:
+            store = BacklogStore(open_engine(self._settings.database))
+        except Exception as exc:
+            logger.warning("No store for this replica's speed reports: %r", exc)
+            return None
+        reporter = SpeedReporter(self.meter, store, who)
+        reporter.start()
+        return reporter
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown (a downscale): capacity goes at once.
+        reporter: SpeedReporter | None = getattr(self, "_reporter", None)
+        if reporter is not None:
+            reporter.stop()
 
     @serve.multiplexed(max_num_models_per_replica=3)
     async def _model(self, model_id: str) -> Transcriber:
@@ -55,11 +84,12 @@ class TranscriberDeployment:
         """A whole (short) file: its speech windows decoded in batches with other requests'
         (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context)."""
         transcriber = await self._for(options)
-        if not self._settings.whisper_cross_batch:
-            result: Transcript = await self._infer(transcriber.transcribe, audio, options)
-            return result
-        windows = await self._infer(transcriber.speech_windows, audio)
-        return await self._batched(transcriber, audio, windows, options)
+        with self.meter.measure(self._seconds(audio)):
+            if not self._settings.whisper_cross_batch:
+                result: Transcript = await self._infer(transcriber.transcribe, audio, options)
+                return result
+            windows = await self._infer(transcriber.speech_windows, audio)
+            return await self._batched(transcriber, audio, windows, options)
 
     async def transcribe_stream(
         self, audio: AudioArray, options: TranscribeOptions
@@ -67,8 +97,9 @@ class TranscriberDeployment:
         """Like transcribe, yielding each segment as it is decoded and the transcript last."""
         transcriber = await self._for(options)
         items = transcriber.stream(audio, options)
-        while (item := await self._infer(next, items, None)) is not None:
-            yield item
+        with self.meter.measure(self._seconds(audio)):
+            while (item := await self._infer(next, items, None)) is not None:
+                yield item
 
     async def transcribe_unit(
         self,
@@ -81,13 +112,17 @@ class TranscriberDeployment:
         names the part in the log line, which says what this replica decoded and how fast."""
         transcriber = await self._for(options)
         started = time.monotonic()
+        seconds = self._seconds(audio)
         if self._settings.whisper_cross_batch:
-            result = await self._batched(transcriber, audio, windows, options)
+            with self.meter.measure(seconds):
+                result = await self._batched(transcriber, audio, windows, options)
         else:
             async with self._unit_slots:
                 started = time.monotonic()
-                result = await self._infer(transcriber.transcribe_windows, audio, windows, options)
-        seconds = len(audio) / self._settings.audio_sample_rate
+                with self.meter.measure(seconds):
+                    result = await self._infer(
+                        transcriber.transcribe_windows, audio, windows, options
+                    )
         took = time.monotonic() - started
         logger.info(
             "Decoded %s: %.1f s of audio in %d windows, %.1f s", label, seconds, len(windows), took
@@ -110,6 +145,9 @@ class TranscriberDeployment:
             transcriber.assemble, audio, windows, decoded, options, language, probability
         )
         return result
+
+    def _seconds(self, audio: AudioArray) -> float:
+        return len(audio) / self._settings.audio_sample_rate
 
     async def detect_language(self, audio: AudioArray) -> tuple[str, float]:
         transcriber = await self._for(TranscribeOptions())

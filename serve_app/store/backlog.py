@@ -17,7 +17,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.eta import Pending
-from serve_app.store.jobs import _aware, now
+from serve_app.store.rows import aware, now
 from serve_app.store.tables import jobs, replica_speeds
 
 # Until a job has finished here, an undecoded one counts as a minute of audio.
@@ -114,7 +114,7 @@ class BacklogStore:
             rows,
             key=lambda r: (
                 r["status"] != "running",
-                _aware((r["status"] == "running" and r["started_at"]) or r["created_at"]),
+                aware((r["status"] == "running" and r["started_at"]) or r["created_at"]),
                 r["id"],
             ),
         )

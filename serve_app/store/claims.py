@@ -15,7 +15,7 @@ from typing import cast
 from sqlalchemy import Engine, or_, select, update
 
 from serve_app.schemas import JobStatus
-from serve_app.store.jobs import _aware, now
+from serve_app.store.rows import aware, now
 from serve_app.store.tables import jobs
 
 
@@ -63,7 +63,7 @@ class ClaimStore:
         if row is None:
             return None
         if not taken:
-            until = _aware(row.lease_until)
+            until = aware(row.lease_until)
             return Busy(max((until - stamp).total_seconds(), 0.0) if until else 0.0)
         return Claim(job_id, holder, cast(JobStatus, row.status), int(row.unfinished or 0))
 

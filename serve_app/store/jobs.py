@@ -7,17 +7,15 @@ Calls are blocking: run them in a thread from async code.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
+from serve_app.errors import JobNotFoundError, JobStateError
 from serve_app.schemas import (
     FINISHED,
     Job,
@@ -26,21 +24,9 @@ from serve_app.schemas import (
     JobStatus,
     TranscribeOptions,
     Transcript,
-    WebhookAttempt,
-    WebhookState,
 )
+from serve_app.store.rows import decode_cursor, encode_cursor, now, to_job
 from serve_app.store.tables import job_events, jobs
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -141,7 +127,7 @@ class JobStore:
             if row is None:
                 raise JobNotFoundError(f"No job with id '{job_id}'")
             position = self._queue_position(conn, row)
-        return _to_job(row, with_result, position)
+        return to_job(row, with_result, position)
 
     def find(self, job_id: str) -> Job | None:
         try:
@@ -165,7 +151,7 @@ class JobStore:
         if status is not None:
             query = query.where(jobs.c.status == status)
         if cursor is not None:
-            created, last_id = _decode_cursor(cursor)
+            created, last_id = decode_cursor(cursor)
             query = query.where(
                 or_(
                     jobs.c.created_at < created,
@@ -174,9 +160,9 @@ class JobStore:
             )
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(limit + 1)).mappings().all()
-            page = [_to_job(r, False, self._queue_position(conn, r)) for r in rows[:limit]]
+            page = [to_job(r, False, self._queue_position(conn, r)) for r in rows[:limit]]
         more = len(rows) > limit
-        return page, _encode_cursor(page[-1]) if more and page else None
+        return page, encode_cursor(page[-1]) if more and page else None
 
     def events_after(self, job_id: str, after: int = 0) -> list[JobEvent]:
         query = (
@@ -213,13 +199,14 @@ class JobStore:
         return self.find(job_id) if changed else None
 
     def record_progress(self, job_id: str, done_s: float, total_s: float) -> None:
+        """With nothing done yet, only the duration is recorded (for the backlog): no event."""
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status == "running")
                 .values(processed_s=done_s, duration=total_s, updated_at=now())
             ).rowcount
-            if changed:
+            if changed and done_s > 0:
                 progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
                 self._event(
                     conn,
@@ -363,58 +350,3 @@ class JobStore:
 
 def _visible(viewer: Viewer) -> list[Any]:
     return [] if viewer.everyone else [jobs.c.owner == viewer.owner]
-
-
-def _to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:
-    duration = row["duration"]
-    processed = float(row["processed_s"] or 0.0)
-    if row["status"] == "completed":
-        progress = 1.0
-    elif duration:
-        progress = round(min(processed / duration, 1.0), 4)
-    else:
-        progress = 0.0
-    webhook = None
-    if row["callback_url"]:
-        webhook = WebhookState(
-            url=row["callback_url"],
-            status=row["webhook_status"] or "pending",
-            attempts=[WebhookAttempt.model_validate(a) for a in row["webhook_attempts"] or []],
-        )
-    return Job(
-        id=row["id"],
-        source=row["source"],
-        external_id=row["external_id"],
-        status=row["status"],
-        model=row["model"],
-        language=row["language"],
-        options=TranscribeOptions.model_validate(row["options"]),
-        filename=row["filename"],
-        audio_path=row["audio_path"],
-        spooled=bool(row["spooled"]),
-        attempts=row["attempts"],
-        progress=progress,
-        duration=duration,
-        processed_seconds=processed,
-        queue_position=position,
-        error=row["error"],
-        created_at=_aware(row["created_at"]),
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
-        webhook=webhook,
-        result=Transcript.model_validate(row["result"]) if with_result and row["result"] else None,
-    )
-
-
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except ValueError:
-        raise InvalidOptionError("Invalid cursor", param="cursor") from None

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, select, update
 
-from serve_app.store.jobs import now
+from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, and_, delete, or_, select
 
 from serve_app.schemas import FINISHED
-from serve_app.store.jobs import now
+from serve_app.store.rows import now
 from serve_app.store.tables import job_events, job_units, jobs
 
 

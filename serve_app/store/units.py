@@ -7,7 +7,7 @@ from sqlalchemy import Engine, null, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.schemas import Transcript
-from serve_app.store.jobs import now
+from serve_app.store.rows import now
 from serve_app.store.tables import job_units
 
 Span = tuple[int, int]  # (start, end) in samples of the decoded file

@@ -17,7 +17,8 @@ from sqlalchemy import ColumnElement, Engine, select, update
 from sqlalchemy.engine import Connection
 
 from serve_app.schemas import Job, WebhookAttempt
-from serve_app.store.jobs import JobStore, now
+from serve_app.store.jobs import JobStore
+from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 
 

@@ -32,6 +32,8 @@ WORKERS_COUNT = 4
 FANOUT_UNIT_SEC = 30
 AMQP_PUBLISH_TIMEOUT_SEC = 3
 INGEST_REPLICAS = 2
+# Above what any other test keeps waiting (16 clips of 30 s at most), below test_admission's.
+MAX_BACKLOG_AUDIO_SEC = 900
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 API_KEY = "test-key-2"
 API_KEYS = f"test-key-1,{API_KEY}"
@@ -100,6 +102,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "ALLOWED_AUDIO_ROOTS": f"{audio_dir},{speech_dir}",
         "RABBITMQ_URL": RABBITMQ_URL,
         "WORKERS_COUNT": str(WORKERS_COUNT),
+        "MAX_BACKLOG_AUDIO_SEC": str(MAX_BACKLOG_AUDIO_SEC),
         # Units of 30 s: a 4-minute file fans out in about ten, so a kill can land mid-file.
         "FANOUT_UNIT_SEC": str(FANOUT_UNIT_SEC),
         # A dead Ingest replica's claims run out in this long (60 s by default).
@@ -173,9 +176,11 @@ def _wait_for_consumers() -> None:
 
 def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
     """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
-    # Four minutes each: long enough that none can finish within the 1 s shutdown grace.
+    # Four minutes each, six of them (24 minutes of audio on two model replicas): more than
+    # the time Serve takes to reach the ingest replicas' shutdown. With three, a fast machine
+    # answered them all before it did, and none was handed back.
     clip, _ = speech.four_minutes(speech_dir)
-    ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(3)]
+    ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(6)]
     amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
     speech.wait_until(
         lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] == 0, 30, "jobs taken"

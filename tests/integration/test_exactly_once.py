@@ -27,7 +27,8 @@ from serve_app.housekeeping import Housekeeper
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ResultLedger, UnitStore, open_engine
-from serve_app.store.jobs import NewJob, now
+from serve_app.store.jobs import NewJob
+from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 from tests.support import amqp, speech
 from tests.support.consumers import make_consumer

@@ -13,7 +13,8 @@ from sqlalchemy import Engine, update
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.store import BacklogStore, JobStore, open_engine
 from serve_app.store.backlog import UNKNOWN_DURATION_S
-from serve_app.store.jobs import NewJob, now
+from serve_app.store.jobs import NewJob
+from serve_app.store.rows import now
 from serve_app.store.tables import replica_speeds
 
 

@@ -13,7 +13,8 @@ from sqlalchemy import update
 
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.store import Busy, Claim, ClaimStore, JobStore, Outbox, UnitStore, open_engine
-from serve_app.store.jobs import NewJob, now
+from serve_app.store.jobs import NewJob
+from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 
 

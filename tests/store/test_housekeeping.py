@@ -18,7 +18,8 @@ from serve_app.housekeeping import Housekeeper
 from serve_app.schemas import TranscribeOptions, Transcript, WebhookAttempt
 from serve_app.settings import Settings
 from serve_app.store import JobStore, WebhookStore, open_engine
-from serve_app.store.jobs import NewJob, now
+from serve_app.store.jobs import NewJob
+from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 from tests.support.webhook_server import HUGE_BODY, self_signed, webhook_server
 

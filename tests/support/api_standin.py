@@ -12,11 +12,12 @@ import httpx
 
 from serve_app.admission import AudioAdmission, StreamLimit
 from serve_app.api.app import create_api
+from serve_app.backlog import Backlog
 from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.store import JobStore, open_engine
+from serve_app.store import BacklogStore, JobStore, open_engine
 
 KEY_A, KEY_B, ADMIN = "key-a", "key-b", "admin-key"
 
@@ -29,6 +30,10 @@ class StandIn:
     store: JobStore
     admission: AudioAdmission
     streams: StreamLimit
+    backlog: Backlog
+    # Audio seconds of the sync requests being transcribed, as the Gateway's model client
+    # counts them.
+    in_flight: list[float] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)
     transcribing: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -39,8 +44,12 @@ class StandIn:
         options: TranscribeOptions,
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
+        self.in_flight.append(len(audio) / self.settings.audio_sample_rate)
         self.transcribing.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight.pop()
         return Transcript(
             text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
         )
@@ -70,9 +79,16 @@ def make_backend(tmp_path: Path, clip: Path) -> StandIn:
         sse_max_lifetime_sec=1,
         max_decoded_audio_mb=1,
     )
-    store = JobStore(open_engine(settings.database))
+    engine = open_engine(settings.database)
+    in_flight: list[float] = []
     return StandIn(
-        settings, store, admission_for(settings, 1), StreamLimit(settings.sse_max_subscribers)
+        settings,
+        JobStore(engine),
+        admission_for(settings, 1),
+        StreamLimit(settings.sse_max_subscribers),
+        # A snapshot per read: tests change the backlog between requests.
+        Backlog(BacklogStore(engine), settings.max_backlog_audio_sec, lambda: in_flight, 0),
+        in_flight,
     )
 
 

@@ -1,0 +1,123 @@
+"""The service's backlog as the Gateway sees it: jobs from the store, its own sync requests in
+flight, and the pools' measured speed; admission of sync requests and the jobs' estimates
+come from one snapshot of them, read at most every ``ttl_s`` (a burst of requests costs the
+database one read). Plain Python over the store: no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from serve_app.errors import BacklogFullError
+from serve_app.eta import Eta, Pending, backlog_s, retry_after_s, schedule
+from serve_app.store.backlog import BacklogStore, PoolSpeed
+from serve_app.store.rows import now
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    at: datetime
+    pending: list[Pending]
+    pools: dict[str, PoolSpeed]
+    taken: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        return sum(p.rate for p in self.pools.values())
+
+    @cached_property
+    def backlog_s(self) -> float:
+        return backlog_s(self.pending)
+
+    @cached_property
+    def etas(self) -> dict[str, Eta]:
+        return schedule(self.pending, self.rate, self.at)
+
+    def summary(self) -> dict[str, Any]:
+        """For /health: what waits, and how fast each pool gets through it."""
+        return {
+            "audio_seconds": round(self.backlog_s, 1),
+            "jobs": sum(p.id is not None for p in self.pending),
+            "speed": {name: round(p.rate, 2) for name, p in self.pools.items()},
+        }
+
+
+class Backlog:
+    def __init__(
+        self,
+        store: BacklogStore,
+        bound_s: float,
+        in_flight: Callable[[], list[float]],
+        ttl_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self.bound_s = bound_s
+        self._in_flight = in_flight
+        self._ttl_s = ttl_s
+        self._last: Snapshot | None = None
+        self._reading: asyncio.Lock | None = None
+
+    async def snapshot(self, newer_than: float = 0.0) -> Snapshot:
+        """The last snapshot, or a new one if it is older than ``ttl_s`` or taken before
+        ``newer_than`` (a ``time.monotonic()``)."""
+        if self._reading is None:  # made here: routes run on the replica's event loop
+            self._reading = asyncio.Lock()
+        async with self._reading:
+            last = self._last
+            if (
+                last is None
+                or time.monotonic() - last.taken > self._ttl_s
+                or last.taken < newer_than
+            ):
+                jobs, pools = await asyncio.to_thread(self._read)
+                requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
+                last = self._last = Snapshot(now(), requests + jobs, pools)
+        return last
+
+    def _read(self) -> tuple[list[Pending], dict[str, PoolSpeed]]:
+        return self._store.pending(), self._store.capacity()
+
+    async def read(self, newer_than: float = 0.0) -> Snapshot | None:
+        """A snapshot, or None (logged) when the store cannot be read: admission lets
+        requests in then, and jobs go without estimates, rather than failing them."""
+        try:
+            return await self.snapshot(newer_than)
+        except Exception as exc:
+            logger.warning("Could not read the backlog: %r", exc)
+            return None
+
+    async def admit(self) -> None:
+        """BacklogFullError (429) when more audio waits than the bound lets in."""
+        if not self.bound_s:
+            return
+        snap = await self.read()
+        if snap is None or snap.backlog_s <= self.bound_s:
+            return
+        wait = retry_after_s(snap.backlog_s, self.bound_s, snap.rate)
+        raise BacklogFullError(
+            f"The service is {snap.backlog_s:.0f} s of audio behind (it takes new requests "
+            f"below {self.bound_s:.0f} s); try again in {wait} s, or submit a job to "
+            "/v1/jobs, which queues whatever the backlog",
+            wait,
+        )
+
+    async def estimates(self, job_ids: list[str]) -> dict[str, Eta]:
+        """Of unfinished jobs; one the snapshot misses (submitted since) gets a new one."""
+        if not job_ids:
+            return {}
+        asked = time.monotonic()
+        snap = await self.read()
+        if snap and snap.rate > 0 and any(job_id not in snap.etas for job_id in job_ids):
+            snap = await self.read(newer_than=asked)
+        if snap is None:
+            return {}
+        return {job_id: snap.etas[job_id] for job_id in job_ids if job_id in snap.etas}

@@ -1,0 +1,119 @@
+"""Admission by backlog and the jobs' estimates, in-process: the real FastAPI app, a real SQLite
+store holding jobs and replica speeds, and a stand-in for the model side."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from serve_app.schemas import Transcript
+from serve_app.store import BacklogStore
+from tests.support.api_standin import ADMIN, StandIn, client
+
+RATE = 10.0  # audio seconds a second, the one replica reported below
+
+
+@pytest.fixture
+def speeds(backend: StandIn) -> BacklogStore:
+    speeds = BacklogStore(backend.store.engine)
+    speeds.report("r1", "TranscriberCPU", "cpu", "tiny.en", RATE, busy=True)
+    return speeds
+
+
+def _path_job(backend: StandIn) -> dict[str, object]:
+    return {"audio_file_path": str(backend.settings.allowed_audio_roots[0] / "a.mp3")}
+
+
+def _seconds_from_now(stamp: str) -> float:
+    return (datetime.fromisoformat(stamp) - datetime.now(UTC)).total_seconds()
+
+
+async def test_sync_routes_answer_429_with_retry_after_past_the_bound(
+    backend: StandIn, speeds: BacklogStore, clip
+) -> None:  # type: ignore[no-untyped-def]
+    backend.backlog.bound_s = 100
+    data = clip("en_office", ".mp3").read_bytes()
+    backend.release.set()
+    async with client(backend, ADMIN) as c:
+        # Two queued jobs, not decoded yet: a minute each until one has finished.
+        jobs = [(await c.post("/v1/jobs", json=_path_job(backend))).json() for _ in range(2)]
+        refused = await c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+        translation = await c.post("/v1/audio/translations", files={"file": ("a.mp3", data)})
+        await c.delete(f"/v1/jobs/{jobs[0]['id']}")
+        taken = await c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+    assert refused.status_code == 429, refused.text
+    # 120 s waiting, 100 let in, 10 a second: back under the bound in 2 s.
+    assert refused.headers["retry-after"] == "2"
+    assert "120 s of audio behind" in refused.json()["error"]["message"]
+    assert translation.status_code == 429
+    assert taken.status_code == 200, taken.text
+
+
+async def test_sync_requests_in_flight_count_toward_the_backlog(
+    backend: StandIn, speeds: BacklogStore, clip
+) -> None:  # type: ignore[no-untyped-def]
+    backend.backlog.bound_s = 10  # less than one en_office
+    data = clip("en_office", ".mp3").read_bytes()
+    async with client(backend) as c:
+        first = asyncio.create_task(
+            c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+        )
+        await asyncio.wait_for(backend.transcribing.wait(), 30)
+        second = await c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+        backend.release.set()
+        assert (await first).status_code == 200
+        third = await c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+    assert second.status_code == 429 and second.headers["retry-after"] == "1"
+    assert third.status_code == 200  # the first one is done: nothing waits
+
+
+async def test_a_bound_of_zero_lets_everything_in(
+    backend: StandIn, speeds: BacklogStore, clip
+) -> None:  # type: ignore[no-untyped-def]
+    backend.backlog.bound_s = 0
+    backend.release.set()
+    data = clip("en_office", ".mp3").read_bytes()
+    async with client(backend, ADMIN) as c:
+        for _ in range(3):
+            await c.post("/v1/jobs", json=_path_job(backend))
+        answer = await c.post("/v1/audio/transcriptions", files={"file": ("a.mp3", data)})
+    assert answer.status_code == 200
+
+
+async def test_queued_jobs_show_estimates_that_follow_the_work_ahead(
+    backend: StandIn, speeds: BacklogStore
+) -> None:
+    store = backend.store
+    async with client(backend, ADMIN) as c:
+        running = (await c.post("/v1/jobs", json=_path_job(backend))).json()
+        store.start(running["id"])
+        store.record_progress(running["id"], 40.0, 100.0)  # 60 s left: 6 s at 10 a second
+        submitted = await c.post("/v1/jobs", json=_path_job(backend))
+        queued = submitted.json()
+        # Not decoded yet: a minute of audio, 6 s more, once the running one is done.
+        assert queued["estimated_start"] is not None, queued
+        assert _seconds_from_now(queued["estimated_start"]) == pytest.approx(6, abs=1.5)
+        assert _seconds_from_now(queued["estimated_completion"]) == pytest.approx(12, abs=1.5)
+        listed = {j["id"]: j for j in (await c.get("/v1/jobs")).json()["data"]}
+        ahead = listed[running["id"]]
+        assert ahead["estimated_start"] is None  # running: started_at says when
+        assert _seconds_from_now(ahead["estimated_completion"]) == pytest.approx(6, abs=1.5)
+
+        store.record_progress(running["id"], 90.0, 100.0)  # work done: the queue moves up
+        moved = (await c.get(f"/v1/jobs/{queued['id']}")).json()
+        assert _seconds_from_now(moved["estimated_start"]) == pytest.approx(1, abs=1.5)
+
+        transcript = Transcript(
+            text="x", language="en", language_probability=1, duration=100, segments=[], model="m"
+        )
+        store.complete(running["id"], transcript)
+        done = (await c.get(f"/v1/jobs/{running['id']}")).json()
+    assert done["estimated_start"] is None and done["estimated_completion"] is None
+
+
+async def test_without_a_measured_speed_jobs_carry_no_estimates(backend: StandIn) -> None:
+    async with client(backend, ADMIN) as c:
+        job = (await c.post("/v1/jobs", json=_path_job(backend))).json()
+    assert job["status"] == "queued" and job["estimated_start"] is None
