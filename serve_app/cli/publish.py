@@ -1,0 +1,137 @@
+"""`whisper-serve publish FILE...`: Whisper-Local requests on RabbitMQ, exactly as the seed's
+producers publish them (persistent, on whisper_exchange, confirmed by the broker). With
+--wait, each job's progress is read from the service's HTTP API (the job store knows AMQP
+jobs by their key); results are never taken off whisper_results, which belongs to the
+consumers that wait for them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aio_pika.exceptions import AMQPError
+from rich.console import Console
+
+from ingest import contract as c
+from ingest.topology import declare
+from serve_app.cli.http import FAILED, CliError, Service
+from serve_app.cli.transcribe import progress_bars
+from serve_app.schemas import QueuedTranscriptionRequest
+
+
+@dataclass(frozen=True)
+class Published:
+    audio: Path
+    request: QueuedTranscriptionRequest
+
+    @property
+    def job_id(self) -> str:
+        return c.job_key(self.request)
+
+
+def requests_for(
+    files: list[Path], language: str | None, batch: int | None
+) -> list[QueuedTranscriptionRequest]:
+    """Absolute paths (the service reads them under its ALLOWED_AUDIO_ROOTS); attachment ids
+    from the clock, in microseconds, one apart."""
+    first = time.time_ns() // 1000
+    requests = []
+    for i, audio in enumerate(files):
+        if not audio.is_file():
+            raise CliError(f"{audio}: no such file")
+        body: dict[str, Any] = {"attachment_id": first + i, "audio_file_path": str(audio.resolve())}
+        if language:
+            body["language"] = language
+        if batch is not None:
+            body["import_batch_id"] = batch
+        requests.append(QueuedTranscriptionRequest.model_validate(body))
+    return requests
+
+
+async def publish(amqp_url: str, requests: list[QueuedTranscriptionRequest]) -> None:
+    try:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+    except (AMQPError, OSError, TimeoutError) as exc:
+        raise CliError(
+            f"Cannot reach RabbitMQ at {_safe(amqp_url)} ({exc}); "
+            "point --amqp-url or RABBITMQ_URL at it"
+        ) from None
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await declare(channel)  # as the service declares it: a first publish is not lost
+        exchange = await channel.get_exchange(c.REQUEST_EXCHANGE)
+        for request in requests:
+            body = json.dumps(request.model_dump(exclude_defaults=True)).encode()
+            message = aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+            )
+            # Confirmed and routed (mandatory): a message the broker could not queue raises.
+            await exchange.publish(message, c.REQUEST_ROUTING_KEY, mandatory=True)
+
+
+async def wait_for(
+    service: Service, published: list[Published], console: Console, timeout_s: float
+) -> int:
+    """Follow each job to its end and print its text; the exit code."""
+    failures = 0
+    with progress_bars(console) as bars:
+
+        async def one(item: Published) -> dict[str, Any]:
+            task = bars.add_task(item.audio.name, total=None, status="published")
+            await _taken(service, item.job_id, timeout_s)
+
+            def on_event(kind: str, data: dict[str, Any]) -> None:
+                if kind == "running":
+                    bars.update(task, status="running")
+                elif kind == "progress" and data.get("duration"):
+                    bars.update(task, total=data["duration"], completed=data["processed_seconds"])
+
+            final = await asyncio.wait_for(service.follow(item.job_id, on_event), timeout_s)
+            done = final.get("status") == "completed"
+            bars.update(task, total=1, completed=1, status="[green]done" if done else "[red]failed")
+            return final
+
+        results = await asyncio.gather(*(one(item) for item in published), return_exceptions=True)
+    for item, final in zip(published, results, strict=True):
+        console.print(f"[bold]{item.audio}[/bold] (attachment_id {item.request.attachment_id})")
+        if isinstance(final, CliError) and final.exit_code != FAILED:
+            raise final
+        if isinstance(final, BaseException):
+            failures += 1
+            console.print(f"  [red]failed[/red]: {final}", highlight=False)
+        elif final.get("status") != "completed":
+            failures += 1
+            console.print(
+                f"  [red]{final.get('status')}[/red]: {final.get('error')}", highlight=False
+            )
+        else:
+            print(final["result"]["text"])
+    return FAILED if failures else 0
+
+
+async def _taken(service: Service, job_id: str, timeout_s: float) -> None:
+    """The job exists once an ingest replica has taken its message."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await service.request("GET", f"/v1/jobs/{job_id}")
+            return
+        except CliError as exc:
+            if not exc.message.startswith("404") or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+def _safe(url: str) -> str:
+    """An AMQP URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("amqp", url)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
