@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from ingest import contract as c
 from ingest import topology
 from ingest.transport import AmqpTransport, Handler, PublishError, TransportConfig
+from serve_app import metrics
 from serve_app.errors import ServiceError
 from serve_app.jobs import Outcome
 from serve_app.runner import Deliver
@@ -149,7 +150,7 @@ class IngestConsumer:
             job_id, attempt, final=attempt >= c.MAX_RETRIES, deliver=deliver
         )
         if outcome is Outcome.RETRY:
-            self._log_retry(request.attachment_id, reason, attempt)
+            self._log_retry(request.attachment_id, reason, attempt, "amqp")
             retry = aio_pika.Message(
                 body=c.retry_body(parsed.body, attempt + 1),
                 headers=c.retry_headers(dict(message.headers or {}), attempt + 1),
@@ -189,15 +190,16 @@ class IngestConsumer:
         if outcome is not Outcome.RETRY:
             self.status.results += outcome is not Outcome.SKIPPED
             return
-        self._log_retry(job_id, reason, attempt)
+        self._log_retry(job_id, reason, attempt, "http")
         retry = _job_message(job_id, attempt + 1)
         await self.transport.publish(self.transport.out.job_retries, retry, c.JOB_RETRY_ROUTING_KEY)
 
-    def _log_retry(self, job: object, reason: str | None, attempt: int) -> None:
+    def _log_retry(self, job: object, reason: str | None, attempt: int, source: str) -> None:
         logger.warning(
             "Job %s failed (%s); retry %d of %d", job, reason, attempt + 1, c.MAX_RETRIES
         )
         self.status.retries += 1
+        metrics.inc("whisper_job_retries_total", source=source)
 
 
 def _job_message(job_id: str, retry_count: int = 0) -> aio_pika.Message:

@@ -25,6 +25,7 @@ from aio_pika.abc import (
 
 from ingest import contract as c
 from ingest import topology
+from serve_app import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class ConsumerStatus:
     retries: int = 0
     parked: int = 0
     since: float = field(default_factory=time.time)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in ("connected", "consuming"):
+            up = self.connected and getattr(self, "consuming", False)
+            metrics.set_gauge("whisper_broker_connected", float(up))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -253,6 +260,7 @@ class AmqpTransport:
             raise PublishError("not connected to RabbitMQ")
         await self.publish(self._publisher.default_exchange, parked, c.REJECTED_QUEUE)
         self.status.parked += 1
+        metrics.inc("whisper_parked_messages_total")
 
 
 async def _hand_back(message: AbstractIncomingMessage) -> None:

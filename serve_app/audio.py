@@ -18,8 +18,13 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from serve_app import decoder
-from serve_app.errors import AudioTooLargeError, EmptyAudioError, UnsupportedFormatError
+from serve_app import decoder, metrics
+from serve_app.errors import (
+    AudioTooLargeError,
+    EmptyAudioError,
+    UndecodableAudioError,
+    UnsupportedFormatError,
+)
 
 SAMPLE_RATE = 16000
 SUPPORTED_EXTENSIONS = frozenset(
@@ -83,8 +88,12 @@ def check_size(size: int, limits: AudioLimits) -> None:
 
 def decode(source: BinaryIO, limits: AudioLimits) -> DecodedAudio:
     """Decode the first audio stream, stopping as soon as it runs past the duration limit."""
-    with _open_file(source) as fd:
-        pcm = decoder.decode_pcm(fd, limits.sample_rate, limits.max_duration_s, limits.sandbox)
+    try:
+        with _open_file(source) as fd:
+            pcm = decoder.decode_pcm(fd, limits.sample_rate, limits.max_duration_s, limits.sandbox)
+    except (UndecodableAudioError, UnsupportedFormatError):
+        metrics.inc("whisper_decode_failures_total", stage="audio")
+        raise
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     return DecodedAudio(samples=samples, sample_rate=limits.sample_rate)
 

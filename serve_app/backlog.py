@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from serve_app import metrics
 from serve_app.errors import BacklogFullError
 from serve_app.eta import Eta, Pending, backlog_s, retry_after_s, schedule
 from serve_app.store.backlog import BacklogStore, PoolSpeed
@@ -41,6 +42,12 @@ class Snapshot:
     @cached_property
     def etas(self) -> dict[str, Eta]:
         return schedule(self.pending, self.rate, self.at)
+
+    def export(self) -> None:
+        """As metrics (every Gateway replica sees the same jobs: take the max, not the sum)."""
+        metrics.set_gauge("whisper_backlog_audio_seconds", self.backlog_s)
+        for name, pool in self.pools.items():
+            metrics.set_gauge("whisper_pool_speed", pool.rate, pool=name)
 
     def summary(self) -> dict[str, Any]:
         """For /health: what waits, and how fast each pool gets through it."""
@@ -81,6 +88,7 @@ class Backlog:
                 jobs, pools = await asyncio.to_thread(self._read)
                 requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
                 last = self._last = Snapshot(now(), requests + jobs, pools)
+                last.export()
         return last
 
     def _read(self) -> tuple[list[Pending], dict[str, PoolSpeed]]:
@@ -94,6 +102,12 @@ class Backlog:
         except Exception as exc:
             logger.warning("Could not read the backlog: %r", exc)
             return None
+
+    async def watch(self, every_s: float = 5.0) -> None:
+        """Keep the metrics fresh between requests; runs until cancelled."""
+        while True:
+            await self.read()
+            await asyncio.sleep(every_s)
 
     async def admit(self) -> None:
         """BacklogFullError (429) when more audio waits than the bound lets in."""

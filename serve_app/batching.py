@@ -26,6 +26,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from serve_app import metrics
+
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
@@ -170,6 +172,8 @@ class Batcher(Generic[K, S, R]):
             return
         for (request, index), result in zip(batch, results, strict=True):
             request.settle(index, result)
+        metrics.observe("whisper_batch_windows", len(batch))
+        metrics.observe("whisper_batch_requests", len(requests))
         self.stats = BatchStats(
             self.stats.batches + 1,
             self.stats.items + len(batch),

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from serve_app import spool, webhooks
+from serve_app import metrics, spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore
@@ -133,6 +133,8 @@ class Housekeeper:
         retry_at = None
         if not delivered and count < self._settings.webhook_max_attempts:
             retry_at = now() + webhooks.retry_delay(count, self._settings.webhook_backoff_sec)
+        outcome = "delivered" if delivered else "retry" if retry_at else "failed"
+        metrics.inc("whisper_webhook_deliveries_total", outcome=outcome)
         if not delivered:
             logger.warning(
                 "Webhook for job %s failed (attempt %d): %s",

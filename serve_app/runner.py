@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app import spool
+from serve_app import metrics, spool
 from serve_app.errors import JobCancelledError, ServiceError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
 from serve_app.jobs import EventWriter, Outcome, run_cancellable
@@ -68,6 +68,7 @@ class JobRunner:
     # Jobs whose earlier delivery died run one at a time here: if one of them kills the
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _in_flight: dict[str, int] = field(default_factory=dict)  # by source, for the gauge
 
     async def run(
         self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
@@ -78,8 +79,21 @@ class JobRunner:
         claim = await self._claim(job_id, holder)
         if claim is None:
             return Outcome.SKIPPED, None  # deleted: refused at submit, or past retention
-        async with self._held(claim):
-            return await self._run_claimed(claim, attempt, final, deliver)
+        metrics.set_gauge(
+            "whisper_jobs_in_flight", self._count(claim.source, +1), source=claim.source
+        )
+        try:
+            async with self._held(claim):
+                outcome, reason = await self._run_claimed(claim, attempt, final, deliver)
+        finally:
+            count = self._count(claim.source, -1)
+            metrics.set_gauge("whisper_jobs_in_flight", count, source=claim.source)
+        metrics.inc("whisper_jobs_total", source=claim.source, outcome=outcome.value)
+        return outcome, reason
+
+    def _count(self, source: str, change: int) -> float:
+        self._in_flight[source] = self._in_flight.get(source, 0) + change
+        return float(self._in_flight[source])
 
     async def _run_claimed(
         self, claim: Claim, attempt: int, final: bool, deliver: Deliver | None
@@ -118,6 +132,9 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.start, job_id)
         if job is None:
             return Outcome.SKIPPED, None
+        if job.attempts == 1 and job.started_at is not None:
+            waited = (job.started_at - job.created_at).total_seconds()
+            metrics.observe("whisper_queue_wait_seconds", max(waited, 0.0), source=job.source)
         events = EventWriter(self.store, job_id).start()
         checkpoint = UnitCheckpoint(self.units, job_id, job.attempts)
         work = asyncio.wait_for(

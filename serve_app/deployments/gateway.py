@@ -15,6 +15,7 @@ from serve_app.admission import StreamLimit
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
 from serve_app.backlog import Backlog
+from serve_app.deployments import telemetry
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
@@ -35,13 +36,15 @@ logger = logging.getLogger("ray.serve")
 )
 @serve.ingress()
 class Gateway:
-    def __init__(
+    # Serve awaits async constructors; the backlog's metrics task needs the replica's loop.
+    async def __init__(  # type: ignore[misc]
         self,
         pools: list[DeploymentHandle[Any]],
         weights: list[float],
         ingest: DeploymentHandle[Any] | None = None,
     ) -> None:
         share_serve_handlers()  # the model client's lines: pools woken, replicas failed
+        telemetry.install()
         self.settings = load_settings()
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
@@ -51,11 +54,12 @@ class Gateway:
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
-        engine = open_engine(self.settings.database)
+        engine = await asyncio.to_thread(open_engine, self.settings.database)
         self.store = JobStore(engine)
         self.backlog = Backlog(
             BacklogStore(engine), self.settings.max_backlog_audio_sec, self._models.in_flight_s
         )
+        self._watching = asyncio.create_task(self.backlog.watch())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
+from serve_app.deployments import telemetry
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
@@ -54,6 +55,7 @@ class Ingest:
         self, pools: list[DeploymentHandle[Any]], weights: list[float]
     ) -> None:
         share_serve_handlers()
+        telemetry.install()
         self._settings = settings = load_settings()
         self._client = ModelClient(pools, weights, settings)
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ray import serve
 
+from serve_app import metrics
 from serve_app.audio import AudioArray
+from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
 from serve_app.model_options import served_model
@@ -35,13 +38,16 @@ _UNHEALTHY_AFTER_FAILURES = 3
 class TranscriberDeployment:
     def __init__(self, device: str | None = None) -> None:
         share_serve_handlers()  # the batcher's and the quality guard's lines
+        telemetry.install()
         self._settings = load_settings()
-        self._device = device
-        self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)
+        self._device = device or self._settings.whisper_device
         started = time.monotonic()
+        self._default = Transcriber.load(self._settings.whisper_model, self._settings, device)
+        loaded = time.monotonic()
         self.meter = SpeedMeter()
         self.meter.seed(*self._default.warm_up())
-        logger.info("Warmed up %s in %.1f s", self._default.name, time.monotonic() - started)
+        logger.info("Warmed up %s in %.1f s", self._default.name, time.monotonic() - loaded)
+        self._loaded(self._default.name, time.monotonic() - started)
         self._failures = 0
         self._reporter = self._start_reporting()
         # Batched units of long files already fill the cores: running several at once only made
@@ -56,7 +62,7 @@ class TranscriberDeployment:
         who = ReplicaId(
             replica=context.replica_id.unique_id,
             pool=context.deployment,
-            device=self._device or self._settings.whisper_device,
+            device=self._device,
             model=self._default.name,
         )
         try:
@@ -78,13 +84,35 @@ class TranscriberDeployment:
     async def _model(self, model_id: str) -> Transcriber:
         if model_id == self._default.name:
             return self._default
-        return await asyncio.to_thread(Transcriber.load, model_id, self._settings, self._device)
+        started = time.monotonic()
+        loaded: Transcriber = await asyncio.to_thread(
+            Transcriber.load, model_id, self._settings, self._device
+        )
+        self._loaded(model_id, time.monotonic() - started)
+        return loaded
+
+    def _loaded(self, model: str, seconds: float) -> None:
+        metrics.observe("whisper_model_load_seconds", seconds, model=model, device=self._device)
+
+    @contextlib.contextmanager
+    def _measured(self, model: str, audio: AudioArray) -> Iterator[None]:
+        """One model call: the replica's speed, and its metrics once it is done."""
+        seconds = self._seconds(audio)
+        started = time.monotonic()
+        with self.meter.measure(seconds):
+            yield
+        took = time.monotonic() - started
+        labels = {"model": model, "device": self._device}
+        metrics.inc("whisper_audio_seconds_total", seconds, **labels)
+        metrics.observe("whisper_transcription_seconds", took, **labels)
+        if seconds > 0:
+            metrics.observe("whisper_real_time_factor", took / seconds, **labels)
 
     async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
         """A whole (short) file: its speech windows decoded in batches with other requests'
         (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context)."""
         transcriber = await self._for(options)
-        with self.meter.measure(self._seconds(audio)):
+        with self._measured(transcriber.name, audio):
             if not self._settings.whisper_cross_batch:
                 result: Transcript = await self._infer(transcriber.transcribe, audio, options)
                 return result
@@ -97,7 +125,7 @@ class TranscriberDeployment:
         """Like transcribe, yielding each segment as it is decoded and the transcript last."""
         transcriber = await self._for(options)
         items = transcriber.stream(audio, options)
-        with self.meter.measure(self._seconds(audio)):
+        with self._measured(transcriber.name, audio):
             while (item := await self._infer(next, items, None)) is not None:
                 yield item
 
@@ -114,12 +142,12 @@ class TranscriberDeployment:
         started = time.monotonic()
         seconds = self._seconds(audio)
         if self._settings.whisper_cross_batch:
-            with self.meter.measure(seconds):
+            with self._measured(transcriber.name, audio):
                 result = await self._batched(transcriber, audio, windows, options)
         else:
             async with self._unit_slots:
                 started = time.monotonic()
-                with self.meter.measure(seconds):
+                with self._measured(transcriber.name, audio):
                     result = await self._infer(
                         transcriber.transcribe_windows, audio, windows, options
                     )
@@ -169,6 +197,7 @@ class TranscriberDeployment:
             raise
         except Exception as exc:
             self._failures += 1
+            metrics.inc("whisper_decode_failures_total", stage="model")
             logger.exception("Inference failed (%d in a row)", self._failures)
             raise InferenceError("Inference failed on this audio") from exc
         self._failures = 0

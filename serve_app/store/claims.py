@@ -26,6 +26,7 @@ class Claim:
     status: JobStatus
     # Deliveries that started this job and never recorded how it ended: each one's worker died.
     unfinished: int
+    source: str = "amqp"  # http | amqp, for the metrics of its run
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class ClaimStore:
                 .values(lease_owner=holder, lease_until=stamp + timedelta(seconds=lease_s))
             ).rowcount
             row = conn.execute(
-                select(jobs.c.status, jobs.c.unfinished, jobs.c.lease_until).where(
+                select(jobs.c.status, jobs.c.unfinished, jobs.c.lease_until, jobs.c.source).where(
                     jobs.c.id == job_id
                 )
             ).first()
@@ -65,7 +66,9 @@ class ClaimStore:
         if not taken:
             until = aware(row.lease_until)
             return Busy(max((until - stamp).total_seconds(), 0.0) if until else 0.0)
-        return Claim(job_id, holder, cast(JobStatus, row.status), int(row.unfinished or 0))
+        return Claim(
+            job_id, holder, cast(JobStatus, row.status), int(row.unfinished or 0), row.source
+        )
 
     def renew(self, job_id: str, holder: str, lease_s: float) -> bool:
         """Extend our lease; False when it is no longer ours (it ran out and was taken)."""

@@ -17,6 +17,7 @@ from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.store.tables import jobs
+from tests.support.recorded_metrics import recording
 
 
 def _segment(i: int) -> Segment:
@@ -112,7 +113,13 @@ async def test_success_records_events_in_order_and_frees_the_audio(
     store: JobStore, tmp_path: Path
 ) -> None:
     job_id, audio = _job(store, tmp_path)
-    outcome, _ = await _runner(store, tmp_path, StandIn()).run(job_id, 0, final=False)
+    with recording() as recorded:
+        outcome, _ = await _runner(store, tmp_path, StandIn()).run(job_id, 0, final=False)
+    source = store.get(job_id).source
+    assert recorded.of("whisper_jobs_total") == [(1.0, {"source": source, "outcome": "completed"})]
+    assert [v for v, _ in recorded.of("whisper_jobs_in_flight")] == [1.0, 0.0]
+    [(waited, _)] = recorded.of("whisper_queue_wait_seconds")
+    assert 0 <= waited < 30
     assert outcome is Outcome.COMPLETED
     types = [e.type for e in store.events_after(job_id)]
     assert types == ["queued", "running"] + ["segment", "progress"] * 3 + ["completed"]
