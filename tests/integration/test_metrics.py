@@ -9,8 +9,9 @@ from pathlib import Path
 
 from serve_app.metrics import CATALOG
 from tests.integration.conftest import ADMIN_KEY, INGEST_REPLICAS, RABBITMQ_URL, Service
-from tests.support import amqp, ray_metrics, speech
+from tests.support import amqp, dashboard, ray_metrics, speech
 from tests.support.ray_metrics import Sample, total
+from tests.support.webhook_server import webhook_server
 
 OFFICE_S = 12.7  # en_office's length, about
 
@@ -22,6 +23,9 @@ RTF_COUNT = "ray_whisper_real_time_factor_count"
 WAIT_COUNT = "ray_whisper_queue_wait_seconds_count"
 PARKED = "ray_whisper_parked_messages_total"
 DECODE_FAILURES = "ray_whisper_decode_failures_total"
+WEBHOOKS = "ray_whisper_webhook_deliveries_total"
+# Counted only when it happens; retries are made in the fault tests, not here.
+NOT_MADE_HERE = {"whisper_job_retries_total"}
 
 
 def _wait_for(
@@ -53,7 +57,11 @@ def test_known_work_shows_in_the_metrics(service: Service, clip, results, tmp_pa
         with open(bad, "rb") as f:
             refused = client.post("/v1/audio/transcriptions", files={"file": ("b.mp3", f)})
         assert refused.status_code == 415
-        job = client.post("/v1/jobs", json={"audio_file_path": str(office)}).json()
+        with webhook_server([500, 200]) as receiver:  # one retry, then delivered
+            job = client.post(
+                "/v1/jobs", json={"audio_file_path": str(office), "callback_url": receiver.url}
+            ).json()
+            speech.wait_until(lambda: len(receiver.received) >= 2, 120, "the webhook")
         attachment = 7 * 10**8 + time.time_ns() % 10**8
         request = {"attachment_id": attachment, "audio_file_path": str(office)}
         amqp.publish(RABBITMQ_URL, request)
@@ -81,6 +89,9 @@ def test_known_work_shows_in_the_metrics(service: Service, clip, results, tmp_pa
         "queue wait": grew(WAIT_COUNT, 2),
         "parked message": grew(PARKED, 1),
         "decode failure": grew(DECODE_FAILURES, 1, stage="audio"),
+        "webhook deliveries": lambda s: (
+            grew(WEBHOOKS, 1, outcome="retry")(s) and grew(WEBHOOKS, 1, outcome="delivered")(s)
+        ),
     }
     after: list[Sample] = []
     for what, check in checks.items():
@@ -102,3 +113,7 @@ def test_known_work_shows_in_the_metrics(service: Service, clip, results, tmp_pa
     for s in series:
         ours = {k for k in s.labels if not k.startswith("otel_scope_")} - allowed
         assert ours <= {k for m in CATALOG.values() for k in m.labels}, (s.name, s.labels)
+    # Every series the shipped Grafana dashboard queries is exported (ours under ray_).
+    exported = ray_metrics.names(after)
+    for name in dashboard.metric_names() - NOT_MADE_HERE:
+        assert (name if name.startswith("ray_") else f"ray_{name}") in exported, name

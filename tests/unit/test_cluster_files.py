@@ -6,6 +6,8 @@ with `systemd-analyze verify`, the Dockerfiles with hadolint and the scripts wit
 from __future__ import annotations
 
 import copy
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ from ray.autoscaler._private.util import validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import AppArgs
+from serve_app.metrics import CATALOG
+from tests.support import dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
@@ -180,3 +184,53 @@ def test_scripts_pass_shellcheck() -> None:
         [str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stdout
+
+
+# --- monitoring: the Prometheus config and the Grafana dashboard --------------------------------
+
+
+def test_every_dashboard_panel_queries_a_metric_the_service_or_serve_exports() -> None:
+    panels = dashboard.panels()
+    assert len(panels) >= 12 and all(p["targets"] for p in panels)
+    names = dashboard.metric_names()
+    ours = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names if n.startswith("whisper_")}
+    assert ours and ours <= set(CATALOG), ours - set(CATALOG)
+    # What operators asked for: request rate, latency, replicas per pool, backlog, RTF.
+    for needed in (
+        "ray_serve_num_http_requests_total",
+        "ray_serve_http_request_latency_ms_bucket",
+        "ray_serve_deployment_replica_healthy",
+        "whisper_backlog_audio_seconds",
+        "whisper_real_time_factor_bucket",
+    ):
+        assert needed in names, needed
+    assert names - {n for n in names if n.startswith("whisper_")} == {
+        n for n in names if n.startswith("ray_serve_")
+    }
+    ids = [p["id"] for p in json.loads(dashboard.DASHBOARD.read_text())["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_prometheus_gives_the_services_metrics_back_their_names() -> None:
+    config = yaml.safe_load((CLUSTER / "monitoring" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    [rule] = job["metric_relabel_configs"]
+    # Prometheus anchors the regex and expands $1, as re.fullmatch and \1 do here.
+    pattern, replacement = rule["regex"], rule["replacement"].replace("$1", r"\1")
+
+    def renamed(name: str) -> str:
+        match = re.fullmatch(pattern, name)
+        return match.expand(replacement) if match else name
+
+    assert renamed("ray_whisper_jobs_total") == "whisper_jobs_total"
+    assert renamed("ray_whisper_real_time_factor_bucket") == "whisper_real_time_factor_bucket"
+    assert renamed("ray_serve_num_http_requests_total") == "ray_serve_num_http_requests_total"
+
+
+def test_grafana_provisioning_files_point_at_the_dashboard_and_prometheus() -> None:
+    grafana = CLUSTER / "monitoring" / "grafana"
+    [source] = yaml.safe_load((grafana / "datasource.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"].endswith(":9090")
+    [provider] = yaml.safe_load((grafana / "dashboards.yaml").read_text())["providers"]
+    assert provider["type"] == "file"
