@@ -33,12 +33,18 @@ class AppArgs(BaseModel):
 def build_app(args: dict[str, Any] | None = None) -> Application:
     # Replicas read their own settings; checking them here too makes `serve run` stop at once
     # with the variable's name instead of retrying replicas that cannot start.
-    load_settings()
+    settings = load_settings()
     parsed = AppArgs.model_validate(args or {})
+    logs = {"encoding": settings.log_format.upper()}
     # serve.deployment turns these classes into Deployments; Ray's stubs do not say so.
     transcriber = cast(Deployment, TranscriberDeployment)
-    gateway = cast(Deployment, Gateway)
-    pools = [transcriber.options(name=pool.name).bind(device=pool.device) for pool in parsed.pools]
+    gateway = cast(Deployment, Gateway).options(logging_config=logs)
+    pools = [
+        transcriber.options(name=pool.name, logging_config=logs).bind(device=pool.device)
+        for pool in parsed.pools
+    ]
     weights = [pool.weight for pool in parsed.pools]
-    ingest = cast(Deployment, Ingest).bind(pools, weights) if parsed.ingest else None
+    ingest = None
+    if parsed.ingest:
+        ingest = cast(Deployment, Ingest).options(logging_config=logs).bind(pools, weights)
     return gateway.bind(pools, weights, ingest)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from serve_app import metrics
+from serve_app import logcontext, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class Batcher(Generic[K, S, R]):
         self._pending.append(request)
         self._arrived.set()
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work())
+            # Batches hold many requests' windows: their lines are about no one job.
+            self._worker = asyncio.create_task(self._work(), context=logcontext.detached())
         # A caller that goes away cancels its future; its items not yet decoded are dropped.
         return await request.future
 

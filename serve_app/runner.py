@@ -16,12 +16,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app import metrics, spool
+from serve_app import logcontext, metrics, spool
 from serve_app.errors import JobCancelledError, ServiceError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
 from serve_app.jobs import EventWriter, Outcome, run_cancellable
@@ -79,17 +80,37 @@ class JobRunner:
         claim = await self._claim(job_id, holder)
         if claim is None:
             return Outcome.SKIPPED, None  # deleted: refused at submit, or past retention
-        metrics.set_gauge(
-            "whisper_jobs_in_flight", self._count(claim.source, +1), source=claim.source
-        )
-        try:
-            async with self._held(claim):
-                outcome, reason = await self._run_claimed(claim, attempt, final, deliver)
-        finally:
-            count = self._count(claim.source, -1)
-            metrics.set_gauge("whisper_jobs_in_flight", count, source=claim.source)
-        metrics.inc("whisper_jobs_total", source=claim.source, outcome=outcome.value)
+        about = logcontext.JobLog(job_id, claim.source, attempt, _attachment(claim.external_id))
+        with logcontext.about(about):
+            started = time.monotonic()
+            source = claim.source
+            metrics.set_gauge("whisper_jobs_in_flight", self._count(source, +1), source=source)
+            try:
+                async with self._held(claim):
+                    outcome, reason = await self._run_claimed(claim, attempt, final, deliver)
+            finally:
+                count = self._count(source, -1)
+                metrics.set_gauge("whisper_jobs_in_flight", count, source=source)
+            metrics.inc("whisper_jobs_total", source=source, outcome=outcome.value)
+            await self._log_outcome(job_id, outcome, reason, time.monotonic() - started)
         return outcome, reason
+
+    async def _log_outcome(
+        self, job_id: str, outcome: Outcome, reason: str | None, run_s: float
+    ) -> None:
+        """One line per run with its timings (keys of their own in JSON logs)."""
+        job = await asyncio.to_thread(self.store.find, job_id)
+        timings: dict[str, object] = {"outcome": outcome.value, "run_s": round(run_s, 3)}
+        if job is not None:
+            if job.started_at is not None:
+                waited = (job.started_at - job.created_at).total_seconds()
+                timings["queue_wait_s"] = round(waited, 3)
+            timings.update(audio_s=job.duration, attempts=job.attempts, status=job.status)
+        level = logging.WARNING if outcome in (Outcome.FAILED, Outcome.RETRY) else logging.INFO
+        because = f" ({reason})" if reason else ""
+        logger.log(
+            level, "Job %s %s in %.1f s%s", job_id, outcome.value, run_s, because, extra=timings
+        )
 
     def _count(self, source: str, change: int) -> float:
         self._in_flight[source] = self._in_flight.get(source, 0) + change
@@ -259,3 +280,7 @@ class UnitCheckpoint:
             await asyncio.to_thread(self.units.save, self.job_id, span, self.attempt, transcript)
         except Exception:
             logger.exception("Could not checkpoint a unit of job %s", self.job_id)
+
+
+def _attachment(external_id: str | None) -> int | None:
+    return int(external_id) if external_id and external_id.isdigit() else None

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # An accepted HTTP job not confirmed on the broker after this long is published again.
     outbox_grace_sec: float = Field(30, ge=1)
 
+    # Replica log files (under Ray's session logs/serve/): JSON lines, one object per line with
+    # the job id, attachment id, source, replica and attempt of every line about a job; "text"
+    # for development. What `serve run` prints stays text either way.
+    log_format: Literal["json", "text"] = "json"
+
     # Durable records
     data_dir: Path = Path("./data")
     database_url: str | None = None

@@ -13,6 +13,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from serve_app import logcontext
 from serve_app.audio import AudioArray
 from serve_app.chunking import detect_speech
 from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
@@ -127,7 +128,10 @@ class ModelClient:
         pool = await self._pool()
         with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=model or "")
-            response: Awaitable[Any] = getattr(handle, method).remote(*args)
+            # The model replica's lines about this call name the job (serve_app.logcontext).
+            response: Awaitable[Any] = getattr(handle, method).remote(
+                *args, job=logcontext.current()
+            )
             return await self._unless_pool_lost(pool, response)
 
     async def _unless_pool_lost(self, pool: Pool[DeploymentHandle[Any]], work: Awaitable[T]) -> T:
@@ -153,7 +157,7 @@ class ModelClient:
         serving, sleeping pools are woken, and a caller that can wait polls until one
         serves instead of queueing on a pool that may never start."""
         if self._watching is None:  # started here: the replica's event loop runs by now
-            self._watching = asyncio.create_task(self._watch())
+            self._watching = asyncio.create_task(self._watch(), context=logcontext.detached())
         if not self._looked.is_set():
             try:
                 await asyncio.wait_for(self._looked.wait(), _FIRST_LOOK_S)
@@ -218,7 +222,8 @@ class ModelClient:
         with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=options.model or "", stream=True)
             stream = cast(
-                DeploymentResponseGenerator[Any], handle.transcribe_stream.remote(audio, options)
+                DeploymentResponseGenerator[Any],
+                handle.transcribe_stream.remote(audio, options, job=logcontext.current()),
             )
 
             async def consume() -> Transcript | None:

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import logging
 
+from serve_app.logcontext import JobContextFilter
+
 _OURS = ("serve_app", "ingest")
 
 
 def share_serve_handlers() -> None:
-    """Send our modules' records through Serve's handlers; idempotent."""
+    """Send our modules' records through Serve's handlers, each line about a job carrying its
+    ids (Serve's own lines too: its replica lines inside a job's calls); idempotent."""
     serve_logger = logging.getLogger("ray.serve")
+    for handler in serve_logger.handlers:
+        if not any(isinstance(f, JobContextFilter) for f in handler.filters):
+            handler.addFilter(JobContextFilter())
     for name in _OURS:
         ours = logging.getLogger(name)
         ours.setLevel(logging.INFO)

@@ -11,11 +11,12 @@ from typing import Any
 
 from ray import serve
 
-from serve_app import metrics
+from serve_app import logcontext, metrics
 from serve_app.audio import AudioArray
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
+from serve_app.logcontext import JobLog
 from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
@@ -108,26 +109,31 @@ class TranscriberDeployment:
         if seconds > 0:
             metrics.observe("whisper_real_time_factor", took / seconds, **labels)
 
-    async def transcribe(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
+    async def transcribe(
+        self, audio: AudioArray, options: TranscribeOptions, job: JobLog | None = None
+    ) -> Transcript:
         """A whole (short) file: its speech windows decoded in batches with other requests'
-        (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context)."""
-        transcriber = await self._for(options)
-        with self._measured(transcriber.name, audio):
-            if not self._settings.whisper_cross_batch:
-                result: Transcript = await self._infer(transcriber.transcribe, audio, options)
-                return result
-            windows = await self._infer(transcriber.speech_windows, audio)
-            return await self._batched(transcriber, audio, windows, options)
+        (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context).
+        ``job``: which job the call is for, named in this replica's log lines about it."""
+        with logcontext.about(job):
+            transcriber = await self._for(options)
+            with self._measured(transcriber.name, audio):
+                if not self._settings.whisper_cross_batch:
+                    result: Transcript = await self._infer(transcriber.transcribe, audio, options)
+                    return result
+                windows = await self._infer(transcriber.speech_windows, audio)
+                return await self._batched(transcriber, audio, windows, options)
 
     async def transcribe_stream(
-        self, audio: AudioArray, options: TranscribeOptions
+        self, audio: AudioArray, options: TranscribeOptions, job: JobLog | None = None
     ) -> AsyncIterator[Segment | Transcript]:
         """Like transcribe, yielding each segment as it is decoded and the transcript last."""
-        transcriber = await self._for(options)
-        items = transcriber.stream(audio, options)
-        with self._measured(transcriber.name, audio):
-            while (item := await self._infer(next, items, None)) is not None:
-                yield item
+        with logcontext.about(job):
+            transcriber = await self._for(options)
+            items = transcriber.stream(audio, options)
+            with self._measured(transcriber.name, audio):
+                while (item := await self._infer(next, items, None)) is not None:
+                    yield item
 
     async def transcribe_unit(
         self,
@@ -135,27 +141,31 @@ class TranscriberDeployment:
         windows: list[dict[str, float]],
         options: TranscribeOptions,
         label: str = "a unit",
+        job: JobLog | None = None,
     ) -> Transcript:
         """One work unit of a long file: its speech windows decoded in batches. ``label``
         names the part in the log line, which says what this replica decoded and how fast."""
-        transcriber = await self._for(options)
-        started = time.monotonic()
-        seconds = self._seconds(audio)
-        if self._settings.whisper_cross_batch:
-            with self._measured(transcriber.name, audio):
-                result = await self._batched(transcriber, audio, windows, options)
-        else:
-            async with self._unit_slots:
-                started = time.monotonic()
+        with logcontext.about(job):
+            transcriber = await self._for(options)
+            started = time.monotonic()
+            if self._settings.whisper_cross_batch:
                 with self._measured(transcriber.name, audio):
-                    result = await self._infer(
-                        transcriber.transcribe_windows, audio, windows, options
-                    )
-        took = time.monotonic() - started
-        logger.info(
-            "Decoded %s: %.1f s of audio in %d windows, %.1f s", label, seconds, len(windows), took
-        )
-        return result
+                    result = await self._batched(transcriber, audio, windows, options)
+            else:
+                async with self._unit_slots:
+                    started = time.monotonic()
+                    with self._measured(transcriber.name, audio):
+                        result = await self._infer(
+                            transcriber.transcribe_windows, audio, windows, options
+                        )
+            logger.info(
+                "Decoded %s: %.1f s of audio in %d windows, %.1f s",
+                label,
+                self._seconds(audio),
+                len(windows),
+                time.monotonic() - started,
+            )
+            return result
 
     async def _batched(
         self,
@@ -177,10 +187,13 @@ class TranscriberDeployment:
     def _seconds(self, audio: AudioArray) -> float:
         return len(audio) / self._settings.audio_sample_rate
 
-    async def detect_language(self, audio: AudioArray) -> tuple[str, float]:
-        transcriber = await self._for(TranscribeOptions())
-        found: tuple[str, float] = await self._infer(transcriber.detect_language, audio)
-        return found
+    async def detect_language(
+        self, audio: AudioArray, job: JobLog | None = None
+    ) -> tuple[str, float]:
+        with logcontext.about(job):
+            transcriber = await self._for(TranscribeOptions())
+            found: tuple[str, float] = await self._infer(transcriber.detect_language, audio)
+            return found
 
     async def _for(self, options: TranscribeOptions) -> Transcriber:
         name = served_model(options.model or serve.get_multiplexed_model_id(), self._settings)

@@ -26,7 +26,8 @@ class Claim:
     status: JobStatus
     # Deliveries that started this job and never recorded how it ended: each one's worker died.
     unfinished: int
-    source: str = "amqp"  # http | amqp, for the metrics of its run
+    source: str = "amqp"  # http | amqp, for the metrics and logs of its run
+    external_id: str | None = None  # an AMQP job's attachment_id
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,13 @@ class ClaimStore:
                 .values(lease_owner=holder, lease_until=stamp + timedelta(seconds=lease_s))
             ).rowcount
             row = conn.execute(
-                select(jobs.c.status, jobs.c.unfinished, jobs.c.lease_until, jobs.c.source).where(
-                    jobs.c.id == job_id
-                )
+                select(
+                    jobs.c.status,
+                    jobs.c.unfinished,
+                    jobs.c.lease_until,
+                    jobs.c.source,
+                    jobs.c.external_id,
+                ).where(jobs.c.id == job_id)
             ).first()
         if row is None:
             return None
@@ -67,7 +72,12 @@ class ClaimStore:
             until = aware(row.lease_until)
             return Busy(max((until - stamp).total_seconds(), 0.0) if until else 0.0)
         return Claim(
-            job_id, holder, cast(JobStatus, row.status), int(row.unfinished or 0), row.source
+            job_id,
+            holder,
+            cast(JobStatus, row.status),
+            int(row.unfinished or 0),
+            row.source,
+            row.external_id,
         )
 
     def renew(self, job_id: str, holder: str, lease_s: float) -> bool:

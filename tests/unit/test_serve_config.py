@@ -50,3 +50,14 @@ def test_gpu_pool_is_valid_when_uncommented() -> None:
     ]
     gpu = next(d for d in config["applications"][0]["deployments"] if d["name"] == "TranscriberGPU")
     assert gpu["ray_actor_options"]["num_gpus"] == 1
+
+
+def test_log_format_sets_every_deployments_log_encoding(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from serve_app.app import build_app
+
+    for setting, encoding in (("json", "JSON"), ("text", "TEXT")):
+        monkeypatch.setenv("LOG_FORMAT", setting)
+        gateway = build_app({})._bound_deployment
+        pools, _, ingest = gateway.init_args
+        deployments = [gateway, *(app._bound_deployment for app in (ingest, *pools))]
+        assert {d.logging_config["encoding"] for d in deployments} == {encoding}
