@@ -86,6 +86,10 @@ def test_unreachable_service_and_missing_key_get_plain_messages(
     assert keyless.returncode == 1 and "--api-key" in " ".join(keyless.stderr.split())
     missing = _cli(service, "transcribe", str(tmp_path / "nope.mp3"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    broker = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    no_broker = _cli(service, "publish", "--amqp-url", broker, str(office))
+    assert no_broker.returncode == 2 and "Cannot reach RabbitMQ" in no_broker.stderr
+    assert "guest:guest" not in no_broker.stderr and "Traceback" not in no_broker.stderr
 
 
 def test_jobs_and_health(service: Service, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
