@@ -130,11 +130,20 @@ class Backend(Protocol):
 
 
 _backend: Backend | None = None
+# Each gauge series' last value: Ray stops exporting a gauge nobody records for a while, and
+# some change rarely (a broker connection), so ``refresh`` records them all again.
+_gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
 
 def install(backend: Backend | None) -> None:
     global _backend
     _backend = backend
+    _gauges.clear()
+
+
+def refresh() -> None:
+    for (name, labels), value in list(_gauges.items()):
+        _record(name, "gauge", value, dict(labels))
 
 
 def inc(name: str, value: float = 1.0, **labels: str) -> None:
@@ -142,6 +151,8 @@ def inc(name: str, value: float = 1.0, **labels: str) -> None:
 
 
 def set_gauge(name: str, value: float, **labels: str) -> None:
+    if _backend is not None:
+        _gauges[(name, tuple(sorted(labels.items())))] = value
     _record(name, "gauge", value, labels)
 
 

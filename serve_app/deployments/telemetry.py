@@ -4,6 +4,8 @@ and the Ray dashboard's Metrics view). Installed once per replica process."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from ray.serve import metrics as serve_metrics
@@ -41,6 +43,14 @@ def _make(metric: Metric) -> Any:
     )
 
 
-def install() -> None:
-    if not isinstance(metrics._backend, RayMetrics):
-        metrics.install(RayMetrics())
+def install(refresh_every_s: float = 5.0) -> None:
+    if isinstance(metrics._backend, RayMetrics):
+        return
+    metrics.install(RayMetrics())
+
+    def keep_gauges() -> None:
+        while True:
+            time.sleep(refresh_every_s)
+            metrics.refresh()
+
+    threading.Thread(target=keep_gauges, name="gauges", daemon=True).start()

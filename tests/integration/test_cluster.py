@@ -242,7 +242,9 @@ def test_a_downscale_during_a_long_job_loses_and_repeats_nothing(
     sizes = _replica_logs(cluster)
     try:
         amqp.publish(URL, request)
-        speech.wait_until(lambda: len(units.attempts(key)) >= 2, 300, "2 parts done")
+        # One part of ten done: `serve deploy` itself takes seconds to land on a busy machine
+        # (waiting for two parts, a run saw all ten done by then).
+        speech.wait_until(lambda: len(units.attempts(key)) >= 1, 300, "a part done")
         cluster.serve_deploy(_scaled(config, 1))
         done_at_downscale = len(units.attempts(key))
         result = results.wait(request["attachment_id"], 300)

@@ -32,18 +32,15 @@ def _lines(folder: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_lines_about_a_job_carry_its_ids_and_nothing_secret(
-    service: Service, speech_dir: Path
+    service: Service, speech_dir: Path, results: amqp.ResultCollector
 ) -> None:
     long_clip, _ = speech.four_minutes(speech_dir)  # in parts: model replicas log about it too
     attachment = 8 * 10**8 + time.time_ns() % 10**8
     request = {"attachment_id": attachment, "audio_file_path": str(long_clip)}
     key = c.job_key(QueuedTranscriptionRequest.model_validate(request))
-    collector = amqp.ResultCollector(RABBITMQ_URL)
-    try:
-        amqp.publish(RABBITMQ_URL, request)
-        result = collector.wait(attachment, 300)
-    finally:
-        collector.close()
+    amqp.publish(RABBITMQ_URL, request)
+    # The session's collector: a second consumer of whisper_results would share its messages.
+    result = results.wait(attachment, 300)
     assert result["success"] is True
     folder = ray_metrics.session_dir(service.pid) / "logs" / "serve"
 

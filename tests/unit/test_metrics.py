@@ -54,3 +54,15 @@ def test_a_wrong_call_is_logged_and_dropped_never_raised(
 def test_without_a_backend_nothing_happens() -> None:
     metrics.install(None)
     metrics.inc("whisper_jobs_total", source="amqp", outcome="completed")
+
+
+def test_gauges_are_recorded_again_on_refresh(recorded: Recorded) -> None:
+    metrics.set_gauge("whisper_broker_connected", 1.0)
+    metrics.set_gauge("whisper_jobs_in_flight", 2.0, source="amqp")
+    metrics.set_gauge("whisper_jobs_in_flight", 1.0, source="amqp")  # the last value counts
+    recorded.values.clear()
+    metrics.refresh()
+    assert sorted(recorded.values) == [
+        ("whisper_broker_connected", 1.0, {}),
+        ("whisper_jobs_in_flight", 1.0, {"source": "amqp"}),
+    ]
