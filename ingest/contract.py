@@ -160,7 +160,7 @@ def success_result(
         import_batch_id=request.import_batch_id,
         language=transcript.language,
         segments=[
-            ResultSegment(id=s.id, start=s.start, end=s.end, text=s.text.strip())
+            ResultSegment(id=s.id, start=s.start, end=s.end, text=s.text.strip(), speaker=s.speaker)
             for s in transcript.segments
         ],
         attempts=attempts,

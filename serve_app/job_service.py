@@ -38,7 +38,11 @@ class JobService:
         return await asyncio.to_thread(self.ledger.was_published, key)
 
     async def admit(self, request: QueuedTranscriptionRequest, key: str) -> str:
-        options = TranscribeOptions(model=self.model, language=normalize_language(request.language))
+        # "diarize": an extra field of ours; producers of the seed never send it.
+        diarize = (request.model_extra or {}).get("diarize") is True
+        options = TranscribeOptions(
+            model=self.model, language=normalize_language(request.language), diarize=diarize
+        )
         new = NewJob(
             source="amqp",
             audio_path=request.audio_file_path,

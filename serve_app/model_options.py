@@ -1,14 +1,17 @@
 """What a request may ask of a model, checked before any audio is decoded: which model, which
-language, which temperatures; and how a model is loaded on a device. Plain logic."""
+language, which temperatures, whether speakers; and how a model is loaded on a device. Plain
+logic."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.diarizer import INSTALL_HINT
+from serve_app.errors import DiarizationUnavailableError, InvalidOptionError, ModelNotServedError
 from serve_app.settings import Settings
 
 OPENAI_MODEL_ALIAS = "whisper-1"
@@ -55,3 +58,21 @@ def cpu_threads(settings: Settings) -> int:
     # to a replica's num_cpus (1 here): that alone made replicas ~20% slower than plain
     # faster-whisper on a 2-core machine. Ask for the library's default explicitly.
     return settings.whisper_cpu_threads or min(4, os.cpu_count() or 1)
+
+
+def speaker_options(
+    diarize: bool, min_speakers: int | None, max_speakers: int | None, installed: bool
+) -> dict[str, Any]:
+    """Diarization fields of TranscribeOptions, checked: bounds only with diarize, in order,
+    and only on a service that has the extra installed."""
+    if not diarize:
+        if min_speakers is not None or max_speakers is not None:
+            raise InvalidOptionError("min_speakers and max_speakers need diarize=true")
+        return {}
+    if not installed:
+        raise DiarizationUnavailableError(
+            f"Diarization is not installed on this service ({INSTALL_HINT})"
+        )
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise InvalidOptionError("min_speakers is more than max_speakers", param="min_speakers")
+    return {"diarize": True, "min_speakers": min_speakers, "max_speakers": max_speakers}

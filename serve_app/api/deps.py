@@ -24,6 +24,7 @@ class Backend(Protocol):
     admission: AudioAdmission
     streams: StreamLimit
     backlog: Backlog
+    diarization: bool  # a Diarizer deployment is there to ask
 
     async def transcribe(
         self,

@@ -26,6 +26,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.RequestTooLargeError, 413),
     (errors.InvalidOptionError, 422),
     (errors.ModelNotServedError, 422),
+    (errors.DiarizationUnavailableError, 422),
     (errors.ModelUnavailableError, 503),
     (errors.InferenceError, 500),
     (errors.ReplicaUnavailableError, 503),

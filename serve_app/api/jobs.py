@@ -31,7 +31,7 @@ from serve_app.errors import (
     RequestTooLargeError,
     UnsupportedFormatError,
 )
-from serve_app.model_options import normalize_language, served_model
+from serve_app.model_options import normalize_language, served_model, speaker_options
 from serve_app.pipeline import check_path
 from serve_app.schemas import (
     FINISHED,
@@ -85,6 +85,12 @@ async def submit_job(
         task=submission.task,
         prompt=submission.prompt,
         word_timestamps=submission.word_timestamps,
+        **speaker_options(
+            submission.diarize,
+            submission.min_speakers,
+            submission.max_speakers,
+            backend.diarization,
+        ),
     )
     if submission.callback_url:
         await webhooks.check_callback_url(
@@ -167,6 +173,10 @@ async def get_result(
     if job.status != "completed" or job.result is None:
         detail = f": {job.error}" if job.error else ""
         raise JobNotReadyError(f"Job {job_id} is {job.status}; it has no result{detail}")
+    if format == "diarized_json" and not job.options.diarize:
+        raise InvalidOptionError(
+            f"Job {job_id} was not diarized; submit it with diarize=true", param="format"
+        )
     body = formats.render(job.result, format, words=job.options.word_timestamps)
     return Response(content=body, media_type=formats.MEDIA_TYPES[format])
 

@@ -11,9 +11,16 @@ from serve_app import formats
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
-from serve_app.model_options import OPENAI_MODEL_ALIAS, normalize_language, served_model
+from serve_app.errors import InvalidOptionError
+from serve_app.model_options import (
+    OPENAI_MODEL_ALIAS,
+    normalize_language,
+    served_model,
+    speaker_options,
+)
 from serve_app.schemas import (
     MAX_PROMPT_CHARS,
+    MAX_SPEAKERS,
     ModelCard,
     ModelList,
     ResponseFormat,
@@ -57,8 +64,17 @@ async def create_transcription(
     stream: Annotated[
         bool, Form(description="Server-Sent Events: transcript.text.delta, then .done")
     ] = False,
+    diarize: Annotated[
+        bool, Form(description="Who spoke when: speakers on segments (diarized_json implies it)")
+    ] = False,
+    min_speakers: Annotated[int | None, Form(ge=1, le=MAX_SPEAKERS)] = None,
+    max_speakers: Annotated[int | None, Form(ge=1, le=MAX_SPEAKERS)] = None,
 ) -> Response:
     # Cheap checks first: a bad parameter should not cost a decode.
+    diarize = diarize or response_format == "diarized_json"
+    if diarize and stream:
+        raise InvalidOptionError("diarize cannot stream: speakers are known once the file is done")
+    speakers = speaker_options(diarize, min_speakers, max_speakers, backend.diarization)
     options = TranscribeOptions(
         model=served_model(model, backend.settings),
         language=normalize_language(language),
@@ -66,6 +82,7 @@ async def create_transcription(
         temperature=temperature,
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
+        **speakers,
     )
     await backend.backlog.admit()  # 429 before the upload costs a decode
     if stream:
@@ -84,6 +101,10 @@ async def create_translation(
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
 ) -> Response:
+    if response_format == "diarized_json":
+        raise InvalidOptionError(
+            "Translations are not diarized; use /v1/audio/transcriptions", param="response_format"
+        )
     options = TranscribeOptions(
         model=served_model(model, backend.settings),
         task="translate",

@@ -78,11 +78,12 @@ def transcribe(
         Path | None, typer.Option(help="Folder for results (else beside each file)")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Files in flight at once")] = 4,
+    diarize: Annotated[bool, typer.Option(help="Who spoke when: speakers in the result")] = False,
 ) -> None:
     """Submit each file as a job, show its progress, write its result."""
     if format not in EXTENSIONS:
         raise typer.BadParameter(f"choose one of {', '.join(EXTENSIONS)}", param_hint="--format")
-    request = Request(format, language, model, out, concurrency)
+    request = Request(format, language, model, out, concurrency, diarize)
 
     async def work() -> int:
         async with ctx.obj.service() as service:
@@ -98,6 +99,7 @@ def publish_files(
     wait: Annotated[bool, typer.Option(help="Follow each job and print its text")] = False,
     language: Annotated[str | None, typer.Option(help="ISO-639-1; detected if unset")] = None,
     batch: Annotated[int | None, typer.Option(help="import_batch_id for every request")] = None,
+    diarize: Annotated[bool, typer.Option(help="Speakers on the results' segments")] = False,
     amqp_url: Annotated[
         str, typer.Option(envvar="RABBITMQ_URL", help="The broker the service consumes")
     ] = "amqp://guest:guest@localhost:5672/",
@@ -107,7 +109,7 @@ def publish_files(
     ALLOWED_AUDIO_ROOTS); with --wait, follow them over HTTP (an admin key sees AMQP jobs)."""
 
     async def work() -> int:
-        requests = requests_for(files, language, batch)
+        requests = requests_for(files, language, batch, diarize)
         await publish(amqp_url, requests)
         published = [Published(f, r) for f, r in zip(files, requests, strict=True)]
         for item in published:

@@ -35,7 +35,7 @@ class Published:
 
 
 def requests_for(
-    files: list[Path], language: str | None, batch: int | None
+    files: list[Path], language: str | None, batch: int | None, diarize: bool = False
 ) -> list[QueuedTranscriptionRequest]:
     """Absolute paths (the service reads them under its ALLOWED_AUDIO_ROOTS); attachment ids
     from the clock, in microseconds, one apart."""
@@ -49,6 +49,8 @@ def requests_for(
             body["language"] = language
         if batch is not None:
             body["import_batch_id"] = batch
+        if diarize:  # our extra field: results' segments gain "speaker"
+            body["diarize"] = True
         requests.append(QueuedTranscriptionRequest.model_validate(body))
     return requests
 

@@ -14,7 +14,14 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from serve_app.cli.http import FAILED, CliError, JobFailed, Service
 
-EXTENSIONS = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt"}
+EXTENSIONS = {
+    "json": "json",
+    "verbose_json": "json",
+    "diarized_json": "json",
+    "text": "txt",
+    "srt": "srt",
+    "vtt": "vtt",
+}
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class Request:
     model: str | None
     out: Path | None
     concurrency: int
+    diarize: bool = False
 
 
 def output_path(audio: Path, fmt: str, out: Path | None) -> Path:
@@ -84,6 +92,8 @@ async def _transcribe(
         fields["language"] = request.language
     if request.model:
         fields["model"] = request.model
+    if request.diarize or request.format == "diarized_json":
+        fields["diarize"] = "true"
     bars.update(task, status="uploading")
     job = await service.submit(audio, fields)
     bars.update(task, status=_queued(job))

@@ -16,11 +16,18 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from serve_app import logcontext
 from serve_app.audio import AudioArray
 from serve_app.chunking import detect_speech
-from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
+from serve_app.diarizer import INSTALL_HINT
+from serve_app.errors import (
+    DiarizationUnavailableError,
+    NoReplicaError,
+    ReplicaUnavailableError,
+    ServiceError,
+)
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import SERVING, Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
+from serve_app.speakers import assign_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +47,9 @@ class ModelClient:
         weights: list[float],
         settings: Settings,
         can_wait: bool = True,
+        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
+        self._diarizer = diarizer
         self.router = PoolRouter(
             [
                 Pool(handle.deployment_name, handle, weight)
@@ -79,11 +88,46 @@ class ModelClient:
         token = object()
         self._in_flight[id(token)] = len(audio) / self._sample_rate
         try:
+            if options.diarize:
+                return await self._with_speakers(
+                    audio, options, on_progress, on_segments, checkpoint
+                )
             return await self._transcribe(
                 audio, options, on_progress, on_segments, checkpoint, live
             )
         finally:
             del self._in_flight[id(token)]
+
+    async def _with_speakers(
+        self,
+        audio: AudioArray,
+        options: TranscribeOptions,
+        on_progress: ProgressFn | None,
+        on_segments: SegmentsFn | None,
+        checkpoint: Checkpoint | None,
+    ) -> Transcript:
+        """Diarization of the whole file (labels stay consistent across a long file's units)
+        beside its transcription, with words, merged by time; segments go out once merged."""
+        if self._diarizer is None:
+            raise DiarizationUnavailableError(
+                f"Diarization is not installed on this service ({INSTALL_HINT})"
+            )
+        with_words = options.model_copy(update={"word_timestamps": True})
+        with _replica_errors(self._diarizer.deployment_name):
+            transcript, turns = await asyncio.gather(
+                self._transcribe(audio, with_words, on_progress, None, checkpoint, False),
+                self._diarizer.diarize.remote(
+                    audio, options.min_speakers, options.max_speakers, job=logcontext.current()
+                ),
+            )
+        merged = assign_speakers(transcript, turns)
+        if not options.word_timestamps:
+            merged = merged.model_copy(
+                update={"segments": [s.model_copy(update={"words": None}) for s in merged.segments]}
+            )
+        if on_segments is not None and merged.segments:
+            on_segments(merged.segments)
+        return merged
 
     async def _transcribe(
         self,

@@ -42,6 +42,7 @@ class Gateway:
         pools: list[DeploymentHandle[Any]],
         weights: list[float],
         ingest: DeploymentHandle[Any] | None = None,
+        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
         share_serve_handlers()  # the model client's lines: pools woken, replicas failed
         telemetry.install()
@@ -50,7 +51,8 @@ class Gateway:
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
         tempfile.tempdir = str(self.settings.tmp_dir)
         # An HTTP client holds a connection: no model replica anywhere is a 503 at once.
-        self._models = ModelClient(pools, weights, self.settings, can_wait=False)
+        self.diarization = diarizer is not None
+        self._models = ModelClient(pools, weights, self.settings, can_wait=False, diarizer=diarizer)
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest

@@ -52,12 +52,15 @@ logger = logging.getLogger("ray.serve")
 class Ingest:
     # Serve awaits async constructors; the consumer task needs the replica's event loop.
     async def __init__(  # type: ignore[misc]
-        self, pools: list[DeploymentHandle[Any]], weights: list[float]
+        self,
+        pools: list[DeploymentHandle[Any]],
+        weights: list[float],
+        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
         share_serve_handlers()
         telemetry.install()
         self._settings = settings = load_settings()
-        self._client = ModelClient(pools, weights, settings)
+        self._client = ModelClient(pools, weights, settings, diarizer=diarizer)
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

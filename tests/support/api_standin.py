@@ -31,6 +31,7 @@ class StandIn:
     admission: AudioAdmission
     streams: StreamLimit
     backlog: Backlog
+    diarization: bool = False  # the extra is not installed here
     # Audio seconds of the sync requests being transcribed, as the Gateway's model client
     # counts them.
     in_flight: list[float] = field(default_factory=list)
@@ -88,7 +89,7 @@ def make_backend(tmp_path: Path, clip: Path) -> StandIn:
         StreamLimit(settings.sse_max_subscribers),
         # A snapshot per read: tests change the backlog between requests.
         Backlog(BacklogStore(engine), settings.max_backlog_audio_sec, lambda: in_flight, 0),
-        in_flight,
+        in_flight=in_flight,
     )
 
 

@@ -58,6 +58,6 @@ def test_log_format_sets_every_deployments_log_encoding(monkeypatch) -> None:  #
     for setting, encoding in (("json", "JSON"), ("text", "TEXT")):
         monkeypatch.setenv("LOG_FORMAT", setting)
         gateway = build_app({})._bound_deployment
-        pools, _, ingest = gateway.init_args
+        pools, _, ingest, *_ = gateway.init_args
         deployments = [gateway, *(app._bound_deployment for app in (ingest, *pools))]
         assert {d.logging_config["encoding"] for d in deployments} == {encoding}

