@@ -20,7 +20,7 @@ from rich.console import Console
 from ingest import contract as c
 from ingest.topology import declare
 from serve_app.cli.http import FAILED, CliError, Service
-from serve_app.cli.transcribe import progress_bars
+from serve_app.cli.transcribe import bar_for, progress_bars
 from serve_app.schemas import QueuedTranscriptionRequest
 
 
@@ -89,13 +89,9 @@ async def wait_for(
             task = bars.add_task(item.audio.name, total=None, status="published")
             await _taken(service, item.job_id, timeout_s)
 
-            def on_event(kind: str, data: dict[str, Any]) -> None:
-                if kind == "running":
-                    bars.update(task, status="running")
-                elif kind == "progress" and data.get("duration"):
-                    bars.update(task, total=data["duration"], completed=data["processed_seconds"])
-
-            final = await asyncio.wait_for(service.follow(item.job_id, on_event), timeout_s)
+            final = await asyncio.wait_for(
+                service.follow(item.job_id, bar_for(bars, task)), timeout_s
+            )
             done = final.get("status") == "completed"
             bars.update(task, total=1, completed=1, status="[green]done" if done else "[red]failed")
             return final

@@ -4,6 +4,7 @@ file from its events, the result written beside it (or into --out)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,18 @@ def progress_bars(console: Console) -> Progress:
     )
 
 
+def bar_for(bars: Progress, task: TaskID) -> Callable[[str, dict[str, Any]], None]:
+    """A job's events moving its progress bar."""
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "running":
+            bars.update(task, status="running")
+        elif kind == "progress" and data.get("duration"):
+            bars.update(task, total=data["duration"], completed=data["processed_seconds"])
+
+    return on_event
+
+
 async def transcribe_files(
     service: Service, files: list[Path], request: Request, console: Console
 ) -> int:
@@ -98,13 +111,7 @@ async def _transcribe(
     job = await service.submit(audio, fields)
     bars.update(task, status=_queued(job))
 
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        if kind == "running":
-            bars.update(task, status="running")
-        elif kind == "progress" and data.get("duration"):
-            bars.update(task, total=data["duration"], completed=data["processed_seconds"])
-
-    final = await service.follow(job["id"], on_event)
+    final = await service.follow(job["id"], bar_for(bars, task))
     status = final.get("status")
     if status != "completed":
         error = final.get("error") or "no result"

@@ -155,8 +155,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         service.restart = restart
         yield service
         in_flight = _jobs_in_flight_at_shutdown(service, speech_dir)
+        stopping = time.monotonic()
         stack.close()
-        _check_shutdown(in_flight)
+        _check_shutdown(in_flight, time.monotonic() - stopping)
     except ServiceFailedError as exc:
         pytest.fail(str(exc))
     finally:
@@ -176,11 +177,13 @@ def _wait_for_consumers() -> None:
 
 def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]:
     """Publish long jobs and return once the ingest holds them; the caller then stops Serve."""
-    # Four minutes each, six of them (24 minutes of audio on two model replicas): more than
-    # the time Serve takes to reach the ingest replicas' shutdown. With three, a fast machine
-    # answered them all before it did, and none was handed back.
+    # Four minutes each, eight of them (every prefetch slot of both ingest replicas): after a
+    # full run `serve run` has taken up to its 60 s limit to act on SIGINT, and six such jobs
+    # were all answered within it (none handed back); eight take longer than that.
     clip, _ = speech.four_minutes(speech_dir)
-    ids = [10**9 + int(time.time()) % 10**6 * 10 + i for i in range(6)]
+    ids = [
+        10**9 + int(time.time()) % 10**6 * 10 + i for i in range(INGEST_REPLICAS * WORKERS_COUNT)
+    ]
     amqp.publish(RABBITMQ_URL, *({"attachment_id": i, "audio_file_path": str(clip)} for i in ids))
     speech.wait_until(
         lambda: amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] == 0, 30, "jobs taken"
@@ -188,7 +191,7 @@ def _jobs_in_flight_at_shutdown(service: Service, speech_dir: Path) -> list[int]
     return ids
 
 
-def _check_shutdown(ids: list[int]) -> None:
+def _check_shutdown(ids: list[int], stopped_in_s: float) -> None:
     """After `serve run` stopped: each job was answered exactly once or is back in the queue,
     never both, never neither."""
     answered: dict[int, int] = dict.fromkeys(ids, 0)
@@ -201,7 +204,11 @@ def _check_shutdown(ids: list[int]) -> None:
     ]
     for job in ids:
         assert answered[job] + requeued.count(job) == 1, (answered, requeued)
-    assert requeued, "the short shutdown grace should have handed some job back"
+    assert requeued, (
+        f"the short shutdown grace should have handed some job back (serve run took "
+        f"{stopped_in_s:.0f} s to stop)"
+    )
+    print(f"shutdown: serve run stopped in {stopped_in_s:.1f} s; {len(requeued)} handed back")
 
 
 @pytest.fixture(scope="session")
