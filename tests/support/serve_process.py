@@ -64,6 +64,11 @@ def serve_run(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Python only turns SIGINT into KeyboardInterrupt (serve run's Ctrl-C shutdown) if
+            # it is not ignored at start, and a child inherits "ignored" from this process.
+            # Started mid-run (an app restart), serve run once ignored SIGINT for its whole
+            # life: the session's shutdown check waited 60 s and killed it.
+            preexec_fn=_default_sigint,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -77,6 +82,10 @@ def serve_run(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def replica_pids(serve_pid: int, deployment: str, app: str = "whisper") -> list[int]:
