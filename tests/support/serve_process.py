@@ -65,9 +65,9 @@ def serve_run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # Python only turns SIGINT into KeyboardInterrupt (serve run's Ctrl-C shutdown) if
-            # it is not ignored at start, and a child inherits "ignored" from this process.
-            # Started mid-run (an app restart), serve run once ignored SIGINT for its whole
-            # life: the session's shutdown check waited 60 s and killed it.
+            # it is neither ignored nor blocked, and a child inherits both from this process.
+            # Started mid-run (an app restart), serve run never acted on SIGINT in three full
+            # runs: the session's shutdown check waited 60 s and killed it.
             preexec_fn=_default_sigint,
         )
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +85,10 @@ def serve_run(
 
 
 def _default_sigint() -> None:
+    # Both what is inherited across exec: the disposition, and the mask (a library that
+    # blocks signals while it starts a helper thread or process leaves them blocked here).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def replica_pids(serve_pid: int, deployment: str, app: str = "whisper") -> list[int]:
