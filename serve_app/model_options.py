@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from serve_app.diarizer import INSTALL_HINT
-from serve_app.errors import DiarizationUnavailableError, InvalidOptionError, ModelNotServedError
+from serve_app.diarizer import not_installed
+from serve_app.errors import InvalidOptionError, ModelNotServedError
 from serve_app.settings import Settings
 
 OPENAI_MODEL_ALIAS = "whisper-1"
@@ -70,9 +70,7 @@ def speaker_options(
             raise InvalidOptionError("min_speakers and max_speakers need diarize=true")
         return {}
     if not installed:
-        raise DiarizationUnavailableError(
-            f"Diarization is not installed on this service ({INSTALL_HINT})"
-        )
+        raise not_installed()
     if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
         raise InvalidOptionError("min_speakers is more than max_speakers", param="min_speakers")
     return {"diarize": True, "min_speakers": min_speakers, "max_speakers": max_speakers}

@@ -16,13 +16,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from serve_app import logcontext
 from serve_app.audio import AudioArray
 from serve_app.chunking import detect_speech
-from serve_app.diarizer import INSTALL_HINT
-from serve_app.errors import (
-    DiarizationUnavailableError,
-    NoReplicaError,
-    ReplicaUnavailableError,
-    ServiceError,
-)
+from serve_app.diarizer import not_installed
+from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import SERVING, Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
@@ -109,9 +104,7 @@ class ModelClient:
         """Diarization of the whole file (labels stay consistent across a long file's units)
         beside its transcription, with words, merged by time; segments go out once merged."""
         if self._diarizer is None:
-            raise DiarizationUnavailableError(
-                f"Diarization is not installed on this service ({INSTALL_HINT})"
-            )
+            raise not_installed()
         with_words = options.model_copy(update={"word_timestamps": True})
         with _replica_errors(self._diarizer.deployment_name):
             transcript, turns = await asyncio.gather(
