@@ -102,8 +102,7 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.find, job_id)
         timings: dict[str, object] = {"outcome": outcome.value, "run_s": round(run_s, 3)}
         if job is not None:
-            if job.started_at is not None:
-                waited = (job.started_at - job.created_at).total_seconds()
+            if (waited := _queue_wait_s(job)) is not None:
                 timings["queue_wait_s"] = round(waited, 3)
             timings.update(audio_s=job.duration, attempts=job.attempts, status=job.status)
         level = logging.WARNING if outcome in (Outcome.FAILED, Outcome.RETRY) else logging.INFO
@@ -153,9 +152,8 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.start, job_id)
         if job is None:
             return Outcome.SKIPPED, None
-        if job.attempts == 1 and job.started_at is not None:
-            waited = (job.started_at - job.created_at).total_seconds()
-            metrics.observe("whisper_queue_wait_seconds", max(waited, 0.0), source=job.source)
+        if job.attempts == 1 and (waited := _queue_wait_s(job)) is not None:
+            metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
         events = EventWriter(self.store, job_id).start()
         checkpoint = UnitCheckpoint(self.units, job_id, job.attempts)
         work = asyncio.wait_for(
@@ -284,3 +282,10 @@ class UnitCheckpoint:
 
 def _attachment(external_id: str | None) -> int | None:
     return int(external_id) if external_id and external_id.isdigit() else None
+
+
+def _queue_wait_s(job: Job) -> float | None:
+    """From acceptance to the first start (clocks of two nodes: never below 0)."""
+    if job.started_at is None:
+        return None
+    return max((job.started_at - job.created_at).total_seconds(), 0.0)
