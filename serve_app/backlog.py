@@ -1,7 +1,10 @@
 """The service's backlog as the Gateway sees it: jobs from the store, its own sync requests in
 flight, and the pools' measured speed; admission of sync requests and the jobs' estimates
-come from one snapshot of them, read at most every ``ttl_s`` (a burst of requests costs the
-database one read). Plain Python over the store: no Ray.
+come from one snapshot of them. The store's part is read at most every ``ttl_s`` (a burst of
+requests costs the database one read); the requests in flight are this replica's own and
+counted afresh in every snapshot, so one that just finished stops counting at once (a cached
+count of them refused requests for seconds after a burst had been answered). Plain Python
+over the store: no Ray.
 """
 
 from __future__ import annotations
@@ -70,26 +73,28 @@ class Backlog:
         self.bound_s = bound_s
         self._in_flight = in_flight
         self._ttl_s = ttl_s
-        self._last: Snapshot | None = None
+        self._last: Snapshot | None = None  # of the store's part only
         self._reading: asyncio.Lock | None = None
 
     async def snapshot(self, newer_than: float = 0.0) -> Snapshot:
-        """The last snapshot, or a new one if it is older than ``ttl_s`` or taken before
-        ``newer_than`` (a ``time.monotonic()``)."""
+        """This replica's requests in flight now, ahead of the store's jobs and speeds as last
+        read; those are read again if older than ``ttl_s`` or than ``newer_than`` (a
+        ``time.monotonic()``)."""
         if self._reading is None:  # made here: routes run on the replica's event loop
             self._reading = asyncio.Lock()
         async with self._reading:
-            last = self._last
+            stored = self._last
             if (
-                last is None
-                or time.monotonic() - last.taken > self._ttl_s
-                or last.taken < newer_than
+                stored is None
+                or time.monotonic() - stored.taken > self._ttl_s
+                or stored.taken < newer_than
             ):
                 jobs, pools = await asyncio.to_thread(self._read)
-                requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
-                last = self._last = Snapshot(now(), requests + jobs, pools)
-                last.export()
-        return last
+                stored = self._last = Snapshot(now(), jobs, pools)
+        requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
+        if not requests:
+            return stored
+        return Snapshot(now(), requests + stored.pending, stored.pools, taken=stored.taken)
 
     def _read(self) -> tuple[list[Pending], dict[str, PoolSpeed]]:
         return self._store.pending(), self._store.capacity()
@@ -106,7 +111,8 @@ class Backlog:
     async def watch(self, every_s: float = 5.0) -> None:
         """Keep the metrics fresh between requests; runs until cancelled."""
         while True:
-            await self.read()
+            if snap := await self.read():
+                snap.export()
             await asyncio.sleep(every_s)
 
     async def admit(self) -> None:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from serve_app.backlog import Backlog
+from serve_app.errors import BacklogFullError
 from serve_app.schemas import Transcript
 from serve_app.store import BacklogStore
 from tests.support.api_standin import ADMIN, StandIn, client
@@ -117,3 +119,18 @@ async def test_without_a_measured_speed_jobs_carry_no_estimates(backend: StandIn
     async with client(backend, ADMIN) as c:
         job = (await c.post("/v1/jobs", json=_path_job(backend))).json()
     assert job["status"] == "queued" and job["estimated_start"] is None
+
+
+async def test_requests_in_flight_count_afresh_while_the_store_read_is_cached(
+    backend: StandIn, speeds: BacklogStore
+) -> None:
+    in_flight: list[float] = []
+    backlog = Backlog(speeds, bound_s=100, in_flight=lambda: in_flight, ttl_s=3600)
+    await backlog.admit()  # reads the store once; that read is kept for the hour
+    in_flight.extend([80.0, 80.0])
+    with pytest.raises(BacklogFullError):
+        await backlog.admit()
+    in_flight.clear()  # both answered: the next request is let in without a store read
+    await backlog.admit()
+    snap = await backlog.snapshot()
+    assert snap.backlog_s == 0 and snap.rate == RATE
