@@ -99,6 +99,8 @@ class TranscriberDeployment:
     def _measured(self, model: str, audio: AudioArray) -> Iterator[None]:
         """One model call: the replica's speed, and its metrics once it is done."""
         seconds = self._seconds(audio)
+        # Said before the work, so a replica that dies mid-call has named what it was doing.
+        logger.info("Decoding %.1f s of audio with %s", seconds, model)
         started = time.monotonic()
         with self.meter.measure(seconds):
             yield

@@ -21,7 +21,7 @@ from tests.integration.conftest import (
     WORKERS_COUNT,
     Service,
 )
-from tests.support import amqp, speech
+from tests.support import amqp, replica_logs, speech
 
 _ids = itertools.count(int(time.time()) % 100000 * 1000 + 500)
 
@@ -178,12 +178,17 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
     wav = speech.speak(text, "en-us", speech_dir / "fifty_five.wav", words_per_minute=120)
     job = _job(speech.encode(wav, ".mp3", speech_dir))
     amqp.publish(RABBITMQ_URL, job)
-    speech.wait_until(
-        lambda: amqp.unacked(c.REQUEST_QUEUE) >= 1,
-        30,
-        "the job in flight",
-    )
-    time.sleep(1)  # let decoding finish and inference start
+
+    def decoding() -> bool:  # the model replica's line as it starts on the job
+        return any(
+            line.get("attachment_id") == job["attachment_id"]
+            and line["message"].startswith("Decoding ")
+            for name, lines in replica_logs.lines(service.pid).items()
+            if replica_logs.deployment(name) == "TranscriberCPU"
+            for line in lines
+        )
+
+    speech.wait_until(decoding, 60, "a model replica to start on the job")
     pids = service.replica_pids("TranscriberCPU")
     assert pids, "no model replica process found"
     for pid in pids:

@@ -4,10 +4,8 @@ ever written."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from ingest import contract as c
 from serve_app.schemas import QueuedTranscriptionRequest
@@ -18,17 +16,9 @@ from tests.integration.conftest import (
     WEBHOOK_SECRET,
     Service,
 )
-from tests.support import amqp, ray_metrics, speech
+from tests.support import amqp, replica_logs, speech
 
 SECRETS = (API_KEY, ADMIN_KEY, WEBHOOK_SECRET, "guest:guest")
-
-
-def _lines(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each replica log file's lines, every one of them parsed as JSON."""
-    parsed = {}
-    for path in sorted(folder.glob("replica_whisper_*.log")):
-        parsed[path.name] = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return parsed
 
 
 def test_lines_about_a_job_carry_its_ids_and_nothing_secret(
@@ -42,17 +32,16 @@ def test_lines_about_a_job_carry_its_ids_and_nothing_secret(
     # The session's collector: a second consumer of whisper_results would share its messages.
     result = results.wait(attachment, 300)
     assert result["success"] is True
-    folder = ray_metrics.session_dir(service.pid) / "logs" / "serve"
 
     def outcome_logged() -> bool:
         return any(
             line.get("job") == key and line.get("outcome")
-            for lines in _lines(folder).values()
+            for lines in replica_logs.lines(service.pid).values()
             for line in lines
         )
 
     speech.wait_until(outcome_logged, 30, "the job's outcome line")
-    logs = _lines(folder)
+    logs = replica_logs.lines(service.pid)
     about = [
         (name, line) for name, lines in logs.items() for line in lines if line.get("job") == key
     ]
@@ -63,7 +52,7 @@ def test_lines_about_a_job_carry_its_ids_and_nothing_secret(
     named = [line for lines in logs.values() for line in lines if key in line["message"]]
     assert named and all(line.get("job") == key for line in named), named
     # The model replicas' lines about its parts, not only the Ingest's.
-    files = {name.split("_")[2] for name, _ in about}
+    files = {replica_logs.deployment(name) for name, _ in about}
     assert {"Ingest", "TranscriberCPU"} <= files, files
     [ended] = [line for _, line in about if line.get("outcome")]
     assert ended["outcome"] == "completed" and ended["attempts"] == 1
@@ -72,7 +61,7 @@ def test_lines_about_a_job_carry_its_ids_and_nothing_secret(
     # No key, secret or password, and not the transcript, in any log the service writes.
     words = result["texto"].split()
     phrase = " ".join(words[len(words) // 2 : len(words) // 2 + 6])
-    texts = [p.read_text(errors="replace") for p in folder.glob("*.log")]
+    texts = [p.read_text(errors="replace") for p in replica_logs.folder(service.pid).glob("*.log")]
     texts.append(service.log.read_text(errors="replace"))
     for text in texts:
         for secret in SECRETS:
