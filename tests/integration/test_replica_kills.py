@@ -11,7 +11,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from serve_app.schemas import QueuedTranscriptionRequest
 from serve_app.store import JobStore, UnitStore, open_engine
 from serve_app.store.tables import jobs
 from tests.integration.conftest import API_KEY, INGEST_REPLICAS, RABBITMQ_URL, Service
-from tests.support import amqp, speech
+from tests.support import amqp, replica_logs, speech
 
 SR = 16000
 DECODED = re.compile(r"Decoded part \d+ of \d+ \(([\d.]+)-([\d.]+) s\)")
@@ -79,21 +79,50 @@ def _decoded_s(decoded: Counter[tuple[str, str]], spans: list[Span]) -> float:
     return sum(decoded[_label(span)] * (span[1] - span[0]) for span in spans) / SR
 
 
+def _at_60_percent(store: JobStore, job_id: str, also: Callable[[], bool]) -> None:
+    """Returns as soon as the store shows the job 60% done and ``also`` holds. Polled often:
+    a replica's parts are decoded in one batch and finish together, so the last ones may take
+    only a second."""
+    deadline = time.monotonic() + 300
+    while (job := store.find(job_id)) is None or job.progress < 0.6 or not also():
+        assert time.monotonic() < deadline, "timed out waiting for the job to reach 60%"
+        time.sleep(0.05)
+
+
+def _parts_decoding(service: Service, job_id: str) -> int:
+    """Parts of the job a model replica has started ("Decoding ...") and not yet finished."""
+    started = finished = 0
+    for lines in replica_logs.about(service.pid, "TranscriberCPU", job_id):
+        for line in lines:
+            started += line["message"].startswith("Decoding ")
+            finished += line["message"].startswith("Decoded part ")
+    return started - finished
+
+
 def _kill_at_60_percent(
     service: Service, store: JobStore, units: UnitStore, job_id: str, victims: str | int
 ) -> set[Span]:
     """Once the job is 60% done, kill the process ``victims`` or every replica of that
-    deployment; returns the parts finished by then."""
-    speech.wait_until(
-        lambda: (job := store.find(job_id)) is not None and job.progress >= 0.6,
-        300,
-        "the job to reach 60%",
-    )
+    deployment; returns the parts finished by then. Model replicas are killed while one of
+    them decodes a part of the job (the parts left may still wait for a replica); around the
+    kill of another process they are paused, so that the parts they are decoding cannot
+    finish before it."""
+    if victims == "TranscriberCPU":
+        _at_60_percent(store, job_id, lambda: _parts_decoding(service, job_id) > 0)
+    else:
+        _at_60_percent(store, job_id, lambda: True)
     pids = [victims] if isinstance(victims, int) else service.replica_pids(victims)
     assert pids, f"no {victims} replica to kill"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return {span for span, _ in units.attempts(job_id)}
+    paused = [] if victims == "TranscriberCPU" else service.replica_pids("TranscriberCPU")
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return {span for span, _ in units.attempts(job_id)}
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_model_replicas_killed_at_60_percent_cost_only_their_unfinished_parts(
@@ -220,9 +249,12 @@ def test_a_gateway_killed_between_recording_and_publishing_a_job_loses_nothing(
     audio = clip("en_office", ".mp3")
     key = f"gateway-kill-{time.time_ns()}"
     scoped = scoped_idempotency_key(owner_id(API_KEY), key)
+    # Both Ingest replicas up (an earlier test may have killed one: Serve starts another).
+    speech.wait_until(
+        lambda: len(service.replica_pids("Ingest")) == INGEST_REPLICAS, 120, "every Ingest replica"
+    )
     ingest = service.replica_pids("Ingest")
     [gateway] = service.replica_pids("Gateway")
-    assert len(ingest) == INGEST_REPLICAS
     for pid in ingest:
         os.kill(pid, signal.SIGSTOP)
     try:

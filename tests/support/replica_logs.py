@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,30 @@ def folder(serve_pid: int) -> Path:
 
 
 def lines(serve_pid: int) -> dict[str, list[dict[str, Any]]]:
-    """Each replica log file's complete lines, every one parsed as JSON (a line still being
-    written, after the last newline, is left for the next read)."""
-    parsed = {}
-    for path in sorted(folder(serve_pid).glob("replica_whisper_*.log")):
-        complete = path.read_text().rsplit("\n", 1)[0]
-        parsed[path.name] = [json.loads(line) for line in complete.splitlines() if line]
-    return parsed
+    """Each replica log file's complete lines, every one parsed as JSON."""
+    return {
+        path.name: _parsed(path.read_text(), None)
+        for path in sorted(folder(serve_pid).glob("replica_whisper_*.log"))
+    }
+
+
+def about(serve_pid: int, deployment: str, job: str) -> Iterator[list[dict[str, Any]]]:
+    """Per replica of ``deployment``, its lines about ``job`` (only those lines are parsed:
+    this is polled while the files grow)."""
+    for path in sorted(folder(serve_pid).glob(f"replica_whisper_{deployment}_*.log")):
+        yield [line for line in _parsed(path.read_text(), job) if line.get("job") == job]
 
 
 def deployment(file_name: str) -> str:
     """replica_whisper_TranscriberCPU_abc123.log -> TranscriberCPU"""
     return file_name.split("_")[2]
+
+
+def _parsed(text: str, containing: str | None) -> list[dict[str, Any]]:
+    # A line still being written, after the last newline, is left for the next read.
+    complete = text.rsplit("\n", 1)[0] if not text.endswith("\n") else text
+    return [
+        json.loads(line)
+        for line in complete.splitlines()
+        if line and (containing is None or containing in line)
+    ]
