@@ -140,4 +140,11 @@ class Backlog:
             snap = await self.read(newer_than=asked)
         if snap is None:
             return {}
-        return {job_id: snap.etas[job_id] for job_id in job_ids if job_id in snap.etas}
+        # Estimated from a snapshot up to ttl_s old: a job due by then is due now, not in
+        # the past.
+        moment = now()
+        return {
+            job_id: Eta(max(eta.start, moment), max(eta.completion, moment))
+            for job_id in job_ids
+            if (eta := snap.etas.get(job_id)) is not None
+        }

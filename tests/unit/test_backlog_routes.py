@@ -4,10 +4,11 @@ store holding jobs and replica speeds, and a stand-in for the model side."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from serve_app import backlog as backlog_module
 from serve_app.backlog import Backlog
 from serve_app.errors import BacklogFullError
 from serve_app.schemas import Transcript
@@ -134,3 +135,19 @@ async def test_requests_in_flight_count_afresh_while_the_store_read_is_cached(
     await backlog.admit()
     snap = await backlog.snapshot()
     assert snap.backlog_s == 0 and snap.rate == RATE
+
+
+async def test_an_estimate_from_a_cached_snapshot_is_never_in_the_past(
+    backend: StandIn, speeds: BacklogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backend.store
+    async with client(backend, ADMIN) as c:
+        job = (await c.post("/v1/jobs", json=_path_job(backend))).json()
+    store.start(job["id"])
+    store.record_progress(job["id"], 100.0, 100.0)  # every second decoded, not yet answered
+    backlog = Backlog(speeds, bound_s=100, in_flight=list, ttl_s=3600)
+    [first] = (await backlog.estimates([job["id"]])).values()
+    later = first.completion + timedelta(seconds=5)  # the snapshot is 5 s old by then
+    monkeypatch.setattr(backlog_module, "now", lambda: later)
+    [cached] = (await backlog.estimates([job["id"]])).values()
+    assert cached.start == later and cached.completion == later  # due now
