@@ -83,10 +83,12 @@ def _at_60_percent(store: JobStore, job_id: str, also: Callable[[], bool]) -> No
     """Returns as soon as the store shows the job 60% done and ``also`` holds. Polled often:
     a replica's parts are decoded in one batch and finish together, so the last ones may take
     only a second."""
-    deadline = time.monotonic() + 300
-    while (job := store.find(job_id)) is None or job.progress < 0.6 or not also():
-        assert time.monotonic() < deadline, "timed out waiting for the job to reach 60%"
-        time.sleep(0.05)
+    speech.wait_until(
+        lambda: (job := store.find(job_id)) is not None and job.progress >= 0.6 and also(),
+        300,
+        "the job to reach 60%",
+        every=0.05,
+    )
 
 
 def _parts_decoding(service: Service, job_id: str) -> int:

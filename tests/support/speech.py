@@ -120,12 +120,14 @@ def low_bitrate_opus(target: Path, seconds: int) -> Path:
     return tone(target, seconds, ["-c:a", "libopus", "-b:a", "6k"])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(every)
 
 
 def ffmpeg(args: list[str]) -> None:
