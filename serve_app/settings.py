@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # CHUNK_MAX_WINDOW_SEC, decoded WHISPER_BATCH_SIZE at a time, in work units of about
     # FANOUT_UNIT_SEC spread over replicas.
     whisper_batch_size: int = Field(8, ge=1, le=64)
+    # Decoding windows of a batch encoded this many at a time (see serve_app.whisper_model);
+    # None: one at a time on a CPU (as fast, far less memory), the whole batch on a GPU.
+    whisper_encode_batch_size: int | None = Field(None, ge=1, le=64)
     # Speech windows of concurrent requests (short files and units of long ones) are decoded
     # together, up to WHISPER_BATCH_SIZE at once; a batch that is not full waits at most
     # WHISPER_BATCH_WAIT_MS for more. WHISPER_CROSS_BATCH=false decodes each request alone

@@ -79,16 +79,17 @@ class Transcriber:
 
     @classmethod
     def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
-        from faster_whisper import WhisperModel
+        from serve_app.whisper_model import SubBatchedWhisperModel
 
         device = device or settings.whisper_device
         path = resolve_model_path(name, settings.models_dir)
-        model = WhisperModel(
+        model = SubBatchedWhisperModel(
             path,
             device=device,
             compute_type=resolve_compute_type(settings, device),
             cpu_threads=cpu_threads(settings),
             num_workers=settings.whisper_num_workers,
+            encode_batch_size=settings.whisper_encode_batch_size,
         )
         logger.info("Loaded model %s from %s on %s", name, path, device)
         return cls(name, model, settings)

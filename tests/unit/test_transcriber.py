@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serve_app import audio
@@ -12,6 +13,8 @@ from serve_app.model_options import normalize_language, served_model, temperatur
 from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
+from serve_app.weights import resolve_model_path
+from serve_app.whisper_model import SubBatchedWhisperModel
 from tests.support import speech
 
 LIMITS = audio.AudioLimits(max_bytes=10 << 20, max_duration_s=120)
@@ -88,3 +91,21 @@ def test_served_model_mapping(settings: Settings) -> None:
     assert served_model("base", multi) == "base"
     with pytest.raises(ModelNotServedError, match=r"available: tiny\.en, base, whisper-1"):
         served_model("large-v3", multi)
+
+
+def test_a_batch_encoded_window_by_window_matches_the_batch_encoded_at_once(
+    settings: Settings, clip
+) -> None:  # type: ignore[no-untyped-def]
+    model = SubBatchedWhisperModel(
+        resolve_model_path("tiny.en", settings.models_dir), device="cpu", compute_type="int8"
+    )
+    assert model.encode_batch_size == 1  # the default on a CPU
+    windows = [_decode(clip(name, ".mp3")) for name in ("en_office", "en_thirty", "en_office")]
+    window = 30 * settings.audio_sample_rate
+    padded = [np.pad(w[:window], (0, window - len(w[:window]))) for w in windows]
+    features = np.stack([model.feature_extractor(w)[:, :3000] for w in padded])
+    by_window = np.array(model.encode(features))
+    model.encode_batch_size = 0
+    at_once = np.array(model.encode(features))
+    assert by_window.shape == at_once.shape == (3, 1500, 384)
+    np.testing.assert_allclose(by_window, at_once, atol=1e-3)
