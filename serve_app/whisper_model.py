@@ -24,7 +24,6 @@ class SubBatchedWhisperModel(WhisperModel):  # type: ignore[misc]
         if encode_batch_size is None:
             encode_batch_size = 1 if self.model.device == "cpu" else 0
         self.encode_batch_size: int = encode_batch_size  # 0: the whole batch
-        self._encoded: np.ndarray[Any, Any] | None = None
 
     def encode(self, features: np.ndarray[Any, Any]) -> ctranslate2.StorageView:
         size = self.encode_batch_size
@@ -32,7 +31,5 @@ class SubBatchedWhisperModel(WhisperModel):  # type: ignore[misc]
         if not size or features.ndim == 2 or features.shape[0] <= size:
             return encode(features)
         parts = [np.asarray(encode(features[i : i + size])) for i in range(0, len(features), size)]
-        # The StorageView shares this array's memory: it is kept until the next batch (a
-        # Transcriber decodes one batch at a time; single windows never come here).
-        self._encoded = np.ascontiguousarray(np.concatenate(parts))
-        return ctranslate2.StorageView.from_array(self._encoded)
+        # The StorageView shares the array's memory and holds a reference to it.
+        return ctranslate2.StorageView.from_array(np.concatenate(parts))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest import contract as c
+from serve_app.schemas import QueuedTranscriptionRequest
 from tests.integration.conftest import (
     ADMIN_KEY,
     INGEST_REPLICAS,
@@ -177,14 +178,13 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
     text = speech.reference("en_thirty") + " " + speech.reference("en_office")
     wav = speech.speak(text, "en-us", speech_dir / "fifty_five.wav", words_per_minute=120)
     job = _job(speech.encode(wav, ".mp3", speech_dir))
+    key = c.job_key(QueuedTranscriptionRequest.model_validate(job))
     amqp.publish(RABBITMQ_URL, job)
 
     def decoding() -> bool:  # the model replica's line as it starts on the job
         return any(
-            line.get("attachment_id") == job["attachment_id"]
-            and line["message"].startswith("Decoding ")
-            for name, lines in replica_logs.lines(service.pid).items()
-            if replica_logs.deployment(name) == "TranscriberCPU"
+            line["message"].startswith("Decoding ")
+            for lines in replica_logs.about(service.pid, "TranscriberCPU", key)
             for line in lines
         )
 

@@ -36,7 +36,7 @@ def deployment(file_name: str) -> str:
 
 def _parsed(text: str, containing: str | None) -> list[dict[str, Any]]:
     # A line still being written, after the last newline, is left for the next read.
-    complete = text.rsplit("\n", 1)[0] if not text.endswith("\n") else text
+    complete = text[: text.rfind("\n") + 1]
     return [
         json.loads(line)
         for line in complete.splitlines()
