@@ -19,7 +19,7 @@ from serve_app.model_options import (
     resolve_compute_type,
     temperature_schedule,
 )
-from serve_app.packing import Placed, plan_packs, unpack
+from serve_app.packing import Placed, covers, plan_packs, unpack
 from serve_app.quality import Thresholds, Verdict, judge
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.segments import from_faster_whisper, shifted, split_segments
@@ -211,11 +211,12 @@ class Transcriber:
             placed = plan_packs(lengths, self._pack_capacity, self._pack_gap)
         else:
             placed = [Placed(i, 0, n) for i, n in enumerate(lengths)]
-        members: list[list[Placed]] = [[] for _ in range(placed[-1].pack + 1)]
-        for window in placed:
-            members[window.pack].append(window)
+        # Each pack's windows (their indexes), in their order in the pack.
+        members: list[list[int]] = [[] for _ in range(max(w.pack for w in placed) + 1)]
+        for i, window in enumerate(placed):
+            members[window.pack].append(i)
         # Silence wherever no window lies: the gaps between a pack's windows.
-        packs = [np.zeros(m[-1].end, np.float32) for m in members]
+        packs = [np.zeros(placed[m[-1]].end, np.float32) for m in members]
         for window, samples in zip(placed, slices, strict=True):
             packs[window.pack][window.start : window.end] = samples
         # Words cost an alignment pass (about 11% of decoding time): taken when a pack's words
@@ -226,19 +227,25 @@ class Transcriber:
             or any(len(m) > 1 for m in members)
             or any(n > self._segment_max_s * self._sample_rate for n in lengths)
         )
-        decoded: list[list[Segment]] = []
+        decoded: list[list[Segment]] = [[] for _ in slices]
         for pack, found in zip(members, self._decode_clips(key, packs, words), strict=True):
-            decoded += unpack(found, pack, self._sample_rate, self._pack_gap)
+            taken = unpack(found, [placed[i] for i in pack], self._sample_rate, self._pack_gap)
+            for i, segments in zip(pack, taken, strict=True):
+                decoded[i] = segments
         # Without timestamp tokens the model may end a pack at a pause: the windows after it
-        # get no word (tiny.en stopped after a 2.5 s clip packed before a 12.7 s one). Those
-        # are decoded again, each in a decoding window of its own.
+        # get no word, or a stray one (tiny.en stopped after a 2.5 s clip packed before a
+        # 12.7 s one; base left one word of a 6 s clip). Those are decoded again, each in a
+        # decoding window of its own.
         lost = [
             i
             for i, (w, found) in enumerate(zip(placed, decoded, strict=True))
-            if not found and len(members[w.pack]) > 1
+            if len(members[w.pack]) > 1 and not covers(found, lengths[i] / self._sample_rate)
         ]
         if lost:
-            logger.info("%d packed windows came back empty; decoding them alone", len(lost))
+            logger.info(
+                "%d packed windows came back without words at one end; decoding them alone",
+                len(lost),
+            )
             again = self._decode_clips(key, [slices[i] for i in lost], words)
             for i, found in zip(lost, again, strict=True):
                 decoded[i] = found

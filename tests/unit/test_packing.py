@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve_app import audio
-from serve_app.packing import Placed, plan_packs, unpack
+from serve_app.packing import Placed, covers, plan_packs, unpack
 from serve_app.schemas import Segment, TranscribeOptions, Word
 from serve_app.transcriber import Transcriber
 from tests.support import speech
@@ -23,6 +23,24 @@ def test_windows_fill_packs_in_order_a_gap_apart() -> None:
         Placed(1, 0, 29 * SR),  # a long window gets a pack of its own
         Placed(2, 0, 3 * SR),
     ]
+
+
+def test_longest_windows_are_placed_first_so_fewer_packs_are_needed() -> None:
+    # In arrival order these take three packs: [20], [20, 9], [9].
+    placed = plan_packs([20 * SR, 20 * SR, 9 * SR, 9 * SR], 30 * SR, SR)
+    assert placed == [
+        Placed(0, 0, 20 * SR),
+        Placed(1, 0, 20 * SR),
+        Placed(0, 21 * SR, 30 * SR),  # fits exactly: 20 + 1 + 9
+        Placed(1, 21 * SR, 30 * SR),
+    ]
+
+
+def test_windows_keep_their_order_inside_a_pack() -> None:
+    placed = plan_packs([4 * SR, 25 * SR, 3 * SR], 30 * SR, SR)
+    # The 25 s window is placed first and the 4 s one joins it (25 + 1 + 4), but the 4 s one
+    # came first, so it is first in the pack; 3 s no longer fits.
+    assert placed == [Placed(0, 0, 4 * SR), Placed(0, 5 * SR, 30 * SR), Placed(1, 0, 3 * SR)]
 
 
 def _word(start: float, end: float, text: str) -> Word:
@@ -78,7 +96,7 @@ def test_short_clips_of_different_files_packed_together_keep_their_own_words(
     slices = [s for samples, windows in clips for s in tiny.slices(samples, windows)]
     assert len(slices) == len(texts)
     packs = plan_packs([len(s) for s in slices], 30 * SR, SR)
-    assert packs[-1].pack < len(slices) - 1  # some were packed together
+    assert max(p.pack for p in packs) < len(slices) - 1  # some were packed together
     key = tiny.decoding_key(TranscribeOptions(), "en")
     decoded = tiny.decode_batch(key, slices)
     for text, (samples, windows), found in zip(texts, clips, decoded, strict=True):
@@ -88,3 +106,31 @@ def test_short_clips_of_different_files_packed_together_keep_their_own_words(
         assert speech.word_error_rate(text, transcript.text) <= 0.3, (text, transcript.text)
         assert 0.8 <= len(transcript.text.split()) / len(text.split()) <= 1.2
         assert transcript.segments[-1].end <= len(samples) / SR + 0.3
+
+
+def _segment(*words: Word) -> Segment:
+    return Segment(
+        id=0,
+        seek=0,
+        start=words[0].start if words else 0.0,
+        end=words[-1].end if words else 0.0,
+        text="".join(w.word for w in words),
+        tokens=[],
+        temperature=0.0,
+        avg_logprob=-0.2,
+        compression_ratio=1.1,
+        no_speech_prob=0.01,
+        words=list(words),
+    )
+
+
+def test_a_packed_window_must_get_words_at_both_ends() -> None:
+    whole = _segment(_word(0.5, 1.0, " Readers"), _word(5.0, 5.6, " application."))
+    assert covers([whole], 6.0)
+    assert not covers([], 6.0)
+    # The model ended the pack early: one stray word at the start of a 6 s window.
+    assert not covers([_segment(_word(0.4, 0.7, " which"))], 6.0)
+    # ... or it skipped the window's start.
+    assert not covers([_segment(_word(4.0, 4.5, " mobile"), _word(5.0, 5.6, " app."))], 6.0)
+    # A short window: one word is all it holds.
+    assert covers([_segment(_word(0.4, 0.9, " Yes."))], 1.3)
