@@ -1,9 +1,9 @@
 """What one CPU model replica can take, to set the pools' autoscaling targets from: short clips
-over HTTP at 1, 2 and 4 requests in flight (throughput and latency), plain faster-whisper on the
+over HTTP at 1, 2, 4 and 8 requests in flight (throughput and latency), plain faster-whisper on the
 same clips in the same run for comparison, and how long one work unit of a long file takes
 (graceful_shutdown_timeout_s must be above it).
 
-    .venv/bin/python -m bench.replica_throughput [--model base] [--clips 8]
+    .venv/bin/python -m bench.replica_throughput [--model base] [--clips 16]
 
 The CPU pool is held at one replica; nothing else runs beside it.
 """
@@ -24,7 +24,13 @@ from bench.common import duration, plain_sequential, short_clips
 from tests.support import speech
 from tests.support.serve_process import serve_run
 
-ONE_REPLICA = {"TranscriberCPU": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
+# max_ongoing_requests at the most in flight below, so the replica holds them all.
+ONE_REPLICA = {
+    "TranscriberCPU": {
+        "max_ongoing_requests": 8,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+    }
+}
 
 
 def _post(client: httpx.Client, clip: Path) -> float:
@@ -45,7 +51,7 @@ def _burst(client: httpx.Client, clips: list[Path], in_flight: int) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="base")
-    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -67,7 +73,7 @@ def main() -> None:
             httpx.Client(base_url=url, timeout=600) as client,
         ):
             _post(client, clips[0])  # warm-up
-            for in_flight in (1, 2, 4):
+            for in_flight in (1, 2, 4, 8):
                 wall, latencies = _burst(client, clips, in_flight)
                 rows.append((in_flight, wall, statistics.median(latencies), max(latencies)))
             unit_started = time.perf_counter()
