@@ -1,17 +1,20 @@
 """Batching across requests: the speech windows of concurrent requests (short clips, units of
 long files, from HTTP and AMQP alike) decoded together.
 
-A batch holds up to ``capacity`` of windows by their ``weight`` (1 each by default: a count;
-the transcriber weighs them by length, since it packs short ones together). Windows share a
-batch only when their decoding key matches (a request's task, language,
+A batch holds windows up to ``capacity`` by their ``size`` (by default their count; the
+transcriber counts the decoding windows they pack into, since it packs short ones together).
+Windows share a batch only when their decoding key matches (a request's task, language,
 prompt, temperature): the model decodes a whole batch with one prompt. Keys are never mixed;
 a batch holds the oldest waiting window's key and as many windows of that key as fit, in
 arrival order, so a long unit cannot starve a clip behind it for more than one batch.
 
-One batch runs at a time: faster-whisper's batched pipeline keeps per-call state on its
-instance (``last_speech_timestamp``), and one batch already fills the cores. While it runs, the
-next one fills. A batch starts when the decoder is free and the batch is full or its oldest
-window has waited ``max_wait_s``, so a lone request waits at most that long.
+Up to ``lanes`` batches run at once, each in a lane of its own: faster-whisper's batched
+pipeline keeps per-call state on its instance (``last_speech_timestamp``), so the decode
+function is given its lane and keeps one pipeline per lane. On a CPU two batches at once keep
+the cores busier than one (see ``serve_app.model_options.num_workers``). While the lanes run,
+the next batch fills. With every lane free, a batch starts when it is full or its oldest
+window has waited ``max_wait_s``, so a lone request waits at most that long; while a lane
+runs, another starts only on a batch at least half full.
 
 A batch that fails is decoded again request by request, so one request's bad audio fails only
 that request. Plain asyncio: no Ray.
@@ -33,8 +36,11 @@ logger = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 S = TypeVar("S")  # what is decoded: a window's samples
 R = TypeVar("R")  # what a window decodes to
-# Blocking: one result per item, in order. Called from one thread at a time.
-DecodeFn = Callable[[K, list[S]], list[R]]
+# While a lane runs, another starts on a batch at least this full.
+_BUSY_FILL = 0.5
+# Blocking: one result per item, in order; the last argument is the lane (0 to lanes - 1).
+# Called from one thread at a time per lane.
+DecodeFn = Callable[[K, list[S], int], list[R]]
 
 
 @dataclass(eq=False)  # by identity: a request is one caller's
@@ -75,15 +81,20 @@ class Batcher(Generic[K, S, R]):
         decode: DecodeFn[K, S, R],
         capacity: float,
         max_wait_s: float,
-        weight: Callable[[S], float] = lambda _: 1.0,
+        size: Callable[[Sequence[S]], float] = len,
+        lanes: int = 1,
     ) -> None:
         self._decode = decode
         self.capacity = capacity
         self.max_wait_s = max_wait_s
-        self._weight = weight
+        self._size = size
         self._pending: list[_Request[K, S, R]] = []
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._lanes = lanes
+        self._free_lanes = list(range(lanes))
+        self._lane_freed = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
         self.stats = BatchStats()
 
     async def decode(self, key: K, items: Sequence[S]) -> list[R]:
@@ -102,10 +113,16 @@ class Batcher(Generic[K, S, R]):
 
     async def _work(self) -> None:
         try:
-            while self._pending:
+            while self._prune():
+                if not self._free_lanes or (self._busy and not self._full()):
+                    await self._lane_freed_or_arrival()
+                    continue
                 batch = await self._next_batch()
                 if batch:
-                    await self._run(batch)
+                    lane = self._free_lanes.pop(0)
+                    task = asyncio.create_task(self._run_in(lane, batch))
+                    self._running.add(task)  # the loop keeps only a weak reference
+                    task.add_done_callback(self._running.discard)
         except BaseException as exc:
             # Nothing may wait for a worker that is gone (a bug, or the replica stopping).
             logger.exception("The batch worker stopped; failing what waited for it")
@@ -114,9 +131,34 @@ class Batcher(Generic[K, S, R]):
             self._pending.clear()
             raise
 
-    async def _next_batch(self) -> list[tuple[_Request[K, S, R], int]]:
+    def _prune(self) -> bool:
+        """Drops requests with nothing left to hand out; whether any are left."""
         self._pending = [r for r in self._pending if r.waiting and not r.future.done()]
-        if not self._pending:
+        return bool(self._pending)
+
+    @property
+    def _busy(self) -> bool:
+        return len(self._free_lanes) < self._lanes
+
+    def _full(self) -> bool:
+        """Whether the oldest waiting window's key has enough waiting for a second lane. Two
+        lanes each with whatever waits pack fewer windows together: on the 40-clip burst with
+        four requests in flight, 12% slower than one lane; starting the second lane only on
+        half a batch, as fast as one lane there, and 19% faster with sixteen in flight."""
+        return self._waiting(self._pending[0].key) >= self.capacity * _BUSY_FILL
+
+    async def _lane_freed_or_arrival(self) -> None:
+        self._lane_freed.clear()
+        self._arrived.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._lane_freed, self._arrived)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _next_batch(self) -> list[tuple[_Request[K, S, R], int]]:
+        if not self._prune():
             return []
         first = self._pending[0]
         deadline = first.arrived + self.max_wait_s
@@ -130,33 +172,49 @@ class Batcher(Generic[K, S, R]):
             except TimeoutError:
                 break
         batch: list[tuple[_Request[K, S, R], int]] = []
-        room = self.capacity
+        items: list[S] = []
         for request in self._pending:
             if request.key != first.key or request.future.done():
                 continue
             while request.waiting:
-                weight = self._weight(request.items[request.taken])
-                if batch and weight > room:
+                item = request.items[request.taken]
+                if batch and self._size([*items, item]) > self.capacity:
                     return batch
                 batch.append((request, request.taken))
+                items.append(item)
                 request.taken += 1
-                room -= weight
         return batch
 
     def _waiting(self, key: K) -> float:
-        return sum(
-            self._weight(item)
-            for r in self._pending
-            if r.key == key and not r.future.done()
-            for item in r.items[r.taken :]
+        return self._size(
+            [
+                item
+                for r in self._pending
+                if r.key == key and not r.future.done()
+                for item in r.items[r.taken :]
+            ]
         )
 
-    async def _run(self, batch: list[tuple[_Request[K, S, R], int]]) -> None:
+    async def _run_in(self, lane: int, batch: list[tuple[_Request[K, S, R], int]]) -> None:
+        try:
+            await self._run(lane, batch)
+        except BaseException as exc:
+            # _run settles its requests on a decoding error; this is a bug or a cancellation.
+            for request, _ in batch:
+                request.fail(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+            raise
+        finally:
+            self._free_lanes.append(lane)
+            self._lane_freed.set()
+
+    async def _run(self, lane: int, batch: list[tuple[_Request[K, S, R], int]]) -> None:
         key = batch[0][0].key
         requests = list(dict.fromkeys(request for request, _ in batch))
         started = time.monotonic()
         try:
-            results = await asyncio.to_thread(self._decode, key, [r.items[i] for r, i in batch])
+            results = await asyncio.to_thread(
+                self._decode, key, [r.items[i] for r, i in batch], lane
+            )
         except Exception as exc:
             if len(requests) == 1:
                 requests[0].fail(exc)
@@ -169,7 +227,7 @@ class Batcher(Generic[K, S, R]):
                 exc,
             )
             for request in requests:
-                await self._run_alone(request, [i for r, i in batch if r is request])
+                await self._run_alone(lane, request, [i for r, i in batch if r is request])
             return
         for (request, index), result in zip(batch, results, strict=True):
             request.settle(index, result)
@@ -181,16 +239,17 @@ class Batcher(Generic[K, S, R]):
             max(self.stats.most_requests, len(requests)),
         )
         logger.info(
-            "Decoded a batch of %d windows from %d requests in %.2f s",
+            "Decoded a batch of %d windows from %d requests in %.2f s (lane %d)",
             len(batch),
             len(requests),
             time.monotonic() - started,
+            lane,
         )
 
-    async def _run_alone(self, request: _Request[K, S, R], indexes: list[int]) -> None:
+    async def _run_alone(self, lane: int, request: _Request[K, S, R], indexes: list[int]) -> None:
         try:
             results = await asyncio.to_thread(
-                self._decode, request.key, [request.items[i] for i in indexes]
+                self._decode, request.key, [request.items[i] for i in indexes], lane
             )
         except Exception as exc:
             request.fail(exc)

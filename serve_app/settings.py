@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     whisper_compute_type: ComputeType | None = None
     # 0: CTranslate2's default (4, at most the machine's cores), whatever Ray's OMP cap says.
     whisper_cpu_threads: int = Field(0, ge=0)
-    whisper_num_workers: int = Field(1, ge=1)
+    # Batches decoded at once in one replica, each with WHISPER_CPU_THREADS threads; 0: two
+    # on CPU, one on GPU (see serve_app.model_options).
+    whisper_num_workers: int = Field(0, ge=0)
     whisper_beam_size: int = Field(5, ge=1, le=20)
     # Long audio: files of FANOUT_MIN_SEC or more are cut in silences into windows of at most
     # CHUNK_MAX_WINDOW_SEC, decoded WHISPER_BATCH_SIZE at a time, in work units of about

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from serve_app.errors import InvalidOptionError
 from serve_app.model_options import (
     cpu_threads,
     normalize_language,
+    num_workers,
     resolve_compute_type,
     temperature_schedule,
 )
@@ -51,7 +53,7 @@ class DecodeKey:
 class Transcriber:
     """One loaded Whisper model and the decoding defaults it applies to every request."""
 
-    def __init__(self, name: str, model: WhisperModel, settings: Settings) -> None:
+    def __init__(self, name: str, model: WhisperModel, settings: Settings, lanes: int = 1) -> None:
         self.name = name
         self._model = model
         self._beam_size = settings.whisper_beam_size
@@ -63,18 +65,24 @@ class Transcriber:
         self._vad_parameters = {"min_silence_duration_ms": settings.whisper_vad_min_silence_ms}
         from faster_whisper import BatchedInferencePipeline
 
-        self._batched = BatchedInferencePipeline(model)
+        # One pipeline per lane of the batcher: a pipeline keeps per-call state. The model
+        # runs as many calls at once as it has workers (one per lane).
+        self.lanes = lanes
+        self._pipelines = [BatchedInferencePipeline(model) for _ in range(lanes)]
         # Windows of concurrent requests decoded together (serve_app.batching); a Transcriber
         # evicted from a replica's model cache takes its batcher with it.
-        # With packing, a batch is WHISPER_BATCH_SIZE packs' worth of audio.
+        # With packing, a batch is as many windows as WHISPER_BATCH_SIZE packs hold: counted by
+        # their sum of lengths instead, nine 25 s windows of a long file made nine packs, which
+        # the pipeline decoded as a batch of 8 and one of a single window.
         self._pack = settings.whisper_pack_windows
         self._pack_capacity = int(settings.chunk_max_window_sec * self._sample_rate)
         self._pack_gap = int(_PACK_GAP_S * self._sample_rate)
         self.batcher: Batcher[DecodeKey, np.ndarray[Any, Any], list[Segment]] = Batcher(
             self.decode_batch,
-            settings.whisper_batch_size * (self._pack_capacity if self._pack else 1),
+            settings.whisper_batch_size,
             settings.whisper_batch_wait_ms / 1000,
-            (lambda s: float(len(s) + self._pack_gap)) if self._pack else (lambda _: 1.0),
+            self._packs if self._pack else len,
+            lanes,
         )
 
     @classmethod
@@ -83,16 +91,19 @@ class Transcriber:
 
         device = device or settings.whisper_device
         path = resolve_model_path(name, settings.models_dir)
+        workers = num_workers(settings, device)
         model = SubBatchedWhisperModel(
             path,
             device=device,
             compute_type=resolve_compute_type(settings, device),
             cpu_threads=cpu_threads(settings),
-            num_workers=settings.whisper_num_workers,
+            num_workers=workers,
             encode_batch_size=settings.whisper_encode_batch_size,
         )
-        logger.info("Loaded model %s from %s on %s", name, path, device)
-        return cls(name, model, settings)
+        logger.info(
+            "Loaded model %s from %s on %s, %d batches at once", name, path, device, workers
+        )
+        return cls(name, model, settings, workers)
 
     def warm_up(self) -> tuple[float, float]:
         """Blocking: run each decoding path once, so the first request does not pay for
@@ -103,9 +114,12 @@ class Transcriber:
         self.speech_windows(noise[: self._sample_rate])
         self.detect_language(noise)
         batch = [noise, noise[::2]]
+        key = DecodeKey("transcribe", "en", None, 0.0)
         started = time.monotonic()
-        self.decode_batch(DecodeKey("transcribe", "en", None, 0.0), batch)
-        took = time.monotonic() - started
+        # Every lane at once, so each of the model's workers sets up its buffers.
+        with ThreadPoolExecutor(self.lanes) as pool:
+            list(pool.map(lambda lane: self.decode_batch(key, batch, lane), range(self.lanes)))
+        took = (time.monotonic() - started) / self.lanes
         return sum(len(clip) for clip in batch) / self._sample_rate, took
 
     @property
@@ -153,12 +167,13 @@ class Transcriber:
         audio: np.ndarray[Any, Any],
         windows: list[dict[str, float]],
         options: TranscribeOptions,
+        lane: int = 0,
     ) -> Transcript:
         """Blocking: decode the given speech windows (seconds) in batches, no VAD pass; what
-        the replica's batcher does for one request alone."""
+        the replica's batcher does for one request alone. One call at a time per lane."""
         language, probability = self.language_of(audio, windows, options)
         key = self.decoding_key(options, language)
-        decoded = self.decode_batch(key, self.slices(audio, windows))
+        decoded = self.decode_batch(key, self.slices(audio, windows), lane)
         return self.assemble(audio, windows, decoded, options, language, probability)
 
     def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[dict[str, float]]:
@@ -200,10 +215,15 @@ class Transcriber:
             words=options.word_timestamps,
         )
 
+    def _packs(self, slices: Sequence[np.ndarray[Any, Any]]) -> int:
+        """How many decoding windows these windows pack into."""
+        placed = plan_packs([len(s) for s in slices], self._pack_capacity, self._pack_gap)
+        return 1 + max((w.pack for w in placed), default=-1)
+
     def decode_batch(
-        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]]
+        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]], lane: int = 0
     ) -> list[list[Segment]]:
-        """Blocking, one call at a time per instance: windows (of one request or several)
+        """Blocking, one call at a time per lane: windows (of one request or several)
         decoded together, each one's segments on its own clock. Short windows are packed
         into shared 30 s decoding windows first (see serve_app.packing)."""
         lengths = [len(s) for s in slices]
@@ -228,7 +248,7 @@ class Transcriber:
             or any(n > self._segment_max_s * self._sample_rate for n in lengths)
         )
         decoded: list[list[Segment]] = [[] for _ in slices]
-        for pack, found in zip(members, self._decode_clips(key, packs, words), strict=True):
+        for pack, found in zip(members, self._decode_clips(key, packs, words, lane), strict=True):
             taken = unpack(found, [placed[i] for i in pack], self._sample_rate, self._pack_gap)
             for i, segments in zip(pack, taken, strict=True):
                 decoded[i] = segments
@@ -246,13 +266,13 @@ class Transcriber:
                 "%d packed windows came back without words at one end; decoding them alone",
                 len(lost),
             )
-            again = self._decode_clips(key, [slices[i] for i in lost], words)
+            again = self._decode_clips(key, [slices[i] for i in lost], words, lane)
             for i, found in zip(lost, again, strict=True):
                 decoded[i] = found
         return decoded
 
     def _decode_clips(
-        self, key: DecodeKey, clips: list[np.ndarray[Any, Any]], words: bool
+        self, key: DecodeKey, clips: list[np.ndarray[Any, Any]], words: bool, lane: int
     ) -> list[list[Segment]]:
         """Clips of at most 30 s decoded in batches by the batched pipeline, each one's
         segments on its own clock. They are laid end to end in one array, each a clip of its
@@ -262,7 +282,7 @@ class Transcriber:
             {"start": int(o) / self._sample_rate, "end": (int(o) + len(c)) / self._sample_rate}
             for o, c in zip(offsets, clips, strict=True)
         ]
-        segments, _ = self._batched.transcribe(
+        segments, _ = self._pipelines[lane].transcribe(
             np.concatenate(clips),
             language=key.language,
             task=key.task,

@@ -54,7 +54,10 @@ class TranscriberDeployment:
         # Batched units of long files already fill the cores: running several at once only made
         # them fight (a 1-replica pool ran an 8-min file at 0.67x plain batched, 0.82x with
         # this). Short requests stay concurrent: serializing them cost 9% on a burst.
-        self._unit_slots = asyncio.Semaphore(self._settings.whisper_num_workers)
+        # One per lane (a batched pipeline of the model's, which keeps per-call state).
+        self._unit_lanes: asyncio.Queue[int] = asyncio.Queue()
+        for lane in range(self._default.lanes):
+            self._unit_lanes.put_nowait(lane)
 
     def _start_reporting(self) -> SpeedReporter | None:
         """The replica's speed, for the Gateway's admission and the jobs' estimates; without
@@ -154,12 +157,15 @@ class TranscriberDeployment:
                 with self._measured(transcriber.name, audio):
                     result = await self._batched(transcriber, audio, windows, options)
             else:
-                async with self._unit_slots:
+                lane = await self._unit_lanes.get()
+                try:
                     started = time.monotonic()
                     with self._measured(transcriber.name, audio):
                         result = await self._infer(
-                            transcriber.transcribe_windows, audio, windows, options
+                            transcriber.transcribe_windows, audio, windows, options, lane
                         )
+                finally:
+                    self._unit_lanes.put_nowait(lane)
             logger.info(
                 "Decoded %s: %.1f s of audio in %d windows, %.1f s",
                 label,

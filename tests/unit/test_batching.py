@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from serve_app import audio
@@ -27,10 +28,15 @@ class Recorder:
         self.fail_on = fail_on
         self.running = 0
         self.most_at_once = 0
+        self.lanes_busy: set[int] = set()
+        self.lanes_used: set[int] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, key: str, items: list[str]) -> list[str]:
+    def __call__(self, key: str, items: list[str], lane: int) -> list[str]:
         with self._lock:
+            assert lane not in self.lanes_busy, f"lane {lane} given two batches at once"
+            self.lanes_busy.add(lane)
+            self.lanes_used.add(lane)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
@@ -42,6 +48,7 @@ class Recorder:
         finally:
             with self._lock:
                 self.running -= 1
+                self.lanes_busy.discard(lane)
 
 
 async def test_concurrent_requests_share_batches_of_one_key() -> None:
@@ -62,6 +69,32 @@ async def test_concurrent_requests_share_batches_of_one_key() -> None:
     assert batcher.stats.most_requests == 3
 
 
+async def test_two_lanes_run_two_batches_at_once_never_two_in_one_lane() -> None:
+    decode = Recorder(seconds=0.1)
+    batcher = Batcher(decode, capacity=2, max_wait_s=0, lanes=2)
+    results = await asyncio.gather(*(batcher.decode("en", [f"r{i}"]) for i in range(6)))
+    assert results == [[f"R{i}"] for i in range(6)]
+    assert decode.most_at_once == 2  # Recorder asserts no lane had two at once
+    assert decode.lanes_used == {0, 1}
+    assert sorted(item for _, items in decode.batches for item in items) == [
+        f"r{i}" for i in range(6)
+    ]
+
+
+async def test_a_second_lane_opens_only_for_a_half_full_batch() -> None:
+    decode = Recorder(seconds=0.1)
+    batcher = Batcher(decode, capacity=8, max_wait_s=0, lanes=2)
+    first = asyncio.create_task(batcher.decode("en", ["a"]))
+    await asyncio.sleep(0.02)  # "a" is decoding
+    await asyncio.gather(first, batcher.decode("en", ["b"]), batcher.decode("en", ["c"]))
+    assert decode.most_at_once == 1  # "b" and "c" waited for the lane, to share a batch
+    assert [items for _, items in decode.batches] == [["a"], ["b", "c"]]
+    first = asyncio.create_task(batcher.decode("en", ["d"]))
+    await asyncio.sleep(0.02)
+    await asyncio.gather(first, batcher.decode("en", [f"e{i}" for i in range(4)]))
+    assert decode.most_at_once == 2  # half a batch took the free lane
+
+
 async def test_a_lone_request_waits_at_most_the_wait_bound() -> None:
     batcher = Batcher(Recorder(seconds=0), capacity=8, max_wait_s=0.03)
     await batcher.decode("en", ["warm"])
@@ -75,6 +108,19 @@ async def test_a_full_batch_does_not_wait() -> None:
     started = time.monotonic()
     assert await batcher.decode("en", ["x", "y"]) == ["X", "Y"]
     assert time.monotonic() - started < 1
+
+
+async def test_a_batch_is_measured_by_its_size_not_its_count() -> None:
+    # Items' sizes as the transcriber measures them: the decoding windows they pack into.
+    # Two-letter items fill one each; one-letter items pack two to a window.
+    def packs(items: Sequence[str]) -> int:
+        long = sum(len(i) == 2 for i in items)
+        return long + (len(items) - long + 1) // 2
+
+    decode = Recorder()
+    batcher = Batcher(decode, capacity=2, max_wait_s=0.02, size=packs)
+    assert await batcher.decode("en", ["aa", "b", "c", "dd", "e"]) == ["AA", "B", "C", "DD", "E"]
+    assert [items for _, items in decode.batches] == [["aa", "b", "c"], ["dd", "e"]]
 
 
 async def test_a_long_request_is_split_over_batches_and_others_join_them() -> None:
