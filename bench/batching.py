@@ -1,12 +1,13 @@
 """Issue 12's targets in one run: batching across requests against plain faster-whisper and
-against the service without it (WHISPER_CROSS_BATCH=false: each request alone, as before).
+against the service as it was before (each request alone, one model call at a time).
 
     .venv/bin/python -m bench.batching [--model base] [--clips 40]
 
 Columns: plain faster-whisper; the service as configured ("batched"); one CPU replica (all
 cores, no autoscaling) with WORKERS_COUNT and its max_ongoing_requests at --wide (16), so more
-jobs are in flight to batch and pack ("wide"); WHISPER_CROSS_BATCH=false ("alone": each
-request decoded alone, as the service did before batching across requests).
+jobs are in flight to batch and pack ("wide"); WHISPER_CROSS_BATCH=false and
+WHISPER_NUM_WORKERS=1 ("alone": each request decoded alone, one at a time per replica, as the
+service did before batching across requests).
 
 Inputs: a burst of 40 clips of 2-30 s (one to six synthesized sentences each, three speaking
 rates), published at once over AMQP with `"language": "en"`; the 8-minute two-voice file;
@@ -223,7 +224,9 @@ def main() -> None:
                 }
             },
         )
-        alone = service(args.model, work, {"WHISPER_CROSS_BATCH": "false"}, burst, long, lone)
+        # The service as it was before issue 12: each request alone, one model call at a time.
+        before = {"WHISPER_CROSS_BATCH": "false", "WHISPER_NUM_WORKERS": "1"}
+        alone = service(args.model, work, before, burst, long, lone)
 
     burst_audio = sum(lengths)
     print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU")
