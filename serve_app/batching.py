@@ -198,10 +198,15 @@ class Batcher(Generic[K, S, R]):
     async def _run_in(self, lane: int, batch: list[tuple[_Request[K, S, R], int]]) -> None:
         try:
             await self._run(lane, batch)
-        except BaseException as exc:
-            # _run settles its requests on a decoding error; this is a bug or a cancellation.
+        except Exception as exc:
+            # _run settles its requests on a decoding error: this is a bug. Nothing awaits
+            # this task, so it is logged here and its requests fail.
+            logger.exception("A batch failed outside its decoding; failing its requests")
             for request, _ in batch:
-                request.fail(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+                request.fail(exc)
+        except BaseException:
+            for request, _ in batch:
+                request.fail(RuntimeError("The batch was stopped"))
             raise
         finally:
             self._free_lanes.append(lane)
