@@ -51,10 +51,11 @@ class TranscriberDeployment:
         self._loaded(self._default.name, time.monotonic() - started)
         self._failures = 0
         self._reporter = self._start_reporting()
-        # Batched units of long files already fill the cores: running several at once only made
-        # them fight (a 1-replica pool ran an 8-min file at 0.67x plain batched, 0.82x with
-        # this). Short requests stay concurrent: serializing them cost 9% on a burst.
-        # One per lane (a batched pipeline of the model's, which keeps per-call state).
+        # WHISPER_CROSS_BATCH=false: a unit of a long file takes a lane of its own (a batched
+        # pipeline of the model's, which keeps per-call state), so at most one unit per model
+        # worker runs (unbounded, they fought: a 1-replica pool ran an 8-min file at 0.67x
+        # plain batched, 0.82x one at a time). Short requests stay concurrent. With cross
+        # batching the batcher hands out the same lanes; the two modes never run together.
         self._unit_lanes: asyncio.Queue[int] = asyncio.Queue()
         for lane in range(self._default.lanes):
             self._unit_lanes.put_nowait(lane)
