@@ -28,6 +28,8 @@ class Recorder:
         self.fail_on = fail_on
         self.running = 0
         self.most_at_once = 0
+        self.items_running = 0
+        self.most_items_at_once = 0
         self.lanes_busy: set[int] = set()
         self.lanes_used: set[int] = set()
         self._lock = threading.Lock()
@@ -39,6 +41,8 @@ class Recorder:
             self.lanes_used.add(lane)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
+            self.items_running += len(items)
+            self.most_items_at_once = max(self.most_items_at_once, self.items_running)
         try:
             self.batches.append((key, list(items)))
             time.sleep(self.seconds)
@@ -48,6 +52,7 @@ class Recorder:
         finally:
             with self._lock:
                 self.running -= 1
+                self.items_running -= len(items)
                 self.lanes_busy.discard(lane)
 
 
@@ -81,9 +86,21 @@ async def test_two_lanes_run_two_batches_at_once_never_two_in_one_lane() -> None
     ]
 
 
+async def test_lanes_share_the_capacity() -> None:
+    # The decoder's memory grows with the windows it holds: two lanes hold what one batch would.
+    decode = Recorder(seconds=0.05)
+    batcher = Batcher(decode, capacity=8, max_wait_s=0, lanes=2)
+    units = [[f"u{u}w{i}" for i in range(10)] for u in range(3)]
+    results = await asyncio.gather(*(batcher.decode("en", unit) for unit in units))
+    assert results == [[item.upper() for item in unit] for unit in units]
+    assert decode.most_at_once == 2
+    assert decode.most_items_at_once == 8
+    assert max(len(items) for _, items in decode.batches) == 4
+
+
 async def test_a_second_lane_opens_only_for_a_half_full_batch() -> None:
     decode = Recorder(seconds=0.1)
-    batcher = Batcher(decode, capacity=8, max_wait_s=0, lanes=2)
+    batcher = Batcher(decode, capacity=16, max_wait_s=0, lanes=2)  # batches of 8
     first = asyncio.create_task(batcher.decode("en", ["a"]))
     await asyncio.sleep(0.02)  # "a" is decoding
     await asyncio.gather(first, batcher.decode("en", ["b"]), batcher.decode("en", ["c"]))
