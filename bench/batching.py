@@ -4,10 +4,11 @@ against the service as it was before (each request alone, one model call at a ti
     .venv/bin/python -m bench.batching [--model base] [--clips 40]
 
 Columns: plain faster-whisper; the service as configured ("batched"); one CPU replica (all
-cores, no autoscaling) with WORKERS_COUNT and its max_ongoing_requests at --wide (16), so more
-jobs are in flight to batch and pack ("wide"); WHISPER_CROSS_BATCH=false and
-WHISPER_NUM_WORKERS=1 ("alone": each request decoded alone, one at a time per replica, as the
-service did before batching across requests).
+cores, no autoscaling) and one Ingest replica with WORKERS_COUNT and the replica's
+max_ongoing_requests at --wide (16), so more jobs are in flight to batch and pack ("wide");
+WHISPER_CROSS_BATCH=false and WHISPER_NUM_WORKERS=1 with the deployments as they were
+configured then ("alone": each request decoded alone, one at a time per replica, as the service
+did before batching across requests).
 
 Inputs: a burst of 40 clips of 2-30 s (one to six synthesized sentences each, three speaking
 rates), published at once over AMQP with `"language": "en"`; the 8-minute two-voice file;
@@ -176,6 +177,15 @@ def service(
     return figures
 
 
+BEFORE_ISSUE_12: dict[str, dict[str, object]] = {
+    "Ingest": {"num_replicas": 1},
+    "TranscriberCPU": {
+        "max_ongoing_requests": 4,
+        "autoscaling_config": {"target_ongoing_requests": 2},
+    },
+}
+
+
 def plain_process_memory_mb() -> float:
     """Peak resident memory of this process, which ran both plain baselines."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -217,16 +227,18 @@ def main() -> None:
             long,
             lone,
             {
+                "Ingest": {"num_replicas": 1},
                 "TranscriberCPU": {
                     "max_ongoing_requests": args.wide,
                     "num_replicas": 1,
                     "autoscaling_config": None,
-                }
+                },
             },
         )
-        # The service as it was before issue 12: each request alone, one model call at a time.
+        # The service as it was before issue 12: each request alone, one model call at a time,
+        # one Ingest replica, and a CPU pool that scaled out at two requests a replica.
         before = {"WHISPER_CROSS_BATCH": "false", "WHISPER_NUM_WORKERS": "1"}
-        alone = service(args.model, work, before, burst, long, lone)
+        alone = service(args.model, work, before, burst, long, lone, BEFORE_ISSUE_12)
 
     burst_audio = sum(lengths)
     print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU")

@@ -2,8 +2,8 @@
 
 Settings come from the environment exactly as a user would set them: tiny.en by default (the
 language does not matter for most tests), base for Spanish, small limits to test them cheaply.
-The only config changes: the HTTP port, two competing ingest replicas, and autoscaling delays
-short enough to watch in a test.
+The only config changes: the HTTP port, and autoscaling delays short enough and a target low
+enough to watch the pool scale in a test.
 
 The app starts while RabbitMQ is stopped (it must still serve HTTP and report the broker down),
 and its shutdown is checked at the end: every job in flight is answered once or handed back.
@@ -41,7 +41,14 @@ ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "webhook-test-secret"
 DEPLOYMENT_OVERRIDES = {
     "Ingest": {"num_replicas": INGEST_REPLICAS},
-    "TranscriberCPU": {"autoscaling_config": {"upscale_delay_s": 2, "downscale_delay_s": 10}},
+    # The two ingest replicas hold 8 jobs: a target of 2 lets them scale the pool.
+    "TranscriberCPU": {
+        "autoscaling_config": {
+            "upscale_delay_s": 2,
+            "downscale_delay_s": 10,
+            "target_ongoing_requests": 2,
+        }
+    },
 }
 
 
