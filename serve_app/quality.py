@@ -5,10 +5,14 @@ the model itself calls silence is dropped, as sequential decoding drops it. Plai
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from serve_app.schemas import Segment
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,26 @@ def judge(segment: Segment, limits: Thresholds) -> Verdict:
     ):
         return Verdict.REDO
     return Verdict.OK
+
+
+def guard(
+    windows: Sequence[dict[str, float]],
+    per_window: Sequence[list[Segment]],
+    limits: Thresholds,
+    redo: Callable[[dict[str, float]], list[Segment]],
+) -> list[Segment]:
+    """The windows' segments that pass, silence dropped; a window with any segment to redo is
+    replaced whole by what ``redo`` decodes of it."""
+    kept: list[Segment] = []
+    for window, found in zip(windows, per_window, strict=True):
+        verdicts = [judge(segment, limits) for segment in found]
+        if Verdict.REDO not in verdicts:
+            kept += [s for s, v in zip(found, verdicts, strict=True) if v is Verdict.OK]
+            continue
+        logger.info(
+            "Window %.1f-%.1f s failed the quality checks; decoding it again",
+            window["start"],
+            window["end"],
+        )
+        kept += redo(window)
+    return kept

@@ -22,7 +22,7 @@ from serve_app.model_options import (
     temperature_schedule,
 )
 from serve_app.packing import Placed, covers, plan_packs, unpack
-from serve_app.quality import Thresholds, Verdict, judge
+from serve_app.quality import Thresholds, guard
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.segments import from_faster_whisper, shifted, split_segments
 from serve_app.settings import Settings
@@ -326,7 +326,7 @@ class Transcriber:
             [shifted(s, w["start"]) for s in found]
             for w, found in zip(windows, decoded, strict=True)
         ]
-        checked = self._guard(audio, windows, per_window, fixed)
+        checked = guard(windows, per_window, self.thresholds, lambda w: self._redo(audio, w, fixed))
         parts = split_segments(checked, self._segment_max_s, options.word_timestamps)
         return Transcript(
             text="".join(segment.text for segment in parts).strip(),
@@ -338,32 +338,11 @@ class Transcriber:
             task=options.task,
         )
 
-    def _guard(
-        self,
-        audio: np.ndarray[Any, Any],
-        windows: list[dict[str, float]],
-        per_window: list[list[Segment]],
-        options: TranscribeOptions,
-    ) -> list[Segment]:
-        """Windows that fail the thresholds are decoded again one by one, sequentially, with
-        the temperature fallback (see serve_app.quality)."""
-        kept: list[Segment] = []
-        for window, found in zip(windows, per_window, strict=True):
-            verdicts = [judge(segment, self.thresholds) for segment in found]
-            if Verdict.REDO not in verdicts:
-                kept += [s for s, v in zip(found, verdicts, strict=True) if v is Verdict.OK]
-                continue
-            logger.info(
-                "Window %.1f-%.1f s failed the quality checks; decoding it again",
-                window["start"],
-                window["end"],
-            )
-            kept += self._redo(audio, window, options)
-        return kept
-
     def _redo(
         self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
     ) -> list[Segment]:
+        """A window that failed the quality checks, decoded sequentially with the temperature
+        fallback and the thresholds, on the file's clock."""
         start = self._sample(window["start"])
         segments, _ = self._model.transcribe(
             audio[start : self._sample(window["end"])],

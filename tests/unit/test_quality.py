@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio, transcriber
+from serve_app import audio, quality
 from serve_app.chunking import plan
-from serve_app.quality import Thresholds, Verdict, judge
+from serve_app.quality import Thresholds, Verdict, guard, judge
 from serve_app.schemas import Segment, TranscribeOptions
 from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
@@ -52,6 +52,22 @@ def long_speech(speech_dir: Path) -> tuple[np.ndarray, list[dict[str, float]], s
     return samples, windows, reference
 
 
+def test_the_guard_keeps_what_passes_and_redoes_whole_windows() -> None:
+    good, quiet = _segment(0, 2), _segment(2, 4, no_speech_prob=0.9, avg_logprob=-1.5)
+    loop = _segment(10, 12, compression_ratio=3.0)
+    redone = [_segment(10, 11), _segment(11, 12)]
+    windows = [{"start": 0.0, "end": 5.0}, {"start": 10.0, "end": 15.0}]
+    asked: list[dict[str, float]] = []
+
+    def redo(window: dict[str, float]) -> list[Segment]:
+        asked.append(window)
+        return redone
+
+    kept = guard(windows, [[good, quiet], [_segment(13, 14), loop]], Thresholds(), redo)
+    assert kept == [good, *redone]  # the silence dropped; the looping window replaced whole
+    assert asked == [windows[1]]
+
+
 def test_failing_windows_are_decoded_again_sequentially(
     tiny: Transcriber,
     long_speech: tuple[np.ndarray, list[dict[str, float]], str],
@@ -63,8 +79,8 @@ def test_failing_windows_are_decoded_again_sequentially(
     ``Thresholds`` instead would fail every temperature of the redo too: six decodings.)"""
     samples, windows, _ = long_speech
     baseline = tiny.transcribe_windows(samples, windows, TranscribeOptions())
-    monkeypatch.setattr(transcriber, "judge", lambda segment, limits: Verdict.REDO)
-    with caplog.at_level(logging.INFO, logger="serve_app.transcriber"):
+    monkeypatch.setattr(quality, "judge", lambda segment, limits: Verdict.REDO)
+    with caplog.at_level(logging.INFO, logger="serve_app.quality"):
         redone = tiny.transcribe_windows(samples, windows, TranscribeOptions())
     again = [r for r in caplog.records if "failed the quality checks" in r.getMessage()]
     assert len(again) == len(windows) >= 3
