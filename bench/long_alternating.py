@@ -1,6 +1,7 @@
 """The long file, service against plain batched faster-whisper, alternating in one run.
 
     .venv/bin/python -m bench.long_alternating [--model base] [--runs 5] [--replicas 1]
+        [--env NAME=VALUE ...]
 
 `bench.long_audio` runs the plain baselines before Ray starts, then the service once each:
 run-to-run noise on a 2-core machine (10% or more) is as large as the differences measured.
@@ -31,6 +32,9 @@ def main() -> None:
     parser.add_argument("--model", default="base")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
+    )
     args = parser.parse_args()
     times: dict[str, list[float]] = {"plain batched(8)": [], "service HTTP": [], "service AMQP": []}
     wers: dict[str, float] = {}
@@ -46,6 +50,7 @@ def main() -> None:
             "DATA_DIR": str(work / "data"),
             "ALLOWED_AUDIO_ROOTS": str(audio_dir),
             "RABBITMQ_URL": URL,
+            **dict(item.split("=", 1) for item in args.env),
         }
         fixed = {"TranscriberCPU": {"num_replicas": args.replicas, "autoscaling_config": None}}
         plain = plain_batched(args.model, work / "models")
@@ -78,6 +83,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU")
     print(
         f"long file: {seconds:.0f} s mp3; {args.runs} alternating runs; {args.replicas} replica(s)"
+        + "".join(f"; {item}" for item in args.env)
     )
     header = f"{'run':20s} {'median s':>9s} {'audio s/wall s':>14s} {'vs batched':>10s}"
     print(f"{header} {'WER':>6s}  runs")
