@@ -57,9 +57,6 @@ class Transcriber:
         self.name = name
         self._model = model
         self._beam_size = settings.whisper_beam_size
-        # The pipeline's batch in one lane: WHISPER_BATCH_SIZE windows decode at once across
-        # the lanes, as the batcher bounds them (see serve_app.batching).
-        self._batch_size = max(1, settings.whisper_batch_size // lanes)
         self._segment_max_s = settings.segment_max_sec
         self._sample_rate = settings.audio_sample_rate
         self._chunking = settings.chunking
@@ -86,6 +83,9 @@ class Transcriber:
             self._packs if self._pack else len,
             lanes,
         )
+        # The pipeline's batch in one lane is the batcher's: WHISPER_BATCH_SIZE windows decode
+        # at once across the lanes, re-decoded packs and units without cross-batching too.
+        self._batch_size = max(1, int(self.batcher.capacity))
 
     @classmethod
     def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
