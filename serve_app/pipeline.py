@@ -12,7 +12,7 @@ from pathlib import Path
 from serve_app import audio
 from serve_app.admission import AudioAdmission
 from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
-from serve_app.decoder import Sandbox
+from serve_app.decoder import Sandbox, bundled_ffmpeg
 from serve_app.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
@@ -28,6 +28,7 @@ def audio_limits(settings: Settings) -> AudioLimits:
         sandbox=Sandbox(
             timeout_s=settings.decode_timeout_sec,
             memory_bytes=settings.decode_memory_mb * 1024 * 1024,
+            ffmpeg=settings.ffmpeg_binary or bundled_ffmpeg(),
         ),
     )
 

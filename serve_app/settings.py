@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(2, ge=1, le=64)
     decode_queue: int = Field(16, ge=0)
     decode_timeout_sec: float = Field(120, gt=0)
-    decode_memory_mb: int = Field(1024, ge=64)
+    decode_memory_mb: int = Field(1024, ge=512)
+    # FFMPEG_BINARY: the FFmpeg that decodes, e.g. `ffmpeg` for the system's (a distribution's
+    # security updates, 100+ ms more a file); unset, the static build of imageio-ffmpeg.
+    ffmpeg_binary: str | None = None
     # Decoded audio (float32, 64 kB a second) a Gateway replica holds at once, in decodes and
     # requests waiting for the model; past it new requests get 503 with Retry-After.
     max_decoded_audio_mb: float = Field(1024, gt=0)

@@ -95,9 +95,9 @@ def test_a_crashed_decoder_fails_its_file_and_the_process_goes_on(clip, speech_d
     deadline = time.monotonic() + 10
     victims: list[int] = []
     while not victims and time.monotonic() < deadline:
-        victims = _ffmpeg_children()
+        victims = [pid for pid in _ffmpeg_children() if _has_written(pid)]
     assert victims, "the decoder child never showed up"
-    os.kill(victims[0], signal.SIGSEGV)  # as a decoder bug would
+    os.kill(victims[0], signal.SIGSEGV)  # as a decoder bug would, once it runs
     worker.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], UndecodableAudioError), outcome
     assert "crashed" in outcome[0].message
@@ -115,6 +115,17 @@ def _ffmpeg_children() -> list[int]:
             ppid = int(fields[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if comm == "ffmpeg" and ppid == os.getpid():
+        # The kernel keeps 15 characters of a command's name.
+        if comm == Path(LIMITS.sandbox.ffmpeg).name[:15] and ppid == os.getpid():
             found.append(int(stat.parent.name))
     return found
+
+
+def _has_written(pid: int) -> bool:
+    """Whether the process has begun its work (its first log line): one killed before that
+    reads as a decoder that could not start within its memory limit."""
+    try:
+        io_stats = Path(f"/proc/{pid}/io").read_text().split()
+    except OSError:
+        return False
+    return int(io_stats[io_stats.index("wchar:") + 1]) > 0
