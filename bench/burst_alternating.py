@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 from bench.batching import mixed_clips
-from bench.common import duration, plain_sequential, publish_burst
+from bench.common import (
+    alternating_args,
+    duration,
+    plain_sequential,
+    publish_burst,
+    service_env,
+)
 from bench.long_audio import URL
 from tests.support import amqp, speech
 from tests.support.serve_process import serve_run
@@ -30,13 +36,8 @@ from tests.support.serve_process import serve_run
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="base")
     parser.add_argument("--clips", type=int, default=40)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument(
-        "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
-    )
-    args = parser.parse_args()
+    args = alternating_args(parser, runs=3)
     plain_s: list[float] = []
     service_s: list[float] = []
     wers: dict[str, list[float]] = {"plain": [], "service": []}
@@ -45,14 +46,7 @@ def main() -> None:
         audio_dir = work / "audio"
         burst = mixed_clips(audio_dir, args.clips)
         lengths = [duration(path) for path, _ in burst]
-        env = {
-            "WHISPER_MODEL": args.model,
-            "MODELS_DIR": str(work / "models"),
-            "DATA_DIR": str(work / "data"),
-            "ALLOWED_AUDIO_ROOTS": str(audio_dir),
-            "RABBITMQ_URL": URL,
-            **dict(item.split("=", 1) for item in args.env),
-        }
+        env = service_env(args.model, work, audio_dir, URL, args.env)
         sequential = plain_sequential(args.model, work / "models", language="en")
         sequential(burst[0][0])  # warm-up; the service warms up when it starts
         with serve_run(work, env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import time
@@ -110,3 +111,28 @@ def publish_burst(
     )
     results = [collector.wait(i, timeout=1800) for i in ids]
     return time.perf_counter() - started, results
+
+
+def alternating_args(parser: argparse.ArgumentParser, runs: int) -> argparse.Namespace:
+    """The options of the benchmarks that run the service and plain faster-whisper in turns."""
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
+    )
+    return parser.parse_args()
+
+
+def service_env(
+    model: str, work: Path, audio_dir: Path, rabbitmq_url: str, extra: list[str]
+) -> dict[str, str]:
+    """The service's environment in a benchmark: its model, data and audio under ``work``,
+    and the NAME=VALUE pairs given with --env."""
+    return {
+        "WHISPER_MODEL": model,
+        "MODELS_DIR": str(work / "models"),
+        "DATA_DIR": str(work / "data"),
+        "ALLOWED_AUDIO_ROOTS": str(audio_dir),
+        "RABBITMQ_URL": rabbitmq_url,
+        **dict(item.split("=", 1) for item in extra),
+    }

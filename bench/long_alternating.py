@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import duration, plain_batched
+from bench.common import alternating_args, duration, plain_batched, service_env
 from bench.long_audio import URL, _http
 from tests.support import amqp, speech
 from tests.support.serve_process import serve_run
@@ -29,13 +29,8 @@ from tests.support.serve_process import serve_run
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="base")
-    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument(
-        "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
-    )
-    args = parser.parse_args()
+    args = alternating_args(parser, runs=5)
     times: dict[str, list[float]] = {"plain batched(8)": [], "service HTTP": [], "service AMQP": []}
     wers: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,14 +39,7 @@ def main() -> None:
         wav, reference = speech.long_recording("en_long", audio_dir, voices=("en-us", "en-gb"))
         path = speech.encode(wav, ".mp3", audio_dir)
         seconds = duration(path)
-        env = {
-            "WHISPER_MODEL": args.model,
-            "MODELS_DIR": str(work / "models"),
-            "DATA_DIR": str(work / "data"),
-            "ALLOWED_AUDIO_ROOTS": str(audio_dir),
-            "RABBITMQ_URL": URL,
-            **dict(item.split("=", 1) for item in args.env),
-        }
+        env = service_env(args.model, work, audio_dir, URL, args.env)
         fixed = {"TranscriberCPU": {"num_replicas": args.replicas, "autoscaling_config": None}}
         plain = plain_batched(args.model, work / "models")
         with (
