@@ -41,11 +41,13 @@ _STDERR_KEEP = 1 << 15
 _DURATION = re.compile(rb"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # A probe refused: the demuxer it found is not whitelisted, or FFmpeg 6.1+ will not detect an
 # HLS playlist behind an audio file's extension ("Not detecting m3u8/hls with non standard ...").
-_REFUSED = re.compile(rb"Format not on whitelist|Not detecting (\w+)/")
+# Matched on their level tags: a file's metadata is printed at [info], so it cannot pass for one.
+_REFUSED = re.compile(rb"\[error\] (?:Format not on whitelist|Not detecting (\w+)/)")
 # What the probe found: "Format concat probed with size=..." (FFmpeg 6.1+, at debug level), or
 # the demuxer's name tagging the refusal, "[concat @ 0x...] [error] Format not on whitelist".
 _PROBED = re.compile(
-    rb"Format (\w+) probed with size|\[(\w+) @ [^\]]*\] \[error\] Format not on whitelist"
+    rb"\[debug\] Format (\w+) probed with size"
+    rb"|\[(\w+) @ [^\]]*\] \[error\] Format not on whitelist"
 )
 _FAILURE_LEVELS = ("[error] ", "[fatal] ", "[panic] ")
 # The child gets none of the replica's environment (credentials in URLs). Two malloc arenas:
