@@ -49,7 +49,9 @@ _PROBED = re.compile(
     rb"\[debug\] Format (\w+) probed with size"
     rb"|\[(\w+) @ [^\]]*\] \[error\] Format not on whitelist"
 )
-_FAILURE_LEVELS = ("[error] ", "[fatal] ", "[panic] ")
+# A failure's line: what follows its level tag, after however many context tags ("[in#0 @ 0x..]
+# [error] ...", "[aist#0:0/mp3 @ 0x..] [dec:mp3float @ 0x..] [error] ...", "[fatal] ...").
+_FAILURE_LINE = re.compile(r"\[(?:error|fatal|panic)\] (.*)")
 # The child gets none of the replica's environment (credentials in URLs). Two malloc arenas:
 # FFmpeg 7+ runs demuxing, decoding, filtering and muxing in threads, and an arena per thread
 # reserves 64 MB of address space, which made decodes fail at random under a 400 MB limit.
@@ -231,13 +233,12 @@ def _over_memory() -> UndecodableAudioError:
 
 def _reason(stderr: bytes) -> str:
     """FFmpeg's last error, without its internal addresses and the stdin file name."""
-    lines = [
-        re.sub(r"^\[[\w:#/]+ @ 0x[0-9a-f]+\]\s*", "", line.strip())
+    failures = [
+        found.group(1).strip()
         for line in stderr.decode(errors="replace").splitlines()
+        if (found := _FAILURE_LINE.search(line))
     ]
-    failures = [line for line in lines if line.startswith(_FAILURE_LEVELS)]
     if not failures:
         return "no audio could be read"
-    reason = failures[-1].split("] ", 1)[1]
-    reason = reason.replace("file:/dev/stdin: ", "")
+    reason = failures[-1].replace("file:/dev/stdin: ", "")
     return reason[:200] or "no audio could be read"

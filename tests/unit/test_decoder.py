@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import audio
+from serve_app import audio, decoder
 from serve_app.decoder import Sandbox
 from serve_app.errors import AudioError, UndecodableAudioError, UnsupportedFormatError
 from tests.support import hostile, speech
@@ -129,3 +129,17 @@ def _has_written(pid: int) -> bool:
     except OSError:
         return False
     return int(io_stats[io_stats.index("wchar:") + 1]) > 0
+
+
+def test_a_failure_names_ffmpegs_last_error_line_behind_any_context_tags() -> None:
+    stderr = (
+        b"[in#0/mp3 @ 0x55d25c33e800] [info] Stream #0:0: Audio: mp3\n"
+        b"[aist#0:0/mp3 @ 0x55d25c33e800] [dec:mp3float @ 0x55d25c33c580] [error] "
+        b"pthread_create() failed: Resource temporarily unavailable\n"
+        b"[verbose] Exiting with exit code 245\n"
+    )
+    failure = decoder._failure(245, stderr, Sandbox(ffmpeg="ffmpeg"))
+    assert isinstance(failure, UndecodableAudioError)
+    assert failure.message == (
+        "Cannot decode audio: pthread_create() failed: Resource temporarily unavailable"
+    )
