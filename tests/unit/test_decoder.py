@@ -80,6 +80,36 @@ def test_a_decoder_over_its_memory_limit_is_one_clear_error(clip) -> None:
 
 
 def test_a_crashed_decoder_fails_its_file_and_the_process_goes_on(clip, speech_dir: Path) -> None:
+    worker, outcome, child = _stopped_decoder(speech_dir)
+    os.kill(child, signal.SIGSEGV)  # as a decoder bug would, once it runs
+    os.kill(child, signal.SIGCONT)
+    worker.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], UndecodableAudioError), outcome
+    assert "crashed" in outcome[0].message
+    with open(clip("en_office", ".ogg"), "rb") as f:  # the next file is not affected
+        assert audio.decode(f, LIMITS).duration > 12
+
+
+def test_the_decoder_sees_none_of_the_replicas_environment(
+    speech_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://whisper:s3cret@broker:5672/")
+    worker, outcome, child = _stopped_decoder(speech_dir)
+    try:
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+    finally:
+        os.kill(child, signal.SIGCONT)
+        worker.join(timeout=30)
+    assert not [v for v in environ if b"s3cret" in v], environ
+    assert b"MALLOC_ARENA_MAX=2" in environ
+    assert len(outcome) == 1 and outcome[0] == pytest.approx(110, abs=0.5), outcome
+
+
+def _stopped_decoder(
+    speech_dir: Path,
+) -> tuple[threading.Thread, list[BaseException | float], int]:
+    """A decode of a long file in a thread, and its FFmpeg child, stopped (SIGSTOP) once it
+    runs; the outcome list gets the duration or the error when it is continued."""
     long_file = speech.tone(speech_dir / "tone_110.wav", 110, ["-ar", "48000"])
     outcome: list[BaseException | float] = []
 
@@ -93,16 +123,13 @@ def test_a_crashed_decoder_fails_its_file_and_the_process_goes_on(clip, speech_d
     worker = threading.Thread(target=decode_long)
     worker.start()
     deadline = time.monotonic() + 10
-    victims: list[int] = []
-    while not victims and time.monotonic() < deadline:
-        victims = [pid for pid in _ffmpeg_children() if _has_written(pid)]
-    assert victims, "the decoder child never showed up"
-    os.kill(victims[0], signal.SIGSEGV)  # as a decoder bug would, once it runs
+    while time.monotonic() < deadline:
+        for pid in _ffmpeg_children():
+            if _has_written(pid):
+                os.kill(pid, signal.SIGSTOP)
+                return worker, outcome, pid
     worker.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], UndecodableAudioError), outcome
-    assert "crashed" in outcome[0].message
-    with open(clip("en_office", ".ogg"), "rb") as f:  # the next file is not affected
-        assert audio.decode(f, LIMITS).duration > 12
+    raise AssertionError(f"the decoder child never showed up: {outcome}")
 
 
 def _ffmpeg_children() -> list[int]:
