@@ -24,6 +24,7 @@ from pathlib import Path
 from bench.batching import mixed_clips
 from bench.common import (
     alternating_args,
+    deployment_overrides,
     duration,
     plain_sequential,
     publish_burst,
@@ -49,7 +50,7 @@ def main() -> None:
         env = service_env(args.model, work, audio_dir, URL, args.env)
         sequential = plain_sequential(args.model, work / "models", language="en")
         sequential(burst[0][0])  # warm-up; the service warms up when it starts
-        with serve_run(work, env):
+        with serve_run(work, env, deployments=deployment_overrides(args.deployment)):
             collector = amqp.ResultCollector(URL)
             try:
                 base = 7 * 10**9 + int(time.time()) % 10**6 * 1000
@@ -70,11 +71,12 @@ def main() -> None:
                 collector.close()
 
     ratios = [p / s for p, s in zip(plain_s, service_s, strict=True)]
+    changes = [*args.env, *args.deployment]
     print(f"machine: {os.cpu_count()} cores; model {args.model} int8 on CPU")
     print(
         f"burst: {len(burst)} clips, {min(lengths):.1f}-{max(lengths):.1f} s, "
-        f"{sum(lengths):.0f} s in all; {args.runs} alternating runs; serve_config.yaml as shipped"
-        + "".join(f"; {item}" for item in args.env)
+        f"{sum(lengths):.0f} s in all; {args.runs} alternating runs; serve_config.yaml"
+        + ("".join(f"; {item}" for item in changes) if changes else " as shipped")
     )
     print(f"{'run':8s} {'plain loop s':>12s} {'service s':>10s} {'ratio':>7s}")
     for run, (p, s, r) in enumerate(zip(plain_s, service_s, ratios, strict=True), 1):

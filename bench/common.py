@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from serve_app.settings import Settings
 from serve_app.weights import resolve_model_path
 from tests.support import amqp, speech
@@ -120,7 +122,27 @@ def alternating_args(parser: argparse.ArgumentParser, runs: int) -> argparse.Nam
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
     )
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        default=[],
+        help="DEPLOYMENT.OPTION=YAML over serve_config.yaml, e.g. "
+        "TranscriberCPU.autoscaling_config.target_ongoing_requests=16",
+    )
     return parser.parse_args()
+
+
+def deployment_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """--deployment DEPLOYMENT.OPTION[.OPTION...]=YAML items as serve_run's overrides."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        path, value = item.split("=", 1)
+        name, *keys = path.split(".")
+        target = overrides.setdefault(name, {})
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = yaml.safe_load(value)
+    return overrides
 
 
 def service_env(
