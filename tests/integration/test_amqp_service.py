@@ -203,8 +203,11 @@ def test_replica_killed_mid_job_is_retried_and_answered_once(
 
 
 def test_backlog_scales_model_replicas_up_then_down(service: Service, results, clip) -> None:
+    """A backlog that lasts until the pool has scaled out: 16 jobs, topped up while they
+    drain (a fast machine finished 16 clips in 22 s, before a second replica was up)."""
     speech.wait_until(lambda: _pool_replicas(service) == 1, 120, "a single replica to start from")
-    jobs = [_job(clip("en_thirty", ".mp3")) for _ in range(16)]
+    audio = clip("en_thirty", ".mp3")
+    jobs = [_job(audio) for _ in range(16)]
     amqp.publish(RABBITMQ_URL, *jobs)
     peak, unacked_samples = 1, []
     deadline = time.monotonic() + 300
@@ -212,8 +215,13 @@ def test_backlog_scales_model_replicas_up_then_down(service: Service, results, c
         assert time.monotonic() < deadline, "backlog not done in 300s"
         peak = max(peak, _pool_replicas(service))
         unacked_samples.append(amqp.unacked(c.REQUEST_QUEUE))
+        if peak < 2 and amqp.queue_depth(RABBITMQ_URL, c.REQUEST_QUEUE)[0] < 8:
+            more = [_job(audio) for _ in range(8)]
+            amqp.publish(RABBITMQ_URL, *more)
+            jobs += more
         time.sleep(0.5)
     assert peak == 2, "the backlog should have scaled the pool to max_replicas"
+    print(f"backlog: {len(jobs)} jobs of 30 s published while the pool scaled out")
     # Unacked messages stay within what the ingest replicas may hold.
     assert max(unacked_samples) == INGEST_REPLICAS * WORKERS_COUNT, unacked_samples
     assert all(len(results.all(j["attachment_id"])) == 1 for j in jobs)
