@@ -29,7 +29,8 @@ from tests.integration.conftest import API_KEY, INGEST_REPLICAS, RABBITMQ_URL, S
 from tests.support import amqp, replica_logs, speech
 
 SR = 16000
-DECODED = re.compile(r"Decoded part \d+ of \d+ \(([\d.]+)-([\d.]+) s\)")
+# "Decoded part 3 of 10 (48.2-71.9 s): ...": the part, the parts planned, its span.
+DECODED = re.compile(r"Decoded part (\d+) of (\d+) \(([\d.]+)-([\d.]+) s\)")
 Span = tuple[int, int]
 
 
@@ -59,7 +60,7 @@ def _label(span: Span) -> tuple[str, str]:
 def _decoded(service: Service, offset: int) -> Counter[tuple[str, str]]:
     """How many times each part was decoded to its end, by any model replica, since offset."""
     text = service.log.read_bytes()[offset:].decode(errors="replace")
-    return Counter((m[1], m[2]) for m in DECODED.finditer(text))
+    return Counter((m[3], m[4]) for m in DECODED.finditer(text))
 
 
 def _wait_decoded(service: Service, offset: int, spans: list[Span]) -> Counter[tuple[str, str]]:
@@ -114,9 +115,6 @@ def _kill_model_replicas_at_60_percent(
     return {span for span, _ in units.attempts(job_id)}
 
 
-PART = re.compile(r"Decoded part (\d+) of (\d+) ")
-
-
 def _parts_logged(service: Service, job_id: str) -> tuple[int, int]:
     """(parts of the job the model replicas have logged as decoded, parts planned), from the
     replicas' own log files (0 planned until the first part is logged)."""
@@ -124,7 +122,7 @@ def _parts_logged(service: Service, job_id: str) -> tuple[int, int]:
     planned = 0
     for lines in replica_logs.about(service.pid, "TranscriberCPU", job_id):
         for line in lines:
-            if match := PART.match(line["message"]):
+            if match := DECODED.match(line["message"]):
                 done.add(match[1])
                 planned = int(match[2])
     return len(done), planned
@@ -146,6 +144,7 @@ def _kill_ingest_partway(service: Service, units: UnitStore, job_id: str, ingest
             decoded, planned = _parts_logged(service, job_id)
             if units.attempts(job_id) and decoded < planned:
                 os.kill(ingest, signal.SIGKILL)
+                # Read again: the Ingest may have recorded parts since the check.
                 killed.append({span for span, _ in units.attempts(job_id)})
                 return True
             return False
