@@ -23,7 +23,8 @@ class ChunkingOptions:
     # so that it spreads over replicas.
     min_units: int = 2
     min_fanout_s: float = 60.0
-    vad_min_silence_ms: int = 500
+    # Windows are cut only in silences at least this long (see Settings.chunk_min_silence_ms).
+    vad_min_silence_ms: int = 250
     vad_speech_pad_ms: int = 400
 
 

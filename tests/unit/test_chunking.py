@@ -74,8 +74,11 @@ def long_audio(speech_dir: Path) -> np.ndarray:
         return audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples
 
 
-def test_real_recording_is_cut_only_in_silences(long_audio: np.ndarray) -> None:
-    options = ChunkingOptions()
+@pytest.mark.parametrize("min_silence_ms", [250, 500])
+def test_real_recording_is_cut_only_in_silences(
+    long_audio: np.ndarray, min_silence_ms: int
+) -> None:
+    options = ChunkingOptions(vad_min_silence_ms=min_silence_ms)
     units = plan(long_audio, SR, options)
     windows = [w for u in units for w in u.windows]
     assert len(units) >= 2
@@ -89,3 +92,17 @@ def test_real_recording_is_cut_only_in_silences(long_audio: np.ndarray) -> None:
     for w in windows:
         covered[w.start : w.end] = True
     assert np.abs(long_audio[~covered]).max(initial=0) < 0.02
+
+
+def test_cuts_in_short_pauses_fill_windows_up(long_audio: np.ndarray) -> None:
+    """Each window costs an encoder pass however much speech it holds: cutting in pauses of
+    250 ms as well as 500 ms lets a window end nearer its 30 s."""
+
+    def windows(min_silence_ms: int) -> list[Window]:
+        units = plan(long_audio, SR, ChunkingOptions(vad_min_silence_ms=min_silence_ms))
+        return [w for u in units for w in u.windows]
+
+    fine, coarse = windows(250), windows(500)
+    assert len(fine) < len(coarse), (len(fine), len(coarse))
+    mean = [np.mean([w.end - w.start for w in ws]) / SR for ws in (fine, coarse)]
+    assert mean[0] > mean[1] and mean[0] > 25, mean
