@@ -30,7 +30,8 @@ from tests.support.serve_process import ROOT, free_port
 VHOST = "whisper_cluster_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 CPU_POOL = "ServeReplica:whisper:TranscriberCPU"
-DECODED = re.compile(r"Decoded part \d+ of \d+ \(([\d.]+-[\d.]+) s\)")
+# Groups: how many parts the file was planned in, and the part's span.
+DECODED = re.compile(r"Decoded part \d+ of (\d+) \(([\d.]+-[\d.]+) s\)")
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +216,48 @@ def _replica_logs(cluster: RayCluster) -> dict[Path, int]:
 
 
 def _decoded_since(sizes: dict[Path, int], cluster: RayCluster) -> Counter[str]:
-    counts: Counter[str] = Counter()
+    return Counter(m[2] for m in _decoded_lines(sizes, cluster))
+
+
+def _decoded_lines(sizes: dict[Path, int], cluster: RayCluster) -> list[re.Match[str]]:
+    found: list[re.Match[str]] = []
     for path in _replica_logs(cluster):
         text = path.read_bytes()[sizes.get(path, 0) :].decode(errors="replace")
-        counts.update(m[1] for m in DECODED.finditer(text))
-    return counts
+        found += DECODED.finditer(text)
+    return found
+
+
+def _downscale_mid_job(
+    cluster: RayCluster, config: Path, units: UnitStore, key: str, sizes: dict[Path, int]
+) -> int:
+    """Scales the pool to one replica once a part is recorded and, with the model replicas
+    paused (SIGSTOP), fewer parts are logged as decoded than were planned; returns how many
+    were recorded then. A replica decodes many parts in one batch: without the pause, all 9
+    were done by the time `serve deploy` returned (CI, 2026-12-05)."""
+    done: list[int] = []
+
+    def paused_check() -> bool:
+        replicas = [
+            int(actor["pid"])
+            for actor in cluster.state("actors")
+            if actor["state"] == "ALIVE" and actor["class_name"] == CPU_POOL
+        ]
+        for pid in replicas:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            lines = _decoded_lines(sizes, cluster)
+            planned = int(lines[0][1]) if lines else None
+            if units.attempts(key) and planned is not None and len(lines) < planned:
+                cluster.serve_deploy(_scaled(config, 1))
+                done.append(len(units.attempts(key)))
+                return True
+            return False
+        finally:
+            for pid in replicas:
+                os.kill(pid, signal.SIGCONT)
+
+    speech.wait_until(paused_check, 300, "a part recorded and a part not decoded", every=0.2)
+    return done[0]
 
 
 def test_a_downscale_during_a_long_job_loses_and_repeats_nothing(
@@ -242,11 +280,7 @@ def test_a_downscale_during_a_long_job_loses_and_repeats_nothing(
     sizes = _replica_logs(cluster)
     try:
         amqp.publish(URL, request)
-        # One part of ten done: `serve deploy` itself takes seconds to land on a busy machine
-        # (waiting for two parts, a run saw all ten done by then).
-        speech.wait_until(lambda: len(units.attempts(key)) >= 1, 300, "a part done")
-        cluster.serve_deploy(_scaled(config, 1))
-        done_at_downscale = len(units.attempts(key))
+        done_at_downscale = _downscale_mid_job(cluster, config, units, key, sizes)
         result = results.wait(request["attachment_id"], 300)
         speech.wait_until(lambda: len(_replica_nodes(cluster, CPU_POOL)) == 1, 300, "one replica")
         assert result["success"] is True, result
