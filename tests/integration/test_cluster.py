@@ -25,7 +25,7 @@ from serve_app.schemas import QueuedTranscriptionRequest
 from serve_app.store import JobStore, UnitStore, open_engine
 from tests.support import amqp, speech
 from tests.support.ray_cluster import RayCluster
-from tests.support.serve_process import ROOT, free_port
+from tests.support.serve_process import ROOT, free_port, paused
 
 VHOST = "whisper_cluster_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -235,16 +235,14 @@ def _downscale_mid_job(
     were recorded then. A replica decodes many parts in one batch: without the pause, all 9
     were done by the time `serve deploy` returned (CI, 2026-12-05)."""
     done: list[int] = []
+    replicas = [
+        int(actor["pid"])
+        for actor in cluster.state("actors")
+        if actor["state"] == "ALIVE" and actor["class_name"] == CPU_POOL
+    ]
 
     def paused_check() -> bool:
-        replicas = [
-            int(actor["pid"])
-            for actor in cluster.state("actors")
-            if actor["state"] == "ALIVE" and actor["class_name"] == CPU_POOL
-        ]
-        for pid in replicas:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with paused(replicas):
             lines = _decoded_lines(sizes, cluster)
             planned = int(lines[0][1]) if lines else None
             if units.attempts(key) and planned is not None and len(lines) < planned:
@@ -252,9 +250,6 @@ def _downscale_mid_job(
                 done.append(len(units.attempts(key)))
                 return True
             return False
-        finally:
-            for pid in replicas:
-                os.kill(pid, signal.SIGCONT)
 
     speech.wait_until(paused_check, 300, "a part recorded and a part not decoded", every=0.2)
     return done[0]

@@ -27,6 +27,7 @@ from serve_app.store import JobStore, UnitStore, open_engine
 from serve_app.store.tables import jobs
 from tests.integration.conftest import API_KEY, INGEST_REPLICAS, RABBITMQ_URL, Service
 from tests.support import amqp, replica_logs, speech
+from tests.support.serve_process import paused
 
 SR = 16000
 # "Decoded part 3 of 10 (48.2-71.9 s): ...": the part, the parts planned, its span.
@@ -137,10 +138,7 @@ def _kill_ingest_partway(service: Service, units: UnitStore, job_id: str, ingest
     killed: list[set[Span]] = []
 
     def paused_check() -> bool:
-        models = service.replica_pids("TranscriberCPU")
-        for pid in models:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with paused(service.replica_pids("TranscriberCPU")):
             decoded, planned = _parts_logged(service, job_id)
             if units.attempts(job_id) and decoded < planned:
                 os.kill(ingest, signal.SIGKILL)
@@ -148,9 +146,6 @@ def _kill_ingest_partway(service: Service, units: UnitStore, job_id: str, ingest
                 killed.append({span for span, _ in units.attempts(job_id)})
                 return True
             return False
-        finally:
-            for pid in models:
-                os.kill(pid, signal.SIGCONT)
 
     speech.wait_until(paused_check, 300, "a part recorded and a part not decoded", every=0.1)
     return killed[0]
@@ -286,9 +281,7 @@ def test_a_gateway_killed_between_recording_and_publishing_a_job_loses_nothing(
     )
     ingest = service.replica_pids("Ingest")
     [gateway] = service.replica_pids("Gateway")
-    for pid in ingest:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused(ingest):
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(_post, service, audio, key)
             speech.wait_until(
@@ -301,9 +294,6 @@ def test_a_gateway_killed_between_recording_and_publishing_a_job_loses_nothing(
         with store.engine.connect() as conn:
             query = select(jobs.c.enqueued_at).where(jobs.c.id == recorded.id)
             assert conn.execute(query).scalar_one() is None, "published before the kill"
-    finally:
-        for pid in ingest:
-            os.kill(pid, signal.SIGCONT)
     assert first != 202, "the Gateway died before it could accept the job"
 
     retries: list[int | str] = []

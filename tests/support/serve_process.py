@@ -91,6 +91,19 @@ def _default_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+@contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) inside the block and resumed (SIGCONT) after it, even
+    when it raises: a check made while they are paused cannot race their work."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def replica_pids(serve_pid: int, deployment: str, app: str = "whisper") -> list[int]:
     """The replica processes of ``deployment`` under one `serve run` (its local Ray's raylet
     starts them), so a test kills only what it started."""
