@@ -235,13 +235,13 @@ def _downscale_mid_job(
     were recorded then. A replica decodes many parts in one batch: without the pause, all 9
     were done by the time `serve deploy` returned (CI, 2026-12-05)."""
     done: list[int] = []
-    replicas = [
-        int(actor["pid"])
-        for actor in cluster.state("actors")
-        if actor["state"] == "ALIVE" and actor["class_name"] == CPU_POOL
-    ]
 
     def paused_check() -> bool:
+        replicas = [
+            int(actor["pid"])
+            for actor in cluster.state("actors")
+            if actor["state"] == "ALIVE" and actor["class_name"] == CPU_POOL
+        ]
         with paused(replicas):
             lines = _decoded_lines(sizes, cluster)
             planned = int(lines[0][1]) if lines else None

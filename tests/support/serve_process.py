@@ -94,14 +94,24 @@ def _default_sigint() -> None:
 @contextmanager
 def paused(pids: list[int]) -> Iterator[None]:
     """The processes stopped (SIGSTOP) inside the block and resumed (SIGCONT) after it, even
-    when it raises: a check made while they are paused cannot race their work."""
+    when it raises: a check made while they are paused cannot race their work. A process that
+    is already gone has no work to race: Ray's actor list can still name a replica that has
+    just ended (CI: "No such process" on a pid it listed as alive)."""
+    stopped = []
     for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        stopped.append(pid)
     try:
         yield
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                continue  # ended while paused (killed inside the block)
 
 
 def replica_pids(serve_pid: int, deployment: str, app: str = "whisper") -> list[int]:
