@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -81,14 +82,26 @@ def _decoded_s(decoded: Counter[tuple[str, str]], spans: list[Span]) -> float:
     return sum(decoded[_label(span)] * (span[1] - span[0]) for span in spans) / SR
 
 
-def _parts_decoding(service: Service, job_id: str) -> int:
-    """Parts of the job a model replica has started ("Decoding ...") and not yet finished."""
-    started = finished = 0
+class Parts(NamedTuple):
+    """A job's parts as its model replicas logged them."""
+
+    decoding: int  # started ("Decoding ...") and not yet finished
+    decoded: int  # finished ("Decoded part i of n ..."), each part once
+    planned: int  # 0 until the first part is logged as decoded
+
+
+def _parts(service: Service, job_id: str) -> Parts:
+    """From the replicas' own log files, read once: checks make it with the replicas paused."""
+    started = finished = planned = 0
+    done: set[str] = set()
     for lines in replica_logs.about(service.pid, "TranscriberCPU", job_id):
         for line in lines:
             started += line["message"].startswith("Decoding ")
-            finished += line["message"].startswith("Decoded part ")
-    return started - finished
+            if match := DECODED.match(line["message"]):
+                finished += 1
+                done.add(match[1])
+                planned = int(match[2])
+    return Parts(started - finished, len(done), planned)
 
 
 def _kill_model_replicas_mid_job(
@@ -109,11 +122,10 @@ def _kill_model_replicas_mid_job(
             job = store.get(job_id)
             assert job.status in ("queued", "running"), f"the job ended first: {job.status}"
             recorded = len(units.attempts(job_id))
-            decoding = _parts_decoding(service, job_id)
-            _, planned = _parts_logged(service, job_id)
-            if not (recorded and decoding and pids):
+            parts = _parts(service, job_id)
+            if not (recorded and parts.decoding and pids):
                 return False
-            if job.progress < 0.6 and recorded + decoding < planned:
+            if job.progress < 0.6 and recorded + parts.decoding < parts.planned:
                 return False
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
@@ -122,19 +134,6 @@ def _kill_model_replicas_mid_job(
 
     speech.wait_until(paused_check, 300, "the job 60% done with a part decoding", every=0.1)
     return killed[0]
-
-
-def _parts_logged(service: Service, job_id: str) -> tuple[int, int]:
-    """(parts of the job the model replicas have logged as decoded, parts planned), from the
-    replicas' own log files (0 planned until the first part is logged)."""
-    done: set[str] = set()
-    planned = 0
-    for lines in replica_logs.about(service.pid, "TranscriberCPU", job_id):
-        for line in lines:
-            if match := DECODED.match(line["message"]):
-                done.add(match[1])
-                planned = int(match[2])
-    return len(done), planned
 
 
 def _kill_ingest_partway(service: Service, units: UnitStore, job_id: str, ingest: int) -> set[Span]:
@@ -147,8 +146,8 @@ def _kill_ingest_partway(service: Service, units: UnitStore, job_id: str, ingest
 
     def paused_check() -> bool:
         with paused(service.replica_pids("TranscriberCPU")):
-            decoded, planned = _parts_logged(service, job_id)
-            if units.attempts(job_id) and decoded < planned:
+            parts = _parts(service, job_id)
+            if units.attempts(job_id) and parts.decoded < parts.planned:
                 os.kill(ingest, signal.SIGKILL)
                 # Read again: the Ingest may have recorded parts since the check.
                 killed.append({span for span, _ in units.attempts(job_id)})
