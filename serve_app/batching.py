@@ -1,12 +1,13 @@
 """Batching across requests: the speech windows of concurrent requests (short clips, units of
 long files, from HTTP and AMQP alike) decoded together.
 
-At most ``capacity`` windows, by their ``size`` (by default their count; the transcriber
-counts the decoding windows they pack into, since it packs short ones together), decode at once
+At most ``capacity`` windows, by their ``size`` (by default their count), decode at once
 across the lanes below: each batch holds up to ``capacity / lanes``, so the decoder's memory is
 that of one batch of ``capacity`` however many lanes run.
 Windows share a batch only when their decoding key matches (a request's task, language,
-prompt, temperature): the model decodes a whole batch with one prompt. Keys are never mixed;
+prompt, temperature): the model decodes a whole batch with one prompt. A window here is decoded
+apart from the others in its batch, which only sit side by side (the transcriber packs a
+request's short windows together before they come here, never two requests'). Keys are never mixed;
 a batch holds the oldest waiting window's key and as many windows of that key as fit, in
 arrival order, so a long unit cannot starve a clip behind it for more than one batch.
 

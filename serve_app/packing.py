@@ -3,6 +3,12 @@ audio, so a 4 s clip decoded alone pays for 30. On a CPU the encoder is most of 
 2 cores, `base`: 0.85 s of a 1 s window), and batching does not make it cheaper per window.
 Windows laid end to end with a short silence between them, up to 30 s, cost one encoder pass.
 
+Only one request's windows share a decoding window (``plan``): the decoder's context is the
+whole window, so a neighbour's speech can change, replace or take words of yours (an audit found
+reversed and foreign speech packed ahead of a clip replacing its text). A request's packs
+depend on its own windows only, so its text is the same alone or beside any other request;
+packs of different requests may still share a batch, side by side.
+
 Each window's words are then taken back by their timestamps: a word belongs to the window
 whose stretch of the pack (widened by half the silence each side) holds its middle. The pack's
 scores (log probability, no-speech) are its windows' scores. Plain logic over samples and
@@ -13,6 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from serve_app.schemas import Segment, Word
 from serve_app.segments import shifted
@@ -51,6 +60,64 @@ def plan_packs(lengths: Sequence[int], capacity: int, gap: int) -> list[Placed]:
             placed[i] = Placed(pack, start, start + lengths[i])
             start += lengths[i] + gap
     return [placed[i] for i in range(len(lengths))]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One request's windows laid into its decoding windows (packs)."""
+
+    placed: list[Placed]  # one per window, in order
+    clips: list[np.ndarray[Any, Any]]  # one per pack: its windows with silence between them
+
+    @property
+    def members(self) -> list[list[int]]:
+        """Each pack's windows (their indexes), in their order in the pack."""
+        found: list[list[int]] = [[] for _ in self.clips]
+        for i, window in enumerate(self.placed):
+            found[window.pack].append(i)
+        return found
+
+    @property
+    def shared(self) -> bool:
+        """Whether any pack holds more than one window (its words must then be split)."""
+        return len(self.clips) < len(self.placed)
+
+
+def plan(slices: Sequence[np.ndarray[Any, Any]], capacity: int, gap: int, pack: bool) -> Plan:
+    """One request's windows (samples) in packs; ``pack`` False: each window alone."""
+    lengths = [len(s) for s in slices]
+    if pack:
+        placed = plan_packs(lengths, capacity, gap)
+    else:
+        placed = [Placed(i, 0, n) for i, n in enumerate(lengths)]
+    ends = [0] * (1 + max((w.pack for w in placed), default=-1))
+    for window in placed:
+        ends[window.pack] = max(ends[window.pack], window.end)
+    clips = [np.zeros(end, np.float32) for end in ends]
+    for window, samples in zip(placed, slices, strict=True):
+        clips[window.pack][window.start : window.end] = samples
+    return Plan(placed, clips)
+
+
+def settle(
+    plan: Plan, decoded: Sequence[Sequence[Segment]], sample_rate: int, gap: int
+) -> tuple[list[list[Segment]], list[int]]:
+    """Each window's segments (on its own clock) from its pack's, and the windows to decode
+    again alone: without timestamp tokens the model may end a pack at a pause, and the windows
+    after it get no word, or a stray one (tiny.en stopped after a 2.5 s clip packed before a
+    12.7 s one; base left one word of a 6 s clip)."""
+    per_window: list[list[Segment]] = [[] for _ in plan.placed]
+    members = plan.members
+    for pack, found in zip(members, decoded, strict=True):
+        taken = unpack(found, [plan.placed[i] for i in pack], sample_rate, gap)
+        for i, segments in zip(pack, taken, strict=True):
+            per_window[i] = segments
+    lost = [
+        i
+        for i, (w, found) in enumerate(zip(plan.placed, per_window, strict=True))
+        if len(members[w.pack]) > 1 and not covers(found, (w.end - w.start) / sample_rate)
+    ]
+    return per_window, lost
 
 
 def unpack(

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     whisper_batch_wait_ms: float = Field(10, ge=0, le=1000)
     # Short windows are packed, 1 s of silence apart, into shared 30 s decoding windows (the
     # encoder's cost is per 30 s, however little speech it holds), their words taken back by
-    # timestamp. Windows of different requests with the same language, task and prompt may
-    # share one; WHISPER_PACK_WINDOWS=false keeps every window in a decoding window of its own.
+    # timestamp. Only one request's windows share one (a request's text is the same alone or
+    # beside any other); WHISPER_PACK_WINDOWS=false keeps every window in one of its own.
     whisper_pack_windows: bool = True
     chunk_max_window_sec: float = Field(30, gt=1, le=30)
     fanout_unit_sec: float = Field(240, gt=0)

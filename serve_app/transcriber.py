@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serve_app.batching import Batcher
 from serve_app.chunking import detect_speech, merge_into_windows
+from serve_app.clips import decode_clips
 from serve_app.errors import InvalidOptionError
 from serve_app.model_options import (
     cpu_threads,
@@ -21,7 +23,7 @@ from serve_app.model_options import (
     resolve_compute_type,
     temperature_schedule,
 )
-from serve_app.packing import Placed, covers, plan_packs, unpack
+from serve_app.packing import Plan, plan, settle
 from serve_app.quality import Thresholds, guard
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.segments import from_faster_whisper, shifted, split_segments
@@ -70,9 +72,8 @@ class Transcriber:
         self._pipelines = [BatchedInferencePipeline(model) for _ in range(lanes)]
         # Windows of concurrent requests decoded together (serve_app.batching); a Transcriber
         # evicted from a replica's model cache takes its batcher with it.
-        # With packing, a batch is as many windows as WHISPER_BATCH_SIZE packs hold: counted by
-        # their sum of lengths instead, nine 25 s windows of a long file made nine packs, which
-        # the pipeline decoded as a batch of 8 and one of a single window.
+        # The batcher's items are decoding windows: a request's packs (planned from its own
+        # windows alone) or its windows unpacked.
         self._pack = settings.whisper_pack_windows
         self._pack_capacity = int(settings.chunk_max_window_sec * self._sample_rate)
         self._pack_gap = int(_PACK_GAP_S * self._sample_rate)
@@ -80,8 +81,7 @@ class Transcriber:
             self.decode_batch,
             settings.whisper_batch_size,
             settings.whisper_batch_wait_ms / 1000,
-            self._packs if self._pack else len,
-            lanes,
+            lanes=lanes,
         )
         # The pipeline's batch in one lane is the batcher's: WHISPER_BATCH_SIZE windows decode
         # at once across the lanes, re-decoded packs and units without cross-batching too.
@@ -175,8 +175,23 @@ class Transcriber:
         the replica's batcher does for one request alone. One call at a time per lane."""
         language, probability = self.language_of(audio, windows, options)
         key = self.decoding_key(options, language)
-        decoded = self.decode_batch(key, self.slices(audio, windows), lane)
+        decoded = self.decode_windows(key, self.slices(audio, windows), lane)
         return self.assemble(audio, windows, decoded, options, language, probability)
+
+    async def transcribe_batched(
+        self,
+        audio: np.ndarray[Any, Any],
+        windows: list[dict[str, float]],
+        options: TranscribeOptions,
+    ) -> Transcript:
+        """Like transcribe_windows, the request's decoding windows batched with other
+        requests' in flight (the blocking steps off the event loop)."""
+        language, probability = await asyncio.to_thread(self.language_of, audio, windows, options)
+        key = self.decoding_key(options, language)
+        decoded = await self.decode_windows_batched(key, self.slices(audio, windows))
+        return await asyncio.to_thread(
+            self.assemble, audio, windows, decoded, options, language, probability
+        )
 
     def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[dict[str, float]]:
         """Blocking: a short file's speech, cut in silences into windows of at most 30 s."""
@@ -217,98 +232,77 @@ class Transcriber:
             words=options.word_timestamps,
         )
 
-    def _packs(self, slices: Sequence[np.ndarray[Any, Any]]) -> int:
-        """How many decoding windows these windows pack into."""
-        placed = plan_packs([len(s) for s in slices], self._pack_capacity, self._pack_gap)
-        return 1 + max((w.pack for w in placed), default=-1)
-
-    def decode_batch(
+    def decode_windows(
         self, key: DecodeKey, slices: list[np.ndarray[Any, Any]], lane: int = 0
     ) -> list[list[Segment]]:
-        """Blocking, one call at a time per lane: windows (of one request or several)
-        decoded together, each one's segments on its own clock. Short windows are packed
-        into shared 30 s decoding windows first (see serve_app.packing)."""
-        lengths = [len(s) for s in slices]
-        if self._pack:
-            placed = plan_packs(lengths, self._pack_capacity, self._pack_gap)
-        else:
-            placed = [Placed(i, 0, n) for i, n in enumerate(lengths)]
-        # Each pack's windows (their indexes), in their order in the pack.
-        members: list[list[int]] = [[] for _ in range(max(w.pack for w in placed) + 1)]
-        for i, window in enumerate(placed):
-            members[window.pack].append(i)
-        # Silence wherever no window lies: the gaps between a pack's windows.
-        packs = [np.zeros(placed[m[-1]].end, np.float32) for m in members]
-        for window, samples in zip(placed, slices, strict=True):
-            packs[window.pack][window.start : window.end] = samples
-        # Words cost an alignment pass (about 11% of decoding time): taken when a pack's words
-        # must be handed back to its windows, a window may need cutting into sentences, or
-        # the request asked for them.
-        words = (
-            key.words
-            or any(len(m) > 1 for m in members)
-            or any(n > self._segment_max_s * self._sample_rate for n in lengths)
-        )
-        decoded: list[list[Segment]] = [[] for _ in slices]
-        for pack, found in zip(members, self._decode_clips(key, packs, words, lane), strict=True):
-            taken = unpack(found, [placed[i] for i in pack], self._sample_rate, self._pack_gap)
-            for i, segments in zip(pack, taken, strict=True):
-                decoded[i] = segments
-        # Without timestamp tokens the model may end a pack at a pause: the windows after it
-        # get no word, or a stray one (tiny.en stopped after a 2.5 s clip packed before a
-        # 12.7 s one; base left one word of a 6 s clip). Those are decoded again, each in a
-        # decoding window of its own.
-        lost = [
-            i
-            for i, (w, found) in enumerate(zip(placed, decoded, strict=True))
-            if len(members[w.pack]) > 1 and not covers(found, lengths[i] / self._sample_rate)
-        ]
+        """Blocking, one call at a time per lane: one request's windows decoded, each one's
+        segments on its own clock. Short windows are packed together first, with the request's
+        own windows only (see serve_app.packing)."""
+        plan = self._plan(slices)
+        key = self._keyed(key, plan)
+        decoded, lost = self._settle(plan, self.decode_batch(key, plan.clips, lane))
+        if lost:
+            again = self.decode_batch(key, [slices[i] for i in lost], lane)
+            for i, found in zip(lost, again, strict=True):
+                decoded[i] = found
+        return decoded
+
+    async def decode_windows_batched(
+        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]]
+    ) -> list[list[Segment]]:
+        """Like decode_windows, the request's packs decoded in the batcher's batches beside
+        other requests' packs (never inside one)."""
+        plan = self._plan(slices)
+        key = self._keyed(key, plan)
+        decoded, lost = self._settle(plan, await self.batcher.decode(key, plan.clips))
+        if lost:
+            again = await self.batcher.decode(key, [slices[i] for i in lost])
+            for i, found in zip(lost, again, strict=True):
+                decoded[i] = found
+        return decoded
+
+    def _plan(self, slices: list[np.ndarray[Any, Any]]) -> Plan:
+        return plan(slices, self._pack_capacity, self._pack_gap, self._pack)
+
+    def _keyed(self, key: DecodeKey, plan: Plan) -> DecodeKey:
+        """The key with the request's need for words: an alignment pass (about 11% of
+        decoding time) is taken when a pack's words must be handed back to its windows, a
+        window may need cutting into sentences, or the request asked for them. Decided per
+        request, so a batch never gives a request words (and so sentence cuts) it would not
+        get alone."""
+        longest = max((w.end - w.start for w in plan.placed), default=0)
+        words = key.words or plan.shared or longest > self._segment_max_s * self._sample_rate
+        return replace(key, words=words)
+
+    def _settle(
+        self, plan: Plan, decoded: list[list[Segment]]
+    ) -> tuple[list[list[Segment]], list[int]]:
+        per_window, lost = settle(plan, decoded, self._sample_rate, self._pack_gap)
         if lost:
             logger.info(
                 "%d packed windows came back without words at one end; decoding them alone",
                 len(lost),
             )
-            again = self._decode_clips(key, [slices[i] for i in lost], words, lane)
-            for i, found in zip(lost, again, strict=True):
-                decoded[i] = found
-        return decoded
+        return per_window, lost
 
-    def _decode_clips(
-        self, key: DecodeKey, clips: list[np.ndarray[Any, Any]], words: bool, lane: int
+    def decode_batch(
+        self, key: DecodeKey, clips: list[np.ndarray[Any, Any]], lane: int = 0
     ) -> list[list[Segment]]:
-        """Clips of at most 30 s decoded in batches by the batched pipeline, each one's
-        segments on its own clock. They are laid end to end in one array, each a clip of its
-        own: the pipeline decodes clips apart (no previous text), as one call per clip would."""
-        offsets = np.cumsum([0] + [len(c) for c in clips[:-1]])
-        timestamps = [
-            {"start": int(o) / self._sample_rate, "end": (int(o) + len(c)) / self._sample_rate}
-            for o, c in zip(offsets, clips, strict=True)
-        ]
-        segments, _ = self._pipelines[lane].transcribe(
-            np.concatenate(clips),
+        """Blocking, one call at a time per lane: decoding windows of at most 30 s (of one
+        request or several) decoded in batches, each one's segments on its own clock, with
+        words when the key says so; each is decoded apart from the others."""
+        return decode_clips(
+            self._pipelines[lane],
+            clips,
+            self._sample_rate,
+            batch_size=min(self._batch_size, len(clips)),
             language=key.language,
             task=key.task,
             initial_prompt=key.prompt,
             temperature=key.temperature,
             beam_size=self._beam_size,
-            word_timestamps=words,
-            # Not with timestamp tokens: the batched pipeline drops what follows a window's
-            # last timestamp (sequential decoding decodes it again in the next window), which
-            # cost 6 points of WER on the 8-minute file. Packs are checked instead (see below).
-            without_timestamps=True,
-            clip_timestamps=timestamps,
-            batch_size=min(self._batch_size, len(clips)),
+            word_timestamps=key.words,
         )
-        # The pipeline puts a clip at its start rounded down to a sample and names its
-        # segments' clip by their seek (that start in frames): both computed here its way.
-        starts = [int(t["start"] * self._sample_rate) / self._sample_rate for t in timestamps]
-        fps = self._model.frames_per_second
-        index = {int(start * fps): i for i, start in enumerate(starts)}
-        decoded: list[list[Segment]] = [[] for _ in clips]
-        for segment in segments:
-            i = index[segment.seek]
-            decoded[i].append(shifted(from_faster_whisper(0, segment), -starts[i]))
-        return decoded
 
     def assemble(
         self,
@@ -341,12 +335,21 @@ class Transcriber:
     def _redo(
         self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
     ) -> list[Segment]:
-        """A window that failed the quality checks, decoded sequentially with the temperature
-        fallback and the thresholds, on the file's clock."""
+        """A window that failed the quality checks, decoded sequentially with the thresholds,
+        on the file's clock. At temperature 0 (the default) deterministically: with timestamp
+        tokens and no repeated 3-gram (what breaks the loops the check catches) instead of
+        sampling at rising temperatures. CTranslate2 samples from one random state per worker
+        thread that no call can seed, so a sampled redo of the same window gave another text
+        depending on which requests the replica had served before (an audit's reversed speech:
+        "I'm gonna see you later..." alone, "I'm going to see you later on" in a mix).
+        A request that asks for a temperature gets OpenAI's sampled fallback."""
         start = self._sample(window["start"])
+        deterministic: dict[str, Any] = (
+            {"temperature": (0.0,), "no_repeat_ngram_size": 3} if options.temperature == 0 else {}
+        )
         segments, _ = self._model.transcribe(
             audio[start : self._sample(window["end"])],
-            **{**self._decoding(options), "word_timestamps": True},
+            **{**self._decoding(options), "word_timestamps": True, **deterministic},
             vad_filter=False,
             condition_on_previous_text=False,
             compression_ratio_threshold=self.thresholds.compression_ratio,

@@ -183,13 +183,8 @@ class TranscriberDeployment:
         windows: list[dict[str, float]],
         options: TranscribeOptions,
     ) -> Transcript:
-        language, probability = await self._infer(transcriber.language_of, audio, windows, options)
-        key = transcriber.decoding_key(options, language)
-        decoded = await self._infer(
-            transcriber.batcher.decode, key, transcriber.slices(audio, windows), asynchronous=True
-        )
         result: Transcript = await self._infer(
-            transcriber.assemble, audio, windows, decoded, options, language, probability
+            transcriber.transcribe_batched, audio, windows, options, asynchronous=True
         )
         return result
 

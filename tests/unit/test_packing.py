@@ -76,11 +76,12 @@ def test_words_go_back_to_their_window_on_its_own_clock() -> None:
     assert second[0].tokens == [] and second[0].avg_logprob == -0.2
 
 
-def test_short_clips_of_different_files_packed_together_keep_their_own_words(
+def test_short_windows_of_one_request_packed_together_keep_their_own_words(
     tiny: Transcriber, speech_dir: Path
 ) -> None:
-    """A short clip packed before a longer one of another file: without timestamp tokens the
-    model stopped at the pause after the first and the second lost every word."""
+    """A short window packed before a longer one (here one request's four windows): without
+    timestamp tokens the model stopped at the pause after the first and the second lost every
+    word; such windows are decoded again alone."""
     texts = [
         "Thank you all for your hard work.",
         speech.reference("en_office"),
@@ -98,7 +99,7 @@ def test_short_clips_of_different_files_packed_together_keep_their_own_words(
     packs = plan_packs([len(s) for s in slices], 30 * SR, SR)
     assert max(p.pack for p in packs) < len(slices) - 1  # some were packed together
     key = tiny.decoding_key(TranscribeOptions(), "en")
-    decoded = tiny.decode_batch(key, slices)
+    decoded = tiny.decode_windows(key, slices)
     for text, (samples, windows), found in zip(texts, clips, decoded, strict=True):
         transcript = tiny.assemble(samples, windows, [found], TranscribeOptions(), "en", 1.0)
         # tiny.en at times hears espeak's "brown fox" as "roundfuck" (WER 0.24 on en_office
