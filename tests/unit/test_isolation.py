@@ -16,6 +16,7 @@ import pytest
 
 from serve_app import audio
 from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import Settings
 from serve_app.transcriber import Transcriber
 from tests.support import speech
 
@@ -59,14 +60,27 @@ def neighbours(speech_dir: Path) -> dict[str, Samples]:
     }
 
 
-_SOLO: dict[int, Transcript] = {}
+@pytest.fixture(scope="module")
+def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Transcriber:
+    """tiny.en with WHISPER_PACK_WINDOWS=false: each window a decoding window of its own."""
+    settings = Settings(
+        whisper_model="tiny.en",
+        whisper_pack_windows=False,
+        models_dir=tmp_path_factory.mktemp("models"),
+    )
+    return Transcriber.load("tiny.en", settings)
+
+
+_SOLO: dict[tuple[int, int], Transcript] = {}
 
 
 async def _transcribe(tiny: Transcriber, samples: Samples) -> Transcript:
-    """A clip alone (once per module: the same arrays are sent alone in several tests)."""
-    if id(samples) not in _SOLO:
-        _SOLO[id(samples)] = await _alone(tiny, samples)
-    return _SOLO[id(samples)]
+    """A clip alone (once per module and transcriber: the same arrays are sent alone in
+    several tests)."""
+    key = (id(tiny), id(samples))
+    if key not in _SOLO:
+        _SOLO[key] = await _alone(tiny, samples)
+    return _SOLO[key]
 
 
 async def _alone(tiny: Transcriber, samples: Samples) -> Transcript:
@@ -83,13 +97,17 @@ async def _together(tiny: Transcriber, clips: list[Samples]) -> list[Transcript]
     )
 
 
+@pytest.mark.parametrize("packing", [True, False], ids=["packing", "no packing"])
 @pytest.mark.parametrize("neighbour", ["reversed", "spanish", "noise", "english"])
 async def test_a_hostile_neighbour_in_the_batch_changes_nothing_of_a_victims_text(
-    tiny: Transcriber,
+    request: pytest.FixtureRequest,
     victims: dict[str, Samples],
     neighbours: dict[str, Samples],
     neighbour: str,
+    packing: bool,
 ) -> None:
+    """Under every setting of WHISPER_PACK_WINDOWS."""
+    tiny: Transcriber = request.getfixturevalue("tiny" if packing else "unpacked")
     theirs = set(speech.words((await _transcribe(tiny, neighbours[neighbour])).text))
     before = tiny.batcher.stats
     for name, samples in victims.items():
