@@ -1,15 +1,15 @@
 """Batching across requests: the speech windows of concurrent requests (short clips, units of
 long files, from HTTP and AMQP alike) decoded together.
 
-At most ``capacity`` windows, by their ``size`` (by default their count), decode at once
-across the lanes below: each batch holds up to ``capacity / lanes``, so the decoder's memory is
-that of one batch of ``capacity`` however many lanes run.
-Windows share a batch only when their decoding key matches (a request's task, language,
-prompt, temperature): the model decodes a whole batch with one prompt. A window here is decoded
-apart from the others in its batch, which only sit side by side (the transcriber packs a
-request's short windows together before they come here, never two requests'). Keys are never mixed;
-a batch holds the oldest waiting window's key and as many windows of that key as fit, in
-arrival order, so a long unit cannot starve a clip behind it for more than one batch.
+At most ``capacity`` windows decode at once across the lanes below: each batch holds up to
+``capacity / lanes``, so the decoder's memory is that of one batch of ``capacity`` however
+many lanes run. Windows share a batch only when their decoding key matches (a request's
+task, language, prompt, temperature): the model decodes a whole batch with one prompt. A
+window here is decoded apart from the others in its batch, which only sit side by side (the
+transcriber packs a request's short windows together before they come here, never two
+requests'). Keys are never mixed; a batch holds the oldest waiting window's key and as many
+windows of that key as fit, in arrival order, so a long unit cannot starve a clip behind it
+for more than one batch.
 
 Up to ``lanes`` batches run at once, each in a lane of its own: faster-whisper's batched
 pipeline keeps per-call state on its instance (``last_speech_timestamp``), so the decode
@@ -84,7 +84,6 @@ class Batcher(Generic[K, S, R]):
         decode: DecodeFn[K, S, R],
         capacity: float,
         max_wait_s: float,
-        size: Callable[[Sequence[S]], float] = len,
         lanes: int = 1,
     ) -> None:
         self._decode = decode
@@ -94,7 +93,6 @@ class Batcher(Generic[K, S, R]):
         # faster on the burst with 16 clips in flight (30.0-30.4 s against 35.6-37.8 s).
         self.capacity = capacity / lanes
         self.max_wait_s = max_wait_s
-        self._size = size
         self._pending: list[_Request[K, S, R]] = []
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -179,28 +177,18 @@ class Batcher(Generic[K, S, R]):
             except TimeoutError:
                 break
         batch: list[tuple[_Request[K, S, R], int]] = []
-        items: list[S] = []
         for request in self._pending:
             if request.key != first.key or request.future.done():
                 continue
             while request.waiting:
-                item = request.items[request.taken]
-                if batch and self._size([*items, item]) > self.capacity:
+                if batch and len(batch) + 1 > self.capacity:
                     return batch
                 batch.append((request, request.taken))
-                items.append(item)
                 request.taken += 1
         return batch
 
     def _waiting(self, key: K) -> float:
-        return self._size(
-            [
-                item
-                for r in self._pending
-                if r.key == key and not r.future.done()
-                for item in r.items[r.taken :]
-            ]
-        )
+        return sum(r.waiting for r in self._pending if r.key == key and not r.future.done())
 
     async def _run_in(self, lane: int, batch: list[tuple[_Request[K, S, R], int]]) -> None:
         try:

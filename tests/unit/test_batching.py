@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from serve_app import audio
@@ -125,19 +124,6 @@ async def test_a_full_batch_does_not_wait() -> None:
     started = time.monotonic()
     assert await batcher.decode("en", ["x", "y"]) == ["X", "Y"]
     assert time.monotonic() - started < 1
-
-
-async def test_a_batch_is_measured_by_its_size_not_its_count() -> None:
-    # Items' sizes as the transcriber measures them: the decoding windows they pack into.
-    # Two-letter items fill one each; one-letter items pack two to a window.
-    def packs(items: Sequence[str]) -> int:
-        long = sum(len(i) == 2 for i in items)
-        return long + (len(items) - long + 1) // 2
-
-    decode = Recorder()
-    batcher = Batcher(decode, capacity=2, max_wait_s=0.02, size=packs)
-    assert await batcher.decode("en", ["aa", "b", "c", "dd", "e"]) == ["AA", "B", "C", "DD", "E"]
-    assert [items for _, items in decode.batches] == [["aa", "b", "c"], ["dd", "e"]]
 
 
 async def test_a_long_request_is_split_over_batches_and_others_join_them() -> None:
