@@ -49,7 +49,7 @@ class DecodeKey:
     language: str
     prompt: str | None
     temperature: float
-    words: bool = False  # the request asked for word timestamps
+    words: bool = False  # words decoded: asked for, or needed by the request (see _keyed)
 
 
 class Transcriber:
