@@ -149,11 +149,13 @@ class IngestConsumer:
         outcome, reason = await self._jobs.run(
             job_id, attempt, final=attempt >= c.MAX_RETRIES, deliver=deliver
         )
-        if outcome is Outcome.RETRY:
-            self._log_retry(request.attachment_id, reason, attempt, "amqp")
+        if outcome in (Outcome.RETRY, Outcome.DEFERRED):
+            # A deferred job (no room now) comes again with its count unchanged.
+            count = attempt + (outcome is Outcome.RETRY)
+            self._log_retry(request.attachment_id, reason, attempt, "amqp", outcome)
             retry = aio_pika.Message(
-                body=c.retry_body(parsed.body, attempt + 1),
-                headers=c.retry_headers(dict(message.headers or {}), attempt + 1),
+                body=c.retry_body(parsed.body, count),
+                headers=c.retry_headers(dict(message.headers or {}), count),
                 content_type="application/json",
                 delivery_mode=DeliveryMode.PERSISTENT,
                 message_id=message.message_id,
@@ -187,14 +189,20 @@ class IngestConsumer:
             await self.transport.park(message, str(exc))
             return
         outcome, reason = await self._jobs.run(job_id, attempt, final=attempt >= c.MAX_RETRIES)
-        if outcome is not Outcome.RETRY:
+        if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
             self.status.results += outcome is not Outcome.SKIPPED
             return
-        self._log_retry(job_id, reason, attempt, "http")
-        retry = _job_message(job_id, attempt + 1)
+        self._log_retry(job_id, reason, attempt, "http", outcome)
+        retry = _job_message(job_id, attempt + (outcome is Outcome.RETRY))
         await self.transport.publish(self.transport.out.job_retries, retry, c.JOB_RETRY_ROUTING_KEY)
 
-    def _log_retry(self, job: object, reason: str | None, attempt: int, source: str) -> None:
+    def _log_retry(
+        self, job: object, reason: str | None, attempt: int, source: str, outcome: Outcome
+    ) -> None:
+        if outcome is Outcome.DEFERRED:
+            # Counted in whisper_jobs_total{outcome="deferred"}; it is no retry.
+            logger.info("Job %s waits for room (%s); it comes again uncounted", job, reason)
+            return
         logger.warning(
             "Job %s failed (%s); retry %d of %d", job, reason, attempt + 1, c.MAX_RETRIES
         )

@@ -20,7 +20,6 @@ from serve_app import metrics, spool, webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore
-from serve_app.store.rows import now
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +28,7 @@ RETENTION_EVERY_S = 60.0
 LEDGER_PURGE_EVERY_S = 3600.0
 OUTBOX_EVERY_S = 5.0
 MAX_DELIVERIES = 8
-# A lease outlasts the delivery deadline by this much: time to record the attempt, and clock
-# differences between replicas (each compares leases with its own clock).
+# A lease outlasts the delivery deadline by this much: time to record the attempt.
 LEASE_MARGIN_S = 30.0
 
 
@@ -130,10 +128,10 @@ class Housekeeper:
             timeout_s=self._settings.webhook_timeout_sec,
         )
         count = len(job.webhook.attempts) + 1
-        retry_at = None
+        retry_in = None
         if not delivered and count < self._settings.webhook_max_attempts:
-            retry_at = now() + webhooks.retry_delay(count, self._settings.webhook_backoff_sec)
-        outcome = "delivered" if delivered else "retry" if retry_at else "failed"
+            retry_in = webhooks.retry_delay(count, self._settings.webhook_backoff_sec)
+        outcome = "delivered" if delivered else "retry" if retry_in is not None else "failed"
         metrics.inc("whisper_webhook_deliveries_total", outcome=outcome)
         if not delivered:
             logger.warning(
@@ -143,7 +141,7 @@ class Housekeeper:
                 attempt.error or attempt.status_code,
             )
         applied = await asyncio.to_thread(
-            self._webhooks.record_attempt, job.id, claim.token, attempt, delivered, retry_at
+            self._webhooks.record_attempt, job.id, claim.token, attempt, delivered, retry_in
         )
         if not applied:
             logger.warning("Webhook attempt for job %s not recorded: its lease was lost", job.id)

@@ -23,6 +23,8 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     RETRY = "retry"
     SKIPPED = "skipped"  # answered before (outcome handed on again if needed), or deleted
+    # The service had no room for it now (its own limit): it comes again, its attempt unused.
+    DEFERRED = "deferred"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class EventWriter:
 
     store: JobStore
     job_id: str
+    holder: str | None = None  # the delivery's claim: once another holds it, nothing is written
     _queue: asyncio.Queue[tuple[str, Any] | None] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
 
@@ -56,9 +59,14 @@ class EventWriter:
             kind, payload = item
             try:
                 if kind == "progress":
-                    await asyncio.to_thread(self.store.record_progress, self.job_id, *payload)
+                    done_s, total_s = payload
+                    await asyncio.to_thread(
+                        self.store.record_progress, self.job_id, done_s, total_s, self.holder
+                    )
                 else:
-                    await asyncio.to_thread(self.store.record_segments, self.job_id, payload)
+                    await asyncio.to_thread(
+                        self.store.record_segments, self.job_id, payload, self.holder
+                    )
             except Exception:  # events are best effort; the job's outcome is not
                 logger.exception("Could not record %s for job %s", kind, self.job_id)
 

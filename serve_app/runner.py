@@ -1,8 +1,10 @@
 """The one job runner for both lanes (HTTP jobs and Whisper-Local contract jobs).
 
-Per delivery: claim the job (wait while another delivery holds it) -> finished already? hand
-the stored outcome on -> died 3 times? fail it -> start it -> transcribe, checkpointing the
-units of long files -> record how it ended -> hand the outcome on -> release the claim.
+Per delivery: claim the job (wait while a dead delivery's lease runs out; leave the job to a
+live one) -> finished already? hand the stored outcome on -> died 3 times? fail it -> start it
+-> transcribe, checkpointing the units of long files -> record how it ended -> hand the outcome
+on -> release the claim. Every write after the claim names its holder, so a delivery that lost
+the claim changes nothing and stops.
 
 Lanes differ only in how an outcome is handed on (``Deliver``): an AMQP result on
 ``whisper_results``, or nothing (the store is the answer; webhooks go out from it). Retries
@@ -18,16 +20,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve_app import logcontext, metrics, spool
-from serve_app.errors import JobCancelledError, ServiceError
+from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
 from serve_app.jobs import EventWriter, Outcome, run_cancellable
+from serve_app.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
-from serve_app.store import Busy, Claim, ClaimStore, JobStore, UnitStore
+from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,8 @@ TranscribePathFn = Callable[
 # Hands a finished job's outcome to whoever waits for it; raising leaves it to be handed on
 # by the next delivery of the job (from the store, never by transcribing again).
 Deliver = Callable[[Job], Awaitable[None]]
-
-
-class LeaseLostError(Exception):
-    """Our claim ran out and another delivery took the job: this one must not finish it."""
+# Why an orderly stop hands a job back; its attempt is not counted.
+_STOPPED = "the delivery was stopped (shutdown, or its channel closed) before the job ended"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class RunPolicy:
     # Deliveries that died mid-job before the job is answered with an error instead.
     max_unfinished: int = 3
     busy_poll_s: float = 2.0
+    # Waiting on the claim of holders that keep changing ends after this long (None: 3 leases).
+    max_claim_wait_s: float | None = None
 
 
 @dataclass
@@ -70,6 +73,13 @@ class JobRunner:
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: dict[str, int] = field(default_factory=dict)  # by source, for the gauge
+    leases: Leases = field(init=False)
+
+    def __post_init__(self) -> None:
+        policy = self.policy
+        self.leases = Leases(
+            self.claims, policy.lease_s, policy.busy_poll_s, policy.max_claim_wait_s
+        )
 
     async def run(
         self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
@@ -77,17 +87,23 @@ class JobRunner:
         """One delivery of a job (attempt is 0-based); returns the outcome and, for RETRY,
         the reason. Store errors propagate: the delivery is handed back and runs later."""
         holder = f"{self.replica}:{uuid.uuid4().hex[:16]}"  # one per delivery, not per replica
-        claim = await self._claim(job_id, holder)
+        claim = await self.leases.take(job_id, holder)
         if claim is None:
             return Outcome.SKIPPED, None  # deleted: refused at submit, or past retention
+        if isinstance(claim, HeldElsewhere):
+            logger.info("Job %s is being run by a live delivery; settling this copy", job_id)
+            return Outcome.SKIPPED, "another delivery is running it"
         about = logcontext.JobLog(job_id, claim.source, attempt, _attachment(claim.external_id))
         with logcontext.about(about):
             started = time.monotonic()
             source = claim.source
             metrics.set_gauge("whisper_jobs_in_flight", self._count(source, +1), source=source)
             try:
-                async with self._held(claim):
+                async with self.leases.held(claim):
                     outcome, reason = await self._run_claimed(claim, attempt, final, deliver)
+            except LeaseLostError:
+                # Another delivery runs the job now and answers it; this one only settles.
+                outcome, reason = Outcome.SKIPPED, "lost the claim to another delivery"
             finally:
                 count = self._count(source, -1)
                 metrics.set_gauge("whisper_jobs_in_flight", count, source=source)
@@ -130,7 +146,7 @@ class JobRunner:
                 "the worker stopped while running this job each time"
             )
             logger.error("Job %s: %s", job_id, abandoned)
-            await asyncio.to_thread(self.store.fail, job_id, abandoned)
+            await self._written(claim, self.store.fail, job_id, abandoned, claim.holder)
             await self._hand_on(job_id, deliver)
             return Outcome.FAILED, abandoned
         suspect = claim.unfinished > 0
@@ -143,19 +159,34 @@ class JobRunner:
         # A suspect keeps the lock until its outcome is handed on: another suspect that kills
         # the worker must not run between this job's result going out and being recorded.
         async with self._suspects if suspect else contextlib.nullcontext():
-            outcome, reason = await self._attempt(job_id, attempt, final)
-            if outcome is not Outcome.RETRY:
+            outcome, reason = await self._attempt(claim, attempt, final)
+            if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
                 await self._hand_on(job_id, deliver)
         return outcome, reason
 
-    async def _attempt(self, job_id: str, attempt: int, final: bool) -> tuple[Outcome, str | None]:
-        job = await asyncio.to_thread(self.store.start, job_id)
+    async def _attempt(self, claim: Claim, attempt: int, final: bool) -> tuple[Outcome, str | None]:
+        job_id, holder = claim.job_id, claim.holder
+        job = await asyncio.to_thread(self.store.start, job_id, holder)
         if job is None:
             return Outcome.SKIPPED, None
+        try:
+            return await self._work(claim, job, attempt, final)
+        except asyncio.CancelledError:
+            # An orderly stop, or the channel went: the job comes again, and this delivery
+            # neither used an attempt nor died. A lost claim gives back nothing (not ours).
+            given = asyncio.to_thread(self.store.give_back, job_id, holder, _STOPPED)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(given)
+            raise
+
+    async def _work(
+        self, claim: Claim, job: Job, attempt: int, final: bool
+    ) -> tuple[Outcome, str | None]:
+        job_id, holder = claim.job_id, claim.holder
         if job.attempts == 1 and (waited := _queue_wait_s(job)) is not None:
             metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
-        events = EventWriter(self.store, job_id).start()
-        checkpoint = UnitCheckpoint(self.units, job_id, job.attempts)
+        events = EventWriter(self.store, job_id, holder).start()
+        checkpoint = UnitCheckpoint(self.units, job_id, job.attempts, holder)
         work = asyncio.wait_for(
             self.transcribe(
                 job.audio_path, job.options, events.progress, events.segments, checkpoint
@@ -163,12 +194,14 @@ class JobRunner:
             self.policy.timeout_s,
         )
         reason: str | None = None
-        retryable = cancelled = False
+        retryable = cancelled = busy = False
         transcript: Transcript | None = None
         try:
             transcript = await run_cancellable(self.store, job_id, work, self.policy.cancel_poll_s)
         except JobCancelledError:
             cancelled = True
+        except ServiceBusyError as exc:  # the service's own limit, not the job's fault
+            reason, busy = exc.message, True
         except ServiceError as exc:
             reason, retryable = exc.message, exc.retryable
         except TimeoutError:
@@ -182,16 +215,29 @@ class JobRunner:
             logger.info("Job %s cancelled while running", job_id)
             return Outcome.CANCELLED, None
         if transcript is not None:
-            await asyncio.to_thread(self.store.complete, job_id, transcript)
+            await self._written(claim, self.store.complete, job_id, transcript, holder)
             return Outcome.COMPLETED, None
         assert reason is not None
+        if busy:
+            # Waiting for room is not an attempt: the job comes back with its count unchanged.
+            await self._written(claim, self.store.give_back, job_id, holder, reason)
+            return Outcome.DEFERRED, reason
         if retryable and not final:
-            await asyncio.to_thread(self.store.requeue, job_id, reason)
+            await self._written(claim, self.store.requeue, job_id, reason, holder)
             return Outcome.RETRY, reason
         if retryable:
             reason = f"Failed after {attempt + 1} attempts: {reason}"
-        await asyncio.to_thread(self.store.fail, job_id, reason)
+        await self._written(claim, self.store.fail, job_id, reason, holder)
         return Outcome.FAILED, reason
+
+    async def _written(self, claim: Claim, write: Callable[..., bool], *args: object) -> None:
+        """A fenced write; when it changed nothing because the claim went to another
+        delivery, LeaseLostError. (It may also change nothing for a job cancelled meanwhile:
+        the stored outcome stands, and is handed on.)"""
+        if await asyncio.to_thread(write, *args):
+            return
+        if not await self.leases.still_held(claim):
+            raise LeaseLostError(f"claim on job {claim.job_id} lost")
 
     async def _hand_on(self, job_id: str, deliver: Deliver | None, again: bool = False) -> None:
         job = await asyncio.to_thread(self.store.find, job_id)
@@ -210,57 +256,6 @@ class JobRunner:
         except Exception:
             logger.exception("Could not tidy up after job %s; retention will", job_id)
 
-    async def _claim(self, job_id: str, holder: str) -> Claim | None:
-        """The job's claim; while another delivery holds it, wait until it lets go (finished)
-        or its lease runs out (its worker died)."""
-        waited = False
-        while True:
-            got = await asyncio.to_thread(self.claims.claim, job_id, holder, self.policy.lease_s)
-            if not isinstance(got, Busy):
-                return got
-            if not waited:
-                logger.info("Job %s is held by another delivery; waiting for it", job_id)
-                waited = True
-            await asyncio.sleep(min(max(got.wait_s, 0.1), self.policy.busy_poll_s))
-
-    @contextlib.asynccontextmanager
-    async def _held(self, claim: Claim) -> AsyncIterator[None]:
-        """Keep the claim alive while the body runs; if it is lost, stop the body."""
-        task = asyncio.current_task()
-        assert task is not None
-        lost = asyncio.Event()
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.policy.lease_s / 3)
-                try:
-                    ours = await asyncio.to_thread(
-                        self.claims.renew, claim.job_id, claim.holder, self.policy.lease_s
-                    )
-                except Exception:  # the store may be back before the lease runs out
-                    logger.exception("Could not renew the claim on job %s", claim.job_id)
-                    continue
-                if not ours:
-                    logger.error("Lost the claim on job %s; stopping this delivery", claim.job_id)
-                    lost.set()
-                    task.cancel()
-                    return
-
-        renewing = asyncio.create_task(renew())
-        try:
-            yield
-        except asyncio.CancelledError:
-            if not lost.is_set():
-                raise
-            task.uncancel()
-            raise LeaseLostError(f"claim on job {claim.job_id} lost") from None
-        finally:
-            renewing.cancel()
-            try:
-                await asyncio.to_thread(self.claims.release, claim.job_id, claim.holder)
-            except Exception:  # it runs out by itself; the next delivery waits that long
-                logger.exception("Could not release the claim on job %s", claim.job_id)
-
 
 @dataclass
 class UnitCheckpoint:
@@ -269,13 +264,16 @@ class UnitCheckpoint:
     units: UnitStore
     job_id: str
     attempt: int
+    holder: str | None = None
 
     async def load(self) -> dict[Span, Transcript]:
         return await asyncio.to_thread(self.units.done, self.job_id)
 
     async def save(self, span: Span, transcript: Transcript) -> None:
         try:
-            await asyncio.to_thread(self.units.save, self.job_id, span, self.attempt, transcript)
+            await asyncio.to_thread(
+                self.units.save, self.job_id, span, self.attempt, transcript, self.holder
+            )
         except Exception:
             logger.exception("Could not checkpoint a unit of job %s", self.job_id)
 

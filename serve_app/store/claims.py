@@ -9,13 +9,14 @@ renewing, and its lease runs out. Calls are blocking: run them in a thread from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Engine, or_, select, update
 
 from serve_app.schemas import JobStatus
-from serve_app.store.rows import aware, now
+from serve_app.store.clock import DbClock
+from serve_app.store.rows import aware
 from serve_app.store.tables import jobs
 
 
@@ -35,15 +36,22 @@ class Busy:
     """Another holder's lease is live; it ends at the latest after ``wait_s``."""
 
     wait_s: float
+    holder: str | None = None
+    # The lease's end as written (by the database's clock): a later value from the same holder
+    # means it renewed, so it is alive.
+    until: datetime | None = None
 
 
 class ClaimStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._clock = DbClock(engine)
 
     def claim(self, job_id: str, holder: str, lease_s: float) -> Claim | Busy | None:
-        """Take the job's lease if it is free, expired, or already ours. None: no such job."""
-        stamp = now()
+        """Take the job's lease if it is free, expired, or already ours. None: no such job.
+
+        Expiry is judged by the database's clock, never this node's."""
+        clock = self._clock
         with self._engine.begin() as conn:
             taken = conn.execute(
                 update(jobs)
@@ -51,17 +59,19 @@ class ClaimStore:
                     jobs.c.id == job_id,
                     or_(
                         jobs.c.lease_owner.is_(None),
-                        jobs.c.lease_until < stamp,
+                        jobs.c.lease_until < clock.now(),
                         jobs.c.lease_owner == holder,
                     ),
                 )
-                .values(lease_owner=holder, lease_until=stamp + timedelta(seconds=lease_s))
+                .values(lease_owner=holder, lease_until=clock.later(lease_s))
             ).rowcount
             row = conn.execute(
                 select(
                     jobs.c.status,
                     jobs.c.unfinished,
+                    jobs.c.lease_owner,
                     jobs.c.lease_until,
+                    clock.seconds_until(jobs.c.lease_until).label("left_s"),
                     jobs.c.source,
                     jobs.c.external_id,
                 ).where(jobs.c.id == job_id)
@@ -69,8 +79,8 @@ class ClaimStore:
         if row is None:
             return None
         if not taken:
-            until = aware(row.lease_until)
-            return Busy(max((until - stamp).total_seconds(), 0.0) if until else 0.0)
+            left = float(row.left_s) if row.left_s is not None else 0.0
+            return Busy(max(left, 0.0), row.lease_owner, aware(row.lease_until))
         return Claim(
             job_id,
             holder,
@@ -87,9 +97,15 @@ class ClaimStore:
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.lease_owner == holder)
-                    .values(lease_until=now() + timedelta(seconds=lease_s))
+                    .values(lease_until=self._clock.later(lease_s))
                 ).rowcount
             )
+
+    def holds(self, job_id: str, holder: str) -> bool:
+        """Whether ``holder`` still holds the job's claim."""
+        with self._engine.connect() as conn:
+            owner = conn.execute(select(jobs.c.lease_owner).where(jobs.c.id == job_id)).scalar()
+        return owner == holder
 
     def release(self, job_id: str, holder: str) -> None:
         with self._engine.begin() as conn:

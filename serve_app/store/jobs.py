@@ -25,6 +25,7 @@ from serve_app.schemas import (
     TranscribeOptions,
     Transcript,
 )
+from serve_app.store.clock import DbClock
 from serve_app.store.rows import decode_cursor, encode_cursor, now, to_job
 from serve_app.store.tables import job_events, jobs
 
@@ -79,6 +80,8 @@ class JobStore:
                 return existing, False
         job_id = new.id or uuid.uuid4().hex
         stamp = now()
+        # The outbox compares acceptance with the database's clock: record it by that clock.
+        accepted = DbClock(self._engine).stamp()
         values: dict[str, Any] = {
             "id": job_id,
             "source": new.source,
@@ -101,7 +104,7 @@ class JobStore:
             # A Whisper-Local job arrives from the broker; an HTTP one is on its way once
             # published (the outbox: until then the sweeper may publish it).
             "enqueued_at": stamp if new.source == "amqp" else None,
-            "created_at": stamp,
+            "created_at": accepted,
             "updated_at": stamp,
         }
         try:
@@ -176,14 +179,21 @@ class JobStore:
 
     # --- the life of a job ----------------------------------------------------------------------
 
-    def start(self, job_id: str) -> Job | None:
+    # Writes after a claim name its ``holder``: they change nothing once another delivery has
+    # taken the job over, so a stale worker cannot overwrite the live one's work.
+
+    def start(self, job_id: str, holder: str | None = None) -> Job | None:
         """queued -> running, counting the attempt, and the delivery as unfinished until an
         ending is recorded. None if the job is gone or finished (cancelled while queued, or
-        already answered before a redelivery)."""
+        already answered before a redelivery), or no longer ``holder``'s."""
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status.in_(("queued", "running")),
+                    *_held_by(holder),
+                )
                 .values(
                     status="running",
                     attempts=jobs.c.attempts + 1,
@@ -198,12 +208,14 @@ class JobStore:
                 self._event(conn, job_id, "running", {"status": "running", "attempt": attempt})
         return self.find(job_id) if changed else None
 
-    def record_progress(self, job_id: str, done_s: float, total_s: float) -> None:
+    def record_progress(
+        self, job_id: str, done_s: float, total_s: float, holder: str | None = None
+    ) -> None:
         """With nothing done yet, only the duration is recorded (for the backlog): no event."""
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
                 .values(processed_s=done_s, duration=total_s, updated_at=now())
             ).rowcount
             if changed and done_s > 0:
@@ -219,17 +231,23 @@ class JobStore:
                     },
                 )
 
-    def record_segments(self, job_id: str, segments: list[dict[str, Any]]) -> None:
-        """Segment events of a running job; late ones from cancelled work are dropped, so a
-        finished job's last event stays its last."""
+    def record_segments(
+        self, job_id: str, segments: list[dict[str, Any]], holder: str | None = None
+    ) -> None:
+        """Segment events of a running job; late ones from cancelled work (or from a delivery
+        that lost the job) are dropped, so a finished job's last event stays its last."""
         with self._engine.begin() as conn:
-            status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
-            if status != "running":
+            running = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .with_for_update()
+            ).first()
+            if running is None:
                 return
             for segment in segments:
                 self._event(conn, job_id, "segment", segment)
 
-    def complete(self, job_id: str, transcript: Transcript) -> bool:
+    def complete(self, job_id: str, transcript: Transcript, holder: str | None = None) -> bool:
         result = transcript.model_dump(mode="json")
         return self._finish(
             job_id,
@@ -242,27 +260,49 @@ class JobStore:
                 "error": None,
             },
             {"status": "completed", "result": result},
+            holder=holder,
         )
 
-    def fail(self, job_id: str, error: str) -> bool:
+    def fail(self, job_id: str, error: str, holder: str | None = None) -> bool:
         return self._finish(
             job_id,
             "failed",
             {"error": error},
             {"status": "failed", "error": error},
             from_states=("queued", "running"),
+            holder=holder,
         )
 
-    def requeue(self, job_id: str, error: str) -> None:
+    def requeue(self, job_id: str, error: str, holder: str | None = None) -> bool:
         """A retryable failure: back to queued until the retry arrives."""
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running")
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
                 .values(status="queued", error=error, unfinished=0, updated_at=now())
             ).rowcount
             if changed:
                 self._event(conn, job_id, "queued", {"status": "queued", "retry_after": error})
+        return bool(changed)
+
+    def give_back(self, job_id: str, holder: str, why: str) -> bool:
+        """A delivery stopped in order (shutdown, a lost channel, a wait for room) before the
+        job ended: back to queued, and the attempt it started is not counted, neither as an
+        attempt nor as a delivery whose worker died."""
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .values(
+                    status="queued",
+                    attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                    unfinished=case((jobs.c.unfinished > 0, jobs.c.unfinished - 1), else_=0),
+                    updated_at=now(),
+                )
+            ).rowcount
+            if changed:
+                self._event(conn, job_id, "queued", {"status": "queued", "requeued": why})
+        return bool(changed)
 
     def cancel(self, job_id: str, viewer: Viewer = EVERYONE) -> Job:
         """queued or running -> cancelled at once; a running job stops at its next chunk."""
@@ -303,14 +343,17 @@ class JobStore:
         values: dict[str, Any],
         event: dict[str, Any],
         from_states: tuple[str, ...] = ("running",),
+        holder: str | None = None,
     ) -> bool:
         stamp = now()
+        # Due at once by the database's clock, which the webhook claims compare with.
+        due = DbClock(self._engine).now()
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states))
+                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *_held_by(holder))
                 .values(status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values)
-                .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), stamp), else_=None))
+                .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), due), else_=None))
             ).rowcount
             if changed:
                 self._event(conn, job_id, status, event)
@@ -346,6 +389,10 @@ class JobStore:
             .where(jobs.c.status == "queued", jobs.c.created_at < row["created_at"])
         ).scalar()
         return int(ahead or 0) + 1
+
+
+def _held_by(holder: str | None) -> list[Any]:
+    return [] if holder is None else [jobs.c.lease_owner == holder]
 
 
 def _visible(viewer: Viewer) -> list[Any]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, select, update
 
+from serve_app.store.clock import DbClock
 from serve_app.store.rows import now
 from serve_app.store.tables import jobs
 
@@ -15,6 +16,7 @@ from serve_app.store.tables import jobs
 class Outbox:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._clock = DbClock(engine)
 
     def mark_enqueued(self, job_id: str) -> None:
         with self._engine.begin() as conn:
@@ -31,7 +33,7 @@ class Outbox:
             .where(
                 jobs.c.enqueued_at.is_(None),
                 jobs.c.status == "queued",
-                jobs.c.created_at < now() - older_than,
+                jobs.c.created_at < self._clock.later(-older_than.total_seconds()),
             )
             .order_by(jobs.c.created_at)
             .limit(limit)

@@ -3,12 +3,14 @@ or a redelivery redoes only the units not done yet. Calls are blocking: run them
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, null, select, update
+from typing import Any
+
+from sqlalchemy import Engine, exists, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.schemas import Transcript
 from serve_app.store.rows import now
-from serve_app.store.tables import job_units
+from serve_app.store.tables import job_units, jobs
 
 Span = tuple[int, int]  # (start, end) in samples of the decoded file
 
@@ -28,7 +30,16 @@ class UnitStore:
             for r in rows
         }
 
-    def save(self, job_id: str, span: Span, attempt: int, transcript: Transcript) -> None:
+    def save(
+        self,
+        job_id: str,
+        span: Span,
+        attempt: int,
+        transcript: Transcript,
+        holder: str | None = None,
+    ) -> bool:
+        """Record a finished unit; with ``holder``, only while that delivery holds the job's
+        claim (a stale delivery's late unit is not kept). False when nothing was recorded."""
         values = {
             "job_id": job_id,
             "start_sample": span[0],
@@ -37,11 +48,17 @@ class UnitStore:
             "result": transcript.model_dump(mode="json"),
             "created_at": now(),
         }
+        # One statement: the unit goes in only if the claim is the holder's as it is written.
+        row = select(*(literal(v, job_units.c[k].type).label(k) for k, v in values.items())).where(
+            exists().where(jobs.c.id == job_id, *_held_by(holder))
+        )
+        # RETURNING, not rowcount: psycopg gives no count for an INSERT from a SELECT.
+        statement = insert(job_units).from_select(list(values), row).returning(job_units.c.job_id)
         try:
             with self._engine.begin() as conn:
-                conn.execute(job_units.insert().values(**values))
+                return conn.execute(statement).first() is not None
         except IntegrityError:
-            pass  # done already by an earlier attempt: the first record stands
+            return False  # done already by an earlier attempt: the first record stands
 
     def attempts(self, job_id: str) -> list[tuple[Span, int]]:
         """Which attempt transcribed each unit, in order (what a resume redid)."""
@@ -60,3 +77,7 @@ class UnitStore:
             conn.execute(
                 update(job_units).where(job_units.c.job_id == job_id).values(result=null())
             )
+
+
+def _held_by(holder: str | None) -> list[Any]:
+    return [] if holder is None else [jobs.c.lease_owner == holder]

@@ -250,12 +250,12 @@ def test_a_lost_lease_or_a_delivered_webhook_is_never_changed(url: str, tmp_path
 
     assert not webhook_store.record_attempt(job_id, first[0].token, ok, True, None)
     assert _attempts(store, job_id) == ("pending", [])
-    assert webhook_store.record_attempt(job_id, second[0].token, failed, False, now())
+    assert webhook_store.record_attempt(job_id, second[0].token, failed, False, timedelta(0))
     third = webhook_store.claim_due(timedelta(seconds=30))
     assert webhook_store.record_attempt(job_id, third[0].token, ok, True, None)
     # Late answers from the older leases, and a replay of the winning one, change nothing.
     for token in (first[0].token, second[0].token, third[0].token):
-        assert not webhook_store.record_attempt(job_id, token, failed, False, now())
+        assert not webhook_store.record_attempt(job_id, token, failed, False, timedelta(0))
     status, attempts = _attempts(store, job_id)
     assert status == "delivered" and [a.status_code for a in attempts] == [500, 200]
     assert webhook_store.claim_due(timedelta(seconds=30)) == []
