@@ -40,6 +40,7 @@ RETRY_QUEUE_ARGUMENTS: dict[str, Any] = {
 # Messages nobody can be answered for (not JSON, no attachment_id) are parked here.
 REJECTED_QUEUE = "whisper_rejected"
 MAX_RETRIES = 2  # 3 attempts in all
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RETRY_HEADER = "x-retry-count"
 REJECT_REASON_HEADER = "x-reject-reason"
 # Headers RabbitMQ adds when dead-lettering; a republish carrying them would look like a
@@ -75,6 +76,10 @@ def parse_request(raw: bytes) -> ParsedMessage:
     attachment_id = body.get("attachment_id")
     if not isinstance(attachment_id, int) or isinstance(attachment_id, bool):
         raise UnanswerableMessage("no usable attachment_id (an integer is required)")
+    if not INT64_MIN <= attachment_id <= INT64_MAX:
+        # The ledger keeps ids as 64-bit integers: one past them could be answered but never
+        # recorded as answered, so every redelivery would answer it again.
+        raise MalformedRequest(body, "Malformed request: attachment_id is outside 64-bit range")
     try:
         request = QueuedTranscriptionRequest.model_validate(body)
     except ValidationError as exc:

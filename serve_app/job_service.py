@@ -8,6 +8,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DataError, IntegrityError
+
+from serve_app.errors import MalformedRequestError
 from serve_app.jobs import Outcome
 from serve_app.model_options import normalize_language
 from serve_app.runner import Deliver, JobRunner
@@ -52,7 +55,15 @@ class JobService:
             idempotency_key=f"amqp:{key}",
             id=key,
         )
-        job, _ = await asyncio.to_thread(self.store.create, new)
+        try:
+            job, _ = await asyncio.to_thread(self.store.create, new)
+        except (DataError, IntegrityError) as exc:
+            # The request holds what the store cannot keep (a NUL in a path, a field past its
+            # column): no retry changes that, so it is answered now instead of looping.
+            logger.warning("The store refused job %s: %s", request.attachment_id, exc.orig)
+            raise MalformedRequestError(
+                "Malformed request: a field holds what the job store cannot keep"
+            ) from None
         return job.id
 
     async def run(

@@ -17,7 +17,6 @@ from sqlalchemy.exc import OperationalError
 
 from ingest import contract as c
 from ingest import topology
-from ingest.consumer import IngestConsumer
 from serve_app.audio import AudioArray
 from serve_app.errors import InferenceError
 from serve_app.pipeline import admission_for, transcribe_file
@@ -26,8 +25,8 @@ from serve_app.settings import Settings
 from serve_app.store import ResultLedger, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.transcriber import Transcriber
-from tests.support import amqp, speech
-from tests.support.consumers import Runner, make_consumer
+from tests.support import amqp, consumers, speech
+from tests.support.consumers import Runner
 
 VHOST = "whisper_core_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -81,30 +80,11 @@ def real_job(settings: Settings) -> Runner:
     return run
 
 
-class Running:
-    """A consumer task for the duration of a test."""
-
+class Running(consumers.Running):
     def __init__(
-        self,
-        runner: Runner,
-        ledger: ResultLedger,
-        prefetch: int = 4,
-        grace: float = 30,
-        url: str = URL,
+        self, runner: Runner, ledger: ResultLedger, prefetch: int = 4, grace: float = 30
     ) -> None:
-        self.consumer, self.store = make_consumer(
-            url, runner, ledger, prefetch=prefetch, grace=grace
-        )
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> IngestConsumer:
-        self.task = asyncio.create_task(self.consumer.run())
-        return self.consumer
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.consumer.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 30)
+        super().__init__(URL, runner, ledger, prefetch=prefetch, grace=grace)
 
 
 async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -3,6 +3,7 @@ by a callable that takes the request (a stand-in, or the real pipeline)."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -60,3 +61,31 @@ def make_consumer(
     jobs = JobService(store, runner, ledger, Outbox(engine), "tiny.en")
     config = TransportConfig(url=url, prefetch=prefetch, shutdown_grace_s=grace, reconnect_max_s=2)
     return IngestConsumer(config, jobs, "tiny.en"), store
+
+
+class Running:
+    """A consumer task for the duration of a test (``async with``)."""
+
+    def __init__(
+        self,
+        url: str,
+        runner: Runner,
+        ledger: ResultLedger,
+        *,
+        prefetch: int = 4,
+        grace: float = 30,
+        lease_s: float = 10,
+    ) -> None:
+        self.consumer, self.store = make_consumer(
+            url, runner, ledger, prefetch=prefetch, grace=grace, lease_s=lease_s
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> IngestConsumer:
+        self.task = asyncio.create_task(self.consumer.run())
+        return self.consumer
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.consumer.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)

@@ -75,6 +75,17 @@ def test_malformed_requests_are_answerable(body: dict[str, object], field: str) 
     assert info.value.import_batch_id == expected_batch
 
 
+@pytest.mark.parametrize("attachment_id", [2**63, -(2**63) - 1, 10**64 + 7])
+def test_an_attachment_id_past_64_bits_is_answered_at_once(attachment_id: int) -> None:
+    """The ledger could never record it as answered: refused before anything is stored."""
+    with pytest.raises(c.MalformedRequest) as info:
+        _parse({"attachment_id": attachment_id, "audio_file_path": "/a.mp3", "import_batch_id": 3})
+    assert info.value.attachment_id == attachment_id and "64-bit" in info.value.message
+    assert info.value.import_batch_id == 3
+    for edge in (2**63 - 1, -(2**63)):
+        assert _parse({"attachment_id": edge, "audio_file_path": "/a.mp3"}).request
+
+
 def test_retry_count_body_wins_header_fallback() -> None:
     body = _parse({"attachment_id": 1, "audio_file_path": "/a.mp3", "retry_count": 2}).request
     assert c.retry_count(body, {c.RETRY_HEADER: 1}) == 2
