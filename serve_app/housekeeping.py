@@ -126,6 +126,7 @@ class Housekeeper:
             self._secret,
             allowed_hosts=self._settings.webhook_allowed_hosts,
             timeout_s=self._settings.webhook_timeout_sec,
+            owner=claim.owner,
         )
         count = len(job.webhook.attempts) + 1
         retry_in = None

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import ipaddress
 import re
-import socket
 import ssl
 import time
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from serve_app.errors import InvalidOptionError
+from serve_app import dns
+from serve_app.errors import InvalidOptionError, ServiceBusyError
 from serve_app.schemas import WebhookAttempt
 
 SIGNATURE_HEADER = "X-Whisper-Signature"
@@ -37,6 +37,7 @@ JOB_HEADER = "X-Whisper-Job-Id"
 MAX_ANSWER_BYTES = 4096
 # A submit waits this long for DNS before refusing the URL.
 SUBMIT_RESOLVE_TIMEOUT_S = 5.0
+LOOKUPS_BUSY_RETRY_S = 5
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -57,8 +58,11 @@ class CallbackRefused(Exception):
 # --- URL policy ------------------------------------------------------------------------------
 
 
-async def check_callback_url(url: str, secret_set: bool, allowed_hosts: Sequence[str]) -> str:
-    """Refuse callback URLs the service must not call; returns the URL unchanged."""
+async def check_callback_url(
+    url: str, secret_set: bool, allowed_hosts: Sequence[str], owner: str | None = None
+) -> str:
+    """Refuse callback URLs the service must not call; returns the URL unchanged. ``owner``
+    (the API key's) is who the host lookup counts against."""
     try:
         parsed = parse_callback_url(url)
         if not secret_set:
@@ -67,7 +71,12 @@ async def check_callback_url(url: str, secret_set: bool, allowed_hosts: Sequence
             )
         try:
             async with asyncio.timeout(SUBMIT_RESOLVE_TIMEOUT_S):
-                await checked_addresses(parsed, allowed_hosts)
+                await checked_addresses(parsed, allowed_hosts, owner)
+        except dns.LookupsBusyError:
+            raise ServiceBusyError(
+                "Too many callback hosts of this key are being looked up; try again shortly",
+                LOOKUPS_BUSY_RETRY_S,
+            ) from None
         except TimeoutError:
             raise CallbackRefused(
                 f"callback_url host '{_host(parsed)}' could not be resolved"
@@ -92,10 +101,12 @@ def parse_callback_url(url: str) -> httpx.URL:
     return parsed
 
 
-async def checked_addresses(url: httpx.URL, allowed_hosts: Sequence[str]) -> list[IPAddress]:
+async def checked_addresses(
+    url: httpx.URL, allowed_hosts: Sequence[str], owner: str | None = None
+) -> list[IPAddress]:
     """The addresses the host resolves to, all allowed by the policy (in resolver order)."""
     host = _host(url)
-    addresses = await resolve(host, url.port)
+    addresses = await resolve(host, url.port, owner)
     if not addresses:
         raise CallbackRefused(
             f"callback_url host '{host}' could not be resolved", "host not resolved"
@@ -110,15 +121,15 @@ async def checked_addresses(url: httpx.URL, allowed_hosts: Sequence[str]) -> lis
     return addresses
 
 
-async def resolve(host: str, port: int | None) -> list[IPAddress]:
-    """IP literals as they are; names through the system resolver, off the event loop."""
+async def resolve(host: str, port: int | None, owner: str | None = None) -> list[IPAddress]:
+    """IP literals as they are; names through the system resolver, on the lookup threads of
+    ``serve_app.dns`` (never the shared executor). LookupsBusyError when ``owner`` has as
+    many lookups pending as it may."""
     literal = _ip_literal(host)
     if literal is not None:
         return [literal]
     try:
-        infos = await asyncio.to_thread(
-            socket.getaddrinfo, host, port or 0, type=socket.SOCK_STREAM
-        )
+        infos = await dns.resolver().getaddrinfo(host, port or 0, owner)
     except (OSError, UnicodeError):
         return []
     return _unique(_ip_literal(str(info[4][0])) for info in infos)
@@ -234,6 +245,7 @@ async def deliver(
     *,
     allowed_hosts: Sequence[str],
     timeout_s: float,
+    owner: str | None = None,
 ) -> tuple[bool, WebhookAttempt]:
     """One POST; delivered means a 2xx answer. Resolving, connecting, sending and reading
     together take at most timeout_s: the whole exchange is cancelled then."""
@@ -241,7 +253,9 @@ async def deliver(
     status: list[int] = []  # set once the answer's status line has arrived
     try:
         async with asyncio.timeout(timeout_s):
-            await _post(client, url, job_id, body, secret, allowed_hosts, status)
+            await _post(client, url, job_id, body, secret, allowed_hosts, owner, status)
+    except dns.LookupsBusyError:
+        return False, WebhookAttempt(at=at, error="host lookups busy")
     except TimeoutError:
         if not status:
             return False, WebhookAttempt(at=at, error="timed out")
@@ -261,10 +275,11 @@ async def _post(
     body: bytes,
     secret: str,
     allowed_hosts: Sequence[str],
+    owner: str | None,
     status: list[int],
 ) -> None:
     parsed = parse_callback_url(url)
-    addresses = await checked_addresses(parsed, allowed_hosts)
+    addresses = await checked_addresses(parsed, allowed_hosts, owner)
     headers = _signed_headers(secret, job_id, body)
     for index, address in enumerate(addresses):
         try:

@@ -97,6 +97,7 @@ async def submit_job(
             submission.callback_url,
             settings.webhook_secret is not None,
             settings.webhook_allowed_hosts,
+            owner=viewer.owner,
         )
     key = None
     if submission.idempotency_key is not None:

@@ -29,6 +29,7 @@ class WebhookClaim:
     job: Job
     # The lease written on claim; recording an attempt needs it.
     token: datetime
+    owner: str | None = None  # the job's API key (a hash), whose host lookups this counts as
 
 
 class WebhookStore:
@@ -46,7 +47,7 @@ class WebhookStore:
         if limit <= 0:
             return []
         query = (
-            select(jobs.c.id, jobs.c.webhook_next_at)
+            select(jobs.c.id, jobs.c.webhook_next_at, jobs.c.owner)
             .where(jobs.c.webhook_status == "pending", jobs.c.webhook_next_at <= self._clock.now())
             .order_by(jobs.c.webhook_next_at)
             .limit(limit)
@@ -56,10 +57,10 @@ class WebhookStore:
         with self._engine.connect() as conn:
             due = conn.execute(query).all()
         claims = []
-        for job_id, next_at in due:
+        for job_id, next_at, owner in due:
             token = self._take(job_id, next_at, lease)
             if token is not None:
-                claims.append(WebhookClaim(self._jobs.get(job_id), token))
+                claims.append(WebhookClaim(self._jobs.get(job_id), token, owner))
         return claims
 
     def _take(self, job_id: str, seen: datetime, lease: timedelta) -> datetime | None:

@@ -4,7 +4,9 @@ the claim that keeps two deliveries of one job from both running it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.jobs import Outcome
 from serve_app.runner import JobRunner, RunPolicy
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
-from serve_app.store import ClaimStore, JobStore, UnitStore, open_engine
+from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.store.tables import jobs
 from tests.support.recorded_metrics import recording
@@ -336,6 +338,33 @@ async def test_no_room_for_the_audio_defers_without_using_an_attempt(
         assert (job.status, job.attempts) == ("queued", 0) and audio.exists()
     outcome, _ = await _runner(store, tmp_path, StandIn()).run(job_id, 0, final=False)
     assert outcome is Outcome.COMPLETED and store.get(job_id).attempts == 1
+
+
+async def test_renewals_go_on_while_the_shared_executor_is_full(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Slow blocking work (hanging DNS, say) fills every thread of the default executor for
+    longer than a lease: the claim is still renewed, so no second delivery can take the job."""
+    job_id, _ = _job(store, tmp_path)
+    stand_in = StandIn(delay=1)
+    running = asyncio.create_task(
+        _runner(store, tmp_path, stand_in, lease=0.9).run(job_id, 0, final=False)
+    )
+    await _until(lambda: stand_in.calls == 1)
+    loop = asyncio.get_running_loop()
+    blocker = threading.Event()
+    filled = asyncio.gather(*(asyncio.to_thread(blocker.wait, 2.5) for _ in range(40)))
+    claims, taken = ClaimStore(store.engine), []
+    with ThreadPoolExecutor(1) as own:  # another replica's claim, on a thread of its own
+        deadline = loop.time() + 2.3
+        while loop.time() < deadline and not taken:
+            got = await loop.run_in_executor(own, claims.claim, job_id, "other", 5)
+            taken += [got] if isinstance(got, Claim) else []
+            await asyncio.sleep(0.1)
+    blocker.set()
+    await filled
+    assert taken == []
+    assert (await asyncio.wait_for(running, 10))[0] is Outcome.COMPLETED
 
 
 def _owner(store: JobStore, job_id: str) -> str | None:
