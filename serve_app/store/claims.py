@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import ColumnElement, Engine, or_, select, update
 
 from serve_app.schemas import JobStatus
 from serve_app.store.clock import DbClock
@@ -114,3 +114,9 @@ class ClaimStore:
                 .where(jobs.c.id == job_id, jobs.c.lease_owner == holder)
                 .values(lease_owner=None, lease_until=None)
             )
+
+
+def held_by(holder: str | None) -> list[ColumnElement[bool]]:
+    """The condition that fences a write after a claim: the job is still ``holder``'s (no
+    condition for writes made without a claim: a cancel, a submit)."""
+    return [] if holder is None else [jobs.c.lease_owner == holder]

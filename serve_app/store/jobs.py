@@ -25,6 +25,7 @@ from serve_app.schemas import (
     TranscribeOptions,
     Transcript,
 )
+from serve_app.store.claims import held_by
 from serve_app.store.clock import DbClock
 from serve_app.store.rows import decode_cursor, encode_cursor, now, to_job
 from serve_app.store.tables import job_events, jobs
@@ -192,13 +193,14 @@ class JobStore:
                 .where(
                     jobs.c.id == job_id,
                     jobs.c.status.in_(("queued", "running")),
-                    *_held_by(holder),
+                    *held_by(holder),
                 )
                 .values(
                     status="running",
                     attempts=jobs.c.attempts + 1,
                     unfinished=jobs.c.unfinished + 1,
-                    started_at=func.coalesce(jobs.c.started_at, now()),
+                    # By the clock its acceptance was recorded with (the queue wait).
+                    started_at=func.coalesce(jobs.c.started_at, DbClock(self._engine).stamp()),
                     updated_at=now(),
                 )
             ).rowcount
@@ -215,7 +217,7 @@ class JobStore:
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
                 .values(processed_s=done_s, duration=total_s, updated_at=now())
             ).rowcount
             if changed and done_s > 0:
@@ -239,7 +241,7 @@ class JobStore:
         with self._engine.begin() as conn:
             running = conn.execute(
                 select(jobs.c.id)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
                 .with_for_update()
             ).first()
             if running is None:
@@ -278,7 +280,7 @@ class JobStore:
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
                 .values(status="queued", error=error, unfinished=0, updated_at=now())
             ).rowcount
             if changed:
@@ -292,7 +294,7 @@ class JobStore:
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *_held_by(holder))
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
                 .values(
                     status="queued",
                     attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
@@ -351,7 +353,7 @@ class JobStore:
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *_held_by(holder))
+                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *held_by(holder))
                 .values(status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values)
                 .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), due), else_=None))
             ).rowcount
@@ -389,10 +391,6 @@ class JobStore:
             .where(jobs.c.status == "queued", jobs.c.created_at < row["created_at"])
         ).scalar()
         return int(ahead or 0) + 1
-
-
-def _held_by(holder: str | None) -> list[Any]:
-    return [] if holder is None else [jobs.c.lease_owner == holder]
 
 
 def _visible(viewer: Viewer) -> list[Any]:

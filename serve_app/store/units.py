@@ -3,12 +3,11 @@ or a redelivery redoes only the units not done yet. Calls are blocking: run them
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Engine, exists, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.schemas import Transcript
+from serve_app.store.claims import held_by
 from serve_app.store.rows import now
 from serve_app.store.tables import job_units, jobs
 
@@ -50,7 +49,7 @@ class UnitStore:
         }
         # One statement: the unit goes in only if the claim is the holder's as it is written.
         row = select(*(literal(v, job_units.c[k].type).label(k) for k, v in values.items())).where(
-            exists().where(jobs.c.id == job_id, *_held_by(holder))
+            exists().where(jobs.c.id == job_id, *held_by(holder))
         )
         # RETURNING, not rowcount: psycopg gives no count for an INSERT from a SELECT.
         statement = insert(job_units).from_select(list(values), row).returning(job_units.c.job_id)
@@ -77,7 +76,3 @@ class UnitStore:
             conn.execute(
                 update(job_units).where(job_units.c.job_id == job_id).values(result=null())
             )
-
-
-def _held_by(holder: str | None) -> list[Any]:
-    return [] if holder is None else [jobs.c.lease_owner == holder]
