@@ -40,7 +40,12 @@ class Jobs(Protocol):
         """The job's id in the store, recorded now if it is new."""
 
     async def run(
-        self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        final: bool,
+        deliver: Deliver | None = None,
+        redelivered: bool = False,
     ) -> tuple[Outcome, str | None]: ...
 
     async def answered(self, key: str, result: QueuedTranscriptionResult, message_id: str) -> None:
@@ -147,7 +152,11 @@ class IngestConsumer:
             await self._jobs.answered(key, result, message_id)
 
         outcome, reason = await self._jobs.run(
-            job_id, attempt, final=attempt >= c.MAX_RETRIES, deliver=deliver
+            job_id,
+            attempt,
+            final=attempt >= c.MAX_RETRIES,
+            deliver=deliver,
+            redelivered=bool(message.redelivered),
         )
         if outcome in (Outcome.RETRY, Outcome.DEFERRED):
             # A deferred job (no room now) comes again with its count unchanged.
@@ -188,7 +197,9 @@ class IngestConsumer:
         except c.UnanswerableMessage as exc:
             await self.transport.park(message, str(exc))
             return
-        outcome, reason = await self._jobs.run(job_id, attempt, final=attempt >= c.MAX_RETRIES)
+        outcome, reason = await self._jobs.run(
+            job_id, attempt, final=attempt >= c.MAX_RETRIES, redelivered=bool(message.redelivered)
+        )
         if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
             self.status.results += outcome is not Outcome.SKIPPED
             return

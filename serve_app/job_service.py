@@ -67,9 +67,14 @@ class JobService:
         return job.id
 
     async def run(
-        self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        final: bool,
+        deliver: Deliver | None = None,
+        redelivered: bool = False,
     ) -> tuple[Outcome, str | None]:
-        return await self.runner.run(job_id, attempt, final, deliver)
+        return await self.runner.run(job_id, attempt, final, deliver, redelivered)
 
     async def answered(self, key: str, result: QueuedTranscriptionResult, message_id: str) -> None:
         for attempt in range(1, _RECORD_TRIES + 1):

@@ -52,9 +52,13 @@ class Leases:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="leases")
     )
 
-    async def take(self, job_id: str, holder: str) -> Claim | HeldElsewhere | None:
+    async def take(
+        self, job_id: str, holder: str, leave_to_live: bool = True
+    ) -> Claim | HeldElsewhere | None:
         """The job's claim (None: no such job). While another delivery holds it: wait until
-        its lease runs out (its worker died), or until it renews (it is alive: HeldElsewhere)."""
+        its lease runs out (its worker died) or it lets go, or, with ``leave_to_live``, until
+        it renews (it is alive: HeldElsewhere). A copy that cannot be sure its message is not
+        the holder's own waits for the claim (up to the cap) instead."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.max_wait_s or 3 * self.lease_s)
         seen: tuple[str | None, datetime | None] | None = None
@@ -62,7 +66,7 @@ class Leases:
             got = await asyncio.to_thread(self.claims.claim, job_id, holder, self.lease_s)
             if not isinstance(got, Busy):
                 return got
-            if seen is not None and _renewed(seen, got):
+            if leave_to_live and seen is not None and _renewed(seen, got):
                 return HeldElsewhere(got.holder)
             if seen is None:
                 logger.info("Job %s is held by another delivery; waiting for it", job_id)

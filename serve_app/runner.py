@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from serve_app import logcontext, metrics, spool
 from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
@@ -33,6 +34,7 @@ from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TranscribePathFn = Callable[
     [str, TranscribeOptions, ProgressFn, SegmentsFn, Checkpoint], Awaitable[Transcript]
@@ -82,12 +84,21 @@ class JobRunner:
         )
 
     async def run(
-        self, job_id: str, attempt: int, final: bool, deliver: Deliver | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        final: bool,
+        deliver: Deliver | None = None,
+        redelivered: bool = False,
     ) -> tuple[Outcome, str | None]:
         """One delivery of a job (attempt is 0-based); returns the outcome and, for RETRY,
-        the reason. Store errors propagate: the delivery is handed back and runs later."""
+        the reason. Store errors propagate: the delivery is handed back and runs later.
+
+        ``redelivered``: the broker handed this message out before. It may be the very
+        message of a holder being stopped (a lost channel) whose last renewal still lands, so
+        it never leaves the job to the holder: it waits for the claim instead."""
         holder = f"{self.replica}:{uuid.uuid4().hex[:16]}"  # one per delivery, not per replica
-        claim = await self.leases.take(job_id, holder)
+        claim = await self.leases.take(job_id, holder, leave_to_live=not redelivered)
         if claim is None:
             return Outcome.SKIPPED, None  # deleted: refused at submit, or past retention
         if isinstance(claim, HeldElsewhere):
@@ -166,17 +177,24 @@ class JobRunner:
 
     async def _attempt(self, claim: Claim, attempt: int, final: bool) -> tuple[Outcome, str | None]:
         job_id, holder = claim.job_id, claim.holder
-        job = await asyncio.to_thread(self.store.start, job_id, holder)
-        if job is None:
-            return Outcome.SKIPPED, None
+        starting = asyncio.ensure_future(asyncio.to_thread(self.store.start, job_id, holder))
         try:
+            job = await asyncio.shield(starting)
+            if job is None:
+                return Outcome.SKIPPED, None
             return await self._work(claim, job, attempt, final)
         except asyncio.CancelledError:
             # An orderly stop, or the channel went: the job comes again, and this delivery
-            # neither used an attempt nor died. A lost claim gives back nothing (not ours).
-            given = asyncio.to_thread(self.store.give_back, job_id, holder, _STOPPED)
+            # neither used an attempt nor died. A start still under way may yet commit: it is
+            # waited for, so that what it counted is given back. A lost claim gives back
+            # nothing (not ours).
+            # A channel lost twice cancels twice: the give-back still ends before the claim
+            # is released, or the release would fence it out.
             with contextlib.suppress(Exception):
-                await asyncio.shield(given)
+                if await _despite_cancel(starting) is not None:
+                    await _despite_cancel(
+                        asyncio.to_thread(self.store.give_back, job_id, holder, _STOPPED)
+                    )
             raise
 
     async def _work(
@@ -276,6 +294,18 @@ class UnitCheckpoint:
             )
         except Exception:
             logger.exception("Could not checkpoint a unit of job %s", self.job_id)
+
+
+async def _despite_cancel(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when cancelled again meanwhile; for the tidying a
+    cancelled delivery does before it re-raises."""
+    future = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
 
 
 def _attachment(external_id: str | None) -> int | None:

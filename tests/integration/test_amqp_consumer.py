@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
@@ -27,6 +27,7 @@ from serve_app.store.jobs import NewJob
 from serve_app.transcriber import Transcriber
 from tests.support import amqp, consumers, speech
 from tests.support.consumers import Runner
+from tests.support.waiting import until
 
 VHOST = "whisper_core_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -85,15 +86,6 @@ class Running(consumers.Running):
         self, runner: Runner, ledger: ResultLedger, prefetch: int = 4, grace: float = 30
     ) -> None:
         super().__init__(URL, runner, ledger, prefetch=prefetch, grace=grace)
-
-
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def _request(path: Path | str, **extra: object) -> dict[str, object]:
@@ -186,7 +178,7 @@ async def test_redelivery_after_a_crash_past_publishing_gets_no_second_result(
         raise AssertionError("an answered job ran again")
 
     async with Running(must_not_run, ledger):
-        await _until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "redelivery")
+        await until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "redelivery")
         await asyncio.sleep(2)
     assert calls == 0
     assert [r["error_message"] for r in results.all(job["attachment_id"])] == ["first answer"]
@@ -222,7 +214,7 @@ async def test_unanswerable_messages_are_parked_and_consuming_goes_on(
             good,
         )
         result = await asyncio.to_thread(results.wait, good["attachment_id"])
-        await _until(lambda: amqp.queue_depth(URL, c.REJECTED_QUEUE)[0] == 4, 10, "parking")
+        await until(lambda: amqp.queue_depth(URL, c.REJECTED_QUEUE)[0] == 4, 10, "parking")
     assert result["success"] is True
     parked = amqp.drain(URL, c.REJECTED_QUEUE)
     reasons = [headers[c.REJECT_REASON_HEADER] for headers, _ in parked]
@@ -281,7 +273,7 @@ async def test_shutdown_hands_in_flight_jobs_back(results, ledger, real_job, cli
     runner = Running(stuck, ledger, grace=1)
     consumer = await runner.__aenter__()
     amqp.publish(URL, *jobs)
-    await _until(lambda: consumer.status.in_flight == 2, 10, "both jobs in flight")
+    await until(lambda: consumer.status.in_flight == 2, 10, "both jobs in flight")
     await runner.__aexit__()
     await asyncio.sleep(0.5)
     assert all(results.all(j["attachment_id"]) == [] for j in jobs)
@@ -301,7 +293,7 @@ async def test_broker_down_at_start_then_up(results, ledger, real_job, clip) -> 
             assert consumer.status.as_dict()["status"] == "down"
             assert consumer.status.last_error
             amqp.rabbitmqctl("start_app")
-            await _until(lambda: consumer.status.consuming, 60, "consuming after start_app")
+            await until(lambda: consumer.status.consuming, 60, "consuming after start_app")
             job = _request(clip("en_office", ".opus"))
             amqp.publish(URL, job)
             result = await asyncio.to_thread(results.wait, job["attachment_id"])
@@ -344,13 +336,13 @@ async def test_prefetch_is_shared_by_both_lanes(results, ledger) -> None:
     consumer, store = running.consumer, running.store
     await running.__aenter__()
     try:
-        await _until(lambda: consumer.status.consuming, 30, "the consumer")
+        await until(lambda: consumer.status.consuming, 30, "the consumer")
         new = NewJob(source="http", audio_path="/x.mp3", options=TranscribeOptions(), model="m")
         for _ in range(4):
             job, _ = store.create(new)
             await consumer.submit_job(job.id)
         amqp.publish(URL, *(_request("/tmp/shared_audio/held.mp3") for _ in range(4)))
-        await _until(lambda: len(started) >= 2, 30, "two jobs to start")
+        await until(lambda: len(started) >= 2, 30, "two jobs to start")
         await asyncio.sleep(1)  # time for a third delivery, if the broker would send one
         held_now = amqp.unacked(c.REQUEST_QUEUE, VHOST) + amqp.unacked(c.JOB_QUEUE, VHOST)
         assert len(started) == 2 and held_now == 2, (started, held_now)
@@ -408,7 +400,7 @@ async def test_a_store_fault_settles_the_delivery_and_answers_once(
     async with Running(answers, flaky):
         amqp.publish(URL, job)
         result = await asyncio.to_thread(results.wait, job["attachment_id"], 30)
-        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "nothing unacked")
+        await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "nothing unacked")
         await asyncio.sleep(2)  # a delivery left unsettled or requeued twice would show here
     assert flaky.faults == 1 and result["success"] is True
     assert len(results.all(job["attachment_id"])) == 1
@@ -422,8 +414,8 @@ async def test_the_same_request_published_twice_is_answered_once(results, ledger
         amqp.publish(URL, job)
         await asyncio.to_thread(results.wait, job["attachment_id"], 30)
         # Once the first is settled (two copies at once need the claim of issue 10, not yet).
-        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "the first settled")
+        await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "the first settled")
         amqp.publish(URL, job)  # a producer's retry, say, after a lost confirm
-        await _until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "taken")
-        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "settled")
+        await until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "taken")
+        await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "settled")
     assert answers.calls == 1 and len(results.all(job["attachment_id"])) == 1

@@ -33,6 +33,7 @@ from serve_app.store.tables import jobs
 from tests.support import amqp, speech
 from tests.support.consumers import make_consumer
 from tests.support.databases import PrivatePostgres
+from tests.support.waiting import until
 
 VHOST = "whisper_once_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -72,16 +73,9 @@ class Counting:
         )
 
 
-async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.1)
-    assert predicate(), what
-
-
 async def _consuming(*consumers) -> list[asyncio.Task[None]]:  # type: ignore[no-untyped-def]
     tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
-    await _until(lambda: all(x.status.consuming for x in consumers), 30, "consumers up")
+    await until(lambda: all(x.status.consuming for x in consumers), 30, "consumers up")
     return tasks
 
 
@@ -115,8 +109,8 @@ async def test_a_retry_fork_on_two_consumers_gives_one_result(results, ledger, t
         amqp.publish(URL, twice, twice)
         for job in (forked, twice):
             await asyncio.to_thread(results.wait, job["attachment_id"], 60)
-        await _until(lambda: amqp.queue_depth(URL, c.RETRY_QUEUE)[0] == 0, 20, "retry copy out")
-        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 30, "all settled")
+        await until(lambda: amqp.queue_depth(URL, c.RETRY_QUEUE)[0] == 0, 20, "retry copy out")
+        await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 30, "all settled")
     finally:
         await _stop(consumers, tasks)
     assert work.calls == {"/audio/forked.mp3": 1, "/audio/twice.mp3": 1}
@@ -178,9 +172,9 @@ async def test_an_accepted_job_never_published_is_swept_and_runs(
             conn.execute(update(jobs).values(created_at=now() - timedelta(seconds=5)))
         assert await keeper.sweep_outbox() == 1
         await consumer.submit_job(lost.id)  # the Gateway's publish, late after all
-        await _until(lambda: store.get(lost.id).status == "completed", 30, "the job to run")
+        await until(lambda: store.get(lost.id).status == "completed", 30, "the job to run")
         assert await keeper.sweep_outbox() == 0
-        await _until(lambda: amqp.unacked(c.JOB_QUEUE, VHOST) == 0, 30, "both copies settled")
+        await until(lambda: amqp.unacked(c.JOB_QUEUE, VHOST) == 0, 30, "both copies settled")
     finally:
         await _stop([consumer], tasks)
     job = store.get(lost.id)
@@ -204,13 +198,13 @@ async def test_a_postgresql_outage_mid_batch_loses_and_repeats_nothing(
         try:
             amqp.publish(URL, *batch)
             answered = lambda: sum(bool(results.all(j["attachment_id"])) for j in batch)  # noqa: E731
-            await _until(lambda: answered() >= 3, 30, "a few answers")
+            await until(lambda: answered() >= 3, 30, "a few answers")
             server.stop()
             await asyncio.sleep(4)  # jobs stall (handed back each second), nothing answered
             stalled = answered()
             server.start()
-            await _until(lambda: answered() == len(batch), 60, "the rest after the outage")
-            await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "all settled")
+            await until(lambda: answered() == len(batch), 60, "the rest after the outage")
+            await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "all settled")
         finally:
             await _stop([consumer], tasks)
         ledger.engine.dispose()

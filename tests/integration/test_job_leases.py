@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +20,7 @@ from serve_app.store import ResultLedger, open_engine
 from tests.support import amqp
 from tests.support.consumers import Running
 from tests.support.databases import postgres_database
+from tests.support.waiting import until
 
 VHOST = "whisper_lease_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -49,15 +50,6 @@ def _transcript() -> Transcript:
     return Transcript(
         text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
     )
-
-
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 class Scripted:
@@ -90,17 +82,17 @@ async def test_orderly_stops_and_lost_channels_are_not_dead_workers(
     running = Running(URL, work, ledger, grace=0.5)
     async with running:
         amqp.publish(URL, job)
-        await _until(lambda: work.calls == 1, 20, "the first delivery started")
+        await until(lambda: work.calls == 1, 20, "the first delivery started")
         # The channel goes (a broker restart, a network cut): the broker redelivers the job.
         amqp.rabbitmqctl("close_all_connections", "--vhost", VHOST, "lease test")
-        await _until(lambda: work.calls == 2, 30, "the redelivery started")
+        await until(lambda: work.calls == 2, 30, "the redelivery started")
     # ... and the consumer stopped past its shutdown grace (a deploy, a downscale).
     async with Running(URL, work, ledger, grace=0.5):
-        await _until(lambda: work.calls == 3, 20, "the third delivery started")
+        await until(lambda: work.calls == 3, 20, "the third delivery started")
     assert results.all(job["attachment_id"]) == []
     async with Running(URL, work, ledger) as consumer:
         result = await asyncio.to_thread(results.wait, job["attachment_id"], 30)
-        await _until(lambda: consumer.status.in_flight == 0, 10, "the delivery settled")
+        await until(lambda: consumer.status.in_flight == 0, 10, "the delivery settled")
     assert result["success"] is True and result["attempts"] == 1
     key = str(job["attachment_id"])
     [stored] = [j for j in running.store.list_jobs(limit=100)[0] if j.external_id == key]
@@ -137,8 +129,8 @@ async def test_hostile_ids_and_fields_end_with_one_error_result(
             await asyncio.to_thread(results.wait, key, 30)
             for key in (huge, past, nul["attachment_id"])
         ]
-        await _until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "all taken")
-        await _until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "all settled")
+        await until(lambda: amqp.queue_depth(URL, c.REQUEST_QUEUE)[0] == 0, 10, "all taken")
+        await until(lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 10, "all settled")
         await asyncio.sleep(1.5)  # a requeued delivery would be answered again by now
     assert [a["success"] for a in answers] == [False] * 3 and work.calls == 0
     assert all("64-bit" in a["error_message"] for a in answers[:2])
@@ -156,11 +148,11 @@ async def test_a_duplicate_of_a_running_job_is_settled_while_it_runs(
     work = Scripted("slow")
     async with Running(URL, work, ledger, lease_s=1.5) as consumer:
         amqp.publish(URL, job, job)  # a producer's duplicate, both delivered at once
-        await _until(lambda: work.calls == 1, 10, "the job started")
+        await until(lambda: work.calls == 1, 10, "the job started")
         started = time.monotonic()
-        await _until(lambda: consumer.status.in_flight == 1, 5, "the duplicate settled")
+        await until(lambda: consumer.status.in_flight == 1, 5, "the duplicate settled")
         assert time.monotonic() - started < 4  # the job itself runs 6 s
         result = await asyncio.to_thread(results.wait, job["attachment_id"], 30)
-        await _until(lambda: consumer.status.in_flight == 0, 10, "the job settled")
+        await until(lambda: consumer.status.in_flight == 0, 10, "the job settled")
     assert result["success"] is True and work.calls == 1
     assert len(results.all(job["attachment_id"])) == 1

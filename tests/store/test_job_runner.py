@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -309,14 +310,38 @@ async def test_a_live_holder_settles_its_duplicate_without_a_long_wait(
     assert (await holder)[0] is Outcome.COMPLETED
 
 
+async def test_a_redelivered_copy_waits_for_the_claim_instead(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A redelivered message may be the holder's own (its channel went while a renewal was
+    landing): it never leaves the job to that holder, it waits and then answers from the
+    store."""
+    job_id, _ = _job(store, tmp_path)
+    slow, other = StandIn(delay=0.6), StandIn()  # 1.8 s: renewed, within the wait's cap
+    holder = asyncio.create_task(_runner(store, tmp_path, slow, lease=0.9).run(job_id, 0, False))
+    await _until(lambda: slow.calls == 1)
+    copy = _runner(store, tmp_path, other, lease=0.9)
+    outcome, reason = await asyncio.wait_for(copy.run(job_id, 0, False, redelivered=True), 20)
+    assert holder.done() and (await holder)[0] is Outcome.COMPLETED
+    assert (outcome, reason) == (Outcome.SKIPPED, None) and other.calls == 0
+
+
 async def test_an_orderly_stop_gives_its_attempt_back(store: JobStore, tmp_path: Path) -> None:
     """Shutdowns and lost channels cancel the delivery: three of them in a row are not three
     dead workers, and the job then runs as its first attempt."""
     job_id, _ = _job(store, tmp_path)
+    slow_give_back = SlowCall(store.give_back, 0.3)
+    store.give_back = slow_give_back  # type: ignore[method-assign]
     for _ in range(3):
+        slow_give_back.calls = 0
         stand_in = StandIn(delay=5)
         running = asyncio.create_task(_runner(store, tmp_path, stand_in).run(job_id, 0, False))
         await _until(lambda s=stand_in: s.calls == 1)  # type: ignore[misc]
+        # A lost channel cancels twice (the connection's close, then the channel's), the
+        # second while the attempt is being given back: that still ends before the claim is
+        # released (a release first would fence the give-back out).
+        running.cancel()
+        await _until(lambda: slow_give_back.calls > 0)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
@@ -365,6 +390,18 @@ async def test_renewals_go_on_while_the_shared_executor_is_full(
     await filled
     assert taken == []
     assert (await asyncio.wait_for(running, 10))[0] is Outcome.COMPLETED
+
+
+class SlowCall:
+    """A blocking store call that takes ``delay_s`` longer, counting its calls."""
+
+    def __init__(self, call: Callable[..., bool], delay_s: float) -> None:
+        self.call, self.delay_s, self.calls = call, delay_s, 0
+
+    def __call__(self, *args: object) -> bool:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.call(*args)
 
 
 def _owner(store: JobStore, job_id: str) -> str | None:
