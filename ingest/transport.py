@@ -83,7 +83,8 @@ class AmqpTransport:
         # Results and retries go out on the confirming channel; requests come in on another.
         self._out: topology.Topology | None = None
         self._consumed: list[tuple[AbstractQueue, str]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        # In-flight deliveries: each handler's task, and the channel its message came on.
+        self._tasks: dict[asyncio.Task[None], AbstractIncomingMessage] = {}
         # Deliveries whose channel died: the broker redelivers them, so finishing them too
         # could answer a job twice, and settling them on a reopened channel fails.
         self._abandoned: set[asyncio.Task[None]] = set()
@@ -144,12 +145,15 @@ class AmqpTransport:
             self.status.last_error = "connection lost; reconnecting"
 
     def _abandon_in_flight(self, *_: Any) -> None:
-        if self._tasks:
+        # Only deliveries of a channel that is closed: a close reported late (a robust
+        # channel reports one closing more than once) must not stop deliveries of the channel
+        # that replaced it, whose messages would then be settled by nobody.
+        lost = [task for task, message in self._tasks.items() if _channel_closed(message)]
+        if lost:
             logger.warning(
-                "Channel lost with %d jobs in flight; the broker will redeliver them",
-                len(self._tasks),
+                "Channel lost with %d jobs in flight; the broker will redeliver them", len(lost)
             )
-        for task in self._tasks:
+        for task in lost:
             self._abandoned.add(task)
             task.cancel()
 
@@ -195,7 +199,7 @@ class AmqpTransport:
     async def _settle(self, message: AbstractIncomingMessage, handler: Handler) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks[task] = message
         self.status.in_flight += 1
         # Every delivery ends acked (its outcome is durable) or nacked (it runs again later);
         # only one whose channel died is left to the broker, which redelivers it.
@@ -225,7 +229,7 @@ class AmqpTransport:
             raise
         finally:
             self.status.in_flight -= 1
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             self._abandoned.discard(task)
 
     # --- publishing -----------------------------------------------------------------------------
@@ -261,6 +265,12 @@ class AmqpTransport:
         await self.publish(self._publisher.default_exchange, parked, c.REJECTED_QUEUE)
         self.status.parked += 1
         metrics.inc("whisper_parked_messages_total")
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = getattr(message, "channel", None)
+    closed = getattr(channel, "is_closed", None)
+    return closed if isinstance(closed, bool) else True  # unknown: as before, abandon it
 
 
 async def _hand_back(message: AbstractIncomingMessage) -> None:
