@@ -1,8 +1,9 @@
 """Holding a job's claim for one delivery: take it (waiting on a dead holder, not on a live
 one), keep it renewed, let go of it.
 
-Renewals run on a thread pool of their own: the shared default executor may be full of slow
-work (an upload's decode, a store call stuck on a lock), and a renewal that waits behind it
+Renewals run on a thread pool of their own, and may have database connections of their own:
+the shared default executor (or the shared connection pool) may be full of slow work (an
+upload's decode, hanging DNS, a store call stuck on a lock), and a renewal that waits behind it
 lets the lease run out, so a second delivery runs the job beside this one. Plain asyncio.
 """
 
@@ -48,6 +49,8 @@ class Leases:
     # A waiting copy sees a live holder renew within a third of a lease, or a dead one's lease
     # run out within one lease; holders that keep changing hand it back after this long.
     max_wait_s: float | None = None
+    # Where renewals go: the same store by default, or one with connections of its own.
+    renewals: ClaimStore | None = None
     _renewals: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="leases")
     )
@@ -88,7 +91,10 @@ class Leases:
                 await asyncio.sleep(self.lease_s / 3)
                 try:
                     ours = await self._renewing(
-                        self.claims.renew, claim.job_id, claim.holder, self.lease_s
+                        (self.renewals or self.claims).renew,
+                        claim.job_id,
+                        claim.holder,
+                        self.lease_s,
                     )
                 except Exception:  # the store may be back before the lease runs out
                     logger.exception("Could not renew the claim on job %s", claim.job_id)
@@ -115,7 +121,9 @@ class Leases:
                 logger.exception("Could not release the claim on job %s", claim.job_id)
 
     async def still_held(self, claim: Claim) -> bool:
-        return await self._renewing(self.claims.holds, claim.job_id, claim.holder)
+        return await self._renewing(
+            (self.renewals or self.claims).holds, claim.job_id, claim.holder
+        )
 
     async def _renewing(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._renewals, call, *args)

@@ -75,12 +75,19 @@ class JobRunner:
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: dict[str, int] = field(default_factory=dict)  # by source, for the gauge
+    # Renewals through connections of their own (an engine with a pool of its own), so that
+    # blocking work holding every connection of the shared pool cannot hold them up either.
+    renewals: ClaimStore | None = None
     leases: Leases = field(init=False)
 
     def __post_init__(self) -> None:
         policy = self.policy
         self.leases = Leases(
-            self.claims, policy.lease_s, policy.busy_poll_s, policy.max_claim_wait_s
+            self.claims,
+            policy.lease_s,
+            policy.busy_poll_s,
+            policy.max_claim_wait_s,
+            renewals=self.renewals,
         )
 
     async def run(

@@ -37,6 +37,7 @@ from serve_app.store import (
     ResultLedger,
     UnitStore,
     WebhookStore,
+    make_engine,
     open_engine,
 )
 
@@ -77,6 +78,7 @@ class Ingest:
                 lease_s=settings.job_lease_sec,
                 max_unfinished=settings.job_max_unfinished,
             ),
+            renewals=ClaimStore(make_engine(settings.database, pool_size=2)),
         )
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)

@@ -20,9 +20,12 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x5748_4953  # any constant shared by every replica
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int | None = None) -> Engine:
+    """An engine without migrating; ``pool_size``: a pool of just that many connections (for
+    a path of its own, such as lease renewals), else SQLAlchemy's default pool."""
+    sized: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **sized)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -34,7 +37,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **sized)
 
 
 def open_engine(url: str) -> Engine:

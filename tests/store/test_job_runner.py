@@ -18,7 +18,7 @@ from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.jobs import Outcome
 from serve_app.runner import JobRunner, RunPolicy
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
-from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, open_engine
+from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine, open_engine
 from serve_app.store.jobs import NewJob
 from serve_app.store.tables import jobs
 from tests.support.recorded_metrics import recording
@@ -390,6 +390,44 @@ async def test_renewals_go_on_while_the_shared_executor_is_full(
     await filled
     assert taken == []
     assert (await asyncio.wait_for(running, 10))[0] is Outcome.COMPLETED
+
+
+async def test_renewals_go_on_while_every_shared_connection_is_held(
+    url: str, store: JobStore, tmp_path: Path
+) -> None:
+    """Blocking work holds every connection of the shared pool for longer than a lease: the
+    renewals, on connections of their own, keep the claim (on the shared pool they waited, and
+    another replica took the job)."""
+    job_id, _ = _job(store, tmp_path)
+    stand_in = StandIn(delay=1)
+    policy = RunPolicy(timeout_s=30, lease_s=0.9, cancel_poll_s=0.05, busy_poll_s=0.05)
+    own = make_engine(url, pool_size=2)
+    engine = store.engine
+    runner = JobRunner(
+        store,
+        ClaimStore(engine),
+        UnitStore(engine),
+        stand_in,
+        tmp_path / "spool",
+        policy,
+        renewals=ClaimStore(own),
+    )
+    running = asyncio.create_task(runner.run(job_id, 0, final=False))
+    await _until(lambda: stand_in.calls == 1)
+    held = [engine.connect() for _ in range(15)]  # the default pool: 5 and 10 more
+    other, taken = ClaimStore(make_engine(url, pool_size=1)), []
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as thread:
+        deadline = loop.time() + 2.3
+        while loop.time() < deadline and not taken:
+            got = await loop.run_in_executor(thread, other.claim, job_id, "other", 5)
+            taken += [got] if isinstance(got, Claim) else []
+            await asyncio.sleep(0.1)
+    for connection in held:
+        connection.close()
+    assert taken == []
+    assert (await asyncio.wait_for(running, 10))[0] is Outcome.COMPLETED
+    own.dispose()
 
 
 class SlowCall:
