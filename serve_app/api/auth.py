@@ -41,7 +41,9 @@ class ApiKeyAuth:
         viewer = self._viewer(_bearer_token(scope))
         if viewer is None:
             response = error_response(
-                401, "Missing or invalid API key: send 'Authorization: Bearer <key>'"
+                401,
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
             )
             # Connection: close, so the unread body is not taken for the next request.
             response.headers["Connection"] = "close"

@@ -41,6 +41,31 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
 ]
 
 
+# OpenAI's ``code`` is a string or null: its own codes where one applies, a short name for the
+# audio checks its API does not have, null for the rest.
+_CODES: list[tuple[type[errors.ServiceError], str]] = [
+    (errors.UnauthorizedError, "invalid_api_key"),
+    (errors.ModelNotServedError, "model_not_found"),
+    (errors.QuotaExceededError, "rate_limit_exceeded"),
+    (errors.BacklogFullError, "rate_limit_exceeded"),
+    (errors.EmptyAudioError, "empty_audio"),
+    (errors.AudioNotFoundError, "audio_not_found"),
+    (errors.PathNotAllowedError, "path_not_allowed"),
+    (errors.AudioTooLargeError, "file_too_large"),
+    (errors.AudioTooLongError, "audio_too_long"),
+    (errors.UnsupportedFormatError, "unsupported_format"),
+    (errors.UndecodableAudioError, "undecodable_audio"),
+    (errors.RequestTooLargeError, "request_too_large"),
+]
+
+
+def code_for(exc: errors.ServiceError) -> str | None:
+    for error_type, code in _CODES:
+        if isinstance(exc, error_type):
+            return code
+    return None
+
+
 def status_for(exc: errors.ServiceError) -> int:
     for error_type, status in _STATUS:
         if isinstance(exc, error_type):
@@ -49,7 +74,11 @@ def status_for(exc: errors.ServiceError) -> int:
 
 
 def error_response(
-    status: int, message: str, param: str | None = None, retry_after_s: int | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    retry_after_s: int | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     headers: dict[str, str] = {}
@@ -59,7 +88,7 @@ def error_response(
         headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(
         status_code=status,
-        content={"error": {"message": message, "type": kind, "param": param, "code": status}},
+        content={"error": {"message": message, "type": kind, "param": param, "code": code}},
         headers=headers,
     )
 
@@ -75,6 +104,7 @@ def install(app: FastAPI) -> None:
             exc.message,
             getattr(exc, "param", None),
             getattr(exc, "retry_after_s", None),
+            code_for(exc),
         )
 
     @app.exception_handler(RequestValidationError)

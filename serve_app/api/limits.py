@@ -65,7 +65,7 @@ class BodySizeLimit:
                     "message": f"Request body is larger than the {mb:.1f} MB limit",
                     "type": "invalid_request_error",
                     "param": "file",
-                    "code": 413,
+                    "code": "file_too_large",
                 }
             }
         ).encode()

@@ -313,3 +313,4 @@ def test_errors_are_json_in_openai_shape(service: Service, tmp_path: Path) -> No
     empty.write_bytes(b"")
     error = json.loads(_post(service, empty).text)["error"]
     assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "empty_audio"  # a string (or null), as in OpenAI's API
