@@ -60,7 +60,10 @@ class JobService:
         except (DataError, IntegrityError) as exc:
             # The request holds what the store cannot keep (a NUL in a path, a field past its
             # column): no retry changes that, so it is answered now instead of looping.
-            logger.warning("The store refused job %s: %s", request.attachment_id, exc.orig)
+            # The kind only: a driver's text may quote the value it refused.
+            logger.warning(
+                "The store refused job %s (%s)", request.attachment_id, type(exc.orig).__name__
+            )
             raise MalformedRequestError(
                 "Malformed request: a field holds what the job store cannot keep"
             ) from None

@@ -23,9 +23,14 @@ _PG_LOCK_ID = 0x5748_4953  # any constant shared by every replica
 def make_engine(url: str, pool_size: int | None = None) -> Engine:
     """An engine without migrating; ``pool_size``: a pool of just that many connections (for
     a path of its own, such as lease renewals), else SQLAlchemy's default pool."""
-    sized: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+    options: dict[str, Any] = (
+        {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+    )
+    # A store error's text would carry its statement's bound values (transcripts, prompts,
+    # file names) into every log that records it: keep them out.
+    options["hide_parameters"] = True
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **sized)
+        engine = create_engine(url, connect_args={"timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -37,7 +42,7 @@ def make_engine(url: str, pool_size: int | None = None) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **sized)
+    return create_engine(url, pool_pre_ping=True, **options)
 
 
 def open_engine(url: str) -> Engine:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
 from serve_app.schemas import TranscribeOptions, Transcript
@@ -209,3 +210,17 @@ def test_retention_purges_finished_jobs_only(store: JobStore) -> None:
     assert store.find(done.id) is None and store.events_after(done.id) == []
     assert store.get(waiting.id).status == "queued"
     assert retention.spooled_paths() == {"/spool/waiting.mp3"}
+
+
+def test_a_store_error_carries_no_values_into_logs(url: str) -> None:
+    """An error's text named its statement's bound values: transcripts, prompts and file names
+    reached the replica logs with it."""
+    engine = open_engine(url)
+    store = JobStore(engine)
+    secret = "/private/ceo-layoffs-briefing.mp3"
+    new = NewJob(source="http", audio_path=secret, options=TranscribeOptions(), model="m", id="x")
+    store.create(new)
+    with pytest.raises(IntegrityError) as raised:
+        store.create(new)  # the same id again
+    assert secret not in str(raised.value) and "hidden" in str(raised.value)
+    engine.dispose()
