@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
+from starlette.types import Receive, Scope, Send
 
 from serve_app.admission import Reservation
 from serve_app.api.deps import Backend
@@ -26,11 +27,28 @@ def stream_transcription(
     backend: Backend, samples: AudioArray, options: TranscribeOptions, held: Reservation
 ) -> StreamingResponse:
     """``held`` is released when the stream ends, however it ends."""
-    return StreamingResponse(
+    return _Releasing(
+        held,
         _events(backend, samples, options, held),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _Releasing(StreamingResponse):
+    """Releases the reservation once the response is over, also when the body never started:
+    a client gone before the first event leaves a generator nobody iterates, so its own
+    ``with`` never runs (the decoded audio stayed reserved for good)."""
+
+    def __init__(self, held: Reservation, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held = held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._held.release()
 
 
 async def _events(

@@ -12,7 +12,9 @@ import pytest
 
 from serve_app.admission import AudioAdmission
 from serve_app.api.app import create_api
+from serve_app.api.streaming import stream_transcription
 from serve_app.errors import ServiceBusyError
+from serve_app.schemas import TranscribeOptions
 from tests.support.api_standin import ADMIN, KEY_A, KEY_B, StandIn, client
 
 
@@ -256,3 +258,21 @@ async def test_a_text_field_where_a_file_belongs_is_explained_without_python_typ
     error = response.json()["error"]
     assert response.status_code == 422 and error["param"] == "file"
     assert "upload is required" in error["message"] and "class" not in error["message"]
+
+
+async def test_a_stream_whose_client_left_before_it_began_frees_its_audio() -> None:
+    """The client hung up while its upload decoded: the body never started, and its decoded
+    audio stayed reserved for good (about five 1 h uploads and everyone got 503)."""
+    admission = AudioAdmission(concurrency=1, queue=None, max_bytes=10)
+    held = admission.reserve(8)
+    response = stream_transcription(None, None, TranscribeOptions(), held)  # type: ignore[arg-type]
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(0.2)  # the disconnect is seen first: the body never starts
+
+    await response({"type": "http", "asgi": {"spec_version": "2.3"}}, gone, send)
+    assert admission.held_bytes == 0
