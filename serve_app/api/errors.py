@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from serve_app import errors
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.EmptyAudioError, 400),
@@ -60,17 +61,16 @@ _CODES: list[tuple[type[errors.ServiceError], str]] = [
 
 
 def code_for(exc: errors.ServiceError) -> str | None:
-    for error_type, code in _CODES:
-        if isinstance(exc, error_type):
-            return code
-    return None
+    return _first(_CODES, exc, None)
 
 
 def status_for(exc: errors.ServiceError) -> int:
-    for error_type, status in _STATUS:
-        if isinstance(exc, error_type):
-            return status
-    return 500
+    return _first(_STATUS, exc, 500)
+
+
+def _first(table: Sequence[tuple[type[errors.ServiceError], T]], exc: Exception, default: T) -> T:
+    """The value of the first entry whose error type ``exc`` is (tables list subclasses first)."""
+    return next((value for error_type, value in table if isinstance(exc, error_type)), default)
 
 
 def error_response(
