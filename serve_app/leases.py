@@ -51,9 +51,12 @@ class Leases:
     max_wait_s: float | None = None
     # Where renewals go: the same store by default, or one with connections of its own.
     renewals: ClaimStore | None = None
-    _renewals: ThreadPoolExecutor = field(
+    _renewal_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="leases")
     )
+
+    def __post_init__(self) -> None:
+        self._renewer = self.renewals or self.claims
 
     async def take(
         self, job_id: str, holder: str, leave_to_live: bool = True
@@ -91,10 +94,7 @@ class Leases:
                 await asyncio.sleep(self.lease_s / 3)
                 try:
                     ours = await self._renewing(
-                        (self.renewals or self.claims).renew,
-                        claim.job_id,
-                        claim.holder,
-                        self.lease_s,
+                        self._renewer.renew, claim.job_id, claim.holder, self.lease_s
                     )
                 except Exception:  # the store may be back before the lease runs out
                     logger.exception("Could not renew the claim on job %s", claim.job_id)
@@ -121,12 +121,10 @@ class Leases:
                 logger.exception("Could not release the claim on job %s", claim.job_id)
 
     async def still_held(self, claim: Claim) -> bool:
-        return await self._renewing(
-            (self.renewals or self.claims).holds, claim.job_id, claim.holder
-        )
+        return await self._renewing(self._renewer.holds, claim.job_id, claim.holder)
 
     async def _renewing(self, call: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._renewals, call, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._renewal_threads, call, *args)
 
 
 def _renewed(seen: tuple[str | None, datetime | None], now: Busy) -> bool:

@@ -63,6 +63,7 @@ EVERYONE = Viewer()
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._clock = DbClock(engine)
 
     @property
     def engine(self) -> Engine:
@@ -82,7 +83,7 @@ class JobStore:
         job_id = new.id or uuid.uuid4().hex
         stamp = now()
         # The outbox compares acceptance with the database's clock: record it by that clock.
-        accepted = DbClock(self._engine).stamp()
+        accepted = self._clock.stamp()
         values: dict[str, Any] = {
             "id": job_id,
             "source": new.source,
@@ -200,7 +201,7 @@ class JobStore:
                     attempts=jobs.c.attempts + 1,
                     unfinished=jobs.c.unfinished + 1,
                     # By the clock its acceptance was recorded with (the queue wait).
-                    started_at=func.coalesce(jobs.c.started_at, DbClock(self._engine).stamp()),
+                    started_at=func.coalesce(jobs.c.started_at, self._clock.stamp()),
                     updated_at=now(),
                 )
             ).rowcount
@@ -349,7 +350,7 @@ class JobStore:
     ) -> bool:
         stamp = now()
         # Due at once by the database's clock, which the webhook claims compare with.
-        due = DbClock(self._engine).now()
+        due = self._clock.now()
         with self._engine.begin() as conn:
             changed = conn.execute(
                 update(jobs)
