@@ -6,9 +6,9 @@ streams in, and whatever the app answers after the limit was crossed becomes a 4
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.api.errors import error_response
 
 
 class BodySizeLimit:
@@ -22,7 +22,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
 
         received = 0
@@ -45,7 +45,7 @@ class BodySizeLimit:
             if exceeded:
                 if message["type"] == "http.response.start":
                     swallowed = True
-                    await self._reject(send)
+                    await self._reject(scope, receive, send)
                 return
             await send(message)
 
@@ -55,32 +55,18 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not swallowed:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         mb = self.max_bytes / 1048576
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"Request body is larger than the {mb:.1f} MB limit",
-                    "type": "invalid_request_error",
-                    "param": "file",
-                    "code": "file_too_large",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        response = error_response(
+            413,
+            f"Request body is larger than the {mb:.1f} MB limit",
+            param="file",
+            code="file_too_large",
         )
-        await send({"type": "http.response.body", "body": body})
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
