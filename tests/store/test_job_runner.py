@@ -22,6 +22,7 @@ from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine,
 from serve_app.store.jobs import NewJob
 from serve_app.store.tables import jobs
 from tests.support.recorded_metrics import recording
+from tests.support.waiting import until
 
 
 def _segment(i: int) -> Segment:
@@ -281,7 +282,7 @@ async def test_a_stale_delivery_that_finishes_changes_nothing(
     running = asyncio.create_task(
         _runner(store, tmp_path, stand_in, lease=30).run(job_id, 0, False, delivered)
     )
-    await _until(lambda: stand_in.calls == 1)
+    await until(lambda: stand_in.calls == 1, 5, "the job started")
     with store.engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_owner="other"))
     outcome, reason = await asyncio.wait_for(running, 5)
@@ -300,7 +301,7 @@ async def test_a_live_holder_settles_its_duplicate_without_a_long_wait(
     slow, other = StandIn(delay=3), StandIn()
     loop = asyncio.get_running_loop()
     holder = asyncio.create_task(_runner(store, tmp_path, slow, lease=0.9).run(job_id, 0, False))
-    await _until(lambda: slow.calls == 1)
+    await until(lambda: slow.calls == 1, 5, "the job started")
     started = loop.time()
     outcome, reason = await asyncio.wait_for(
         _runner(store, tmp_path, other, lease=0.9).run(job_id, 0, False), 20
@@ -319,7 +320,7 @@ async def test_a_redelivered_copy_waits_for_the_claim_instead(
     job_id, _ = _job(store, tmp_path)
     slow, other = StandIn(delay=0.6), StandIn()  # 1.8 s: renewed, within the wait's cap
     holder = asyncio.create_task(_runner(store, tmp_path, slow, lease=0.9).run(job_id, 0, False))
-    await _until(lambda: slow.calls == 1)
+    await until(lambda: slow.calls == 1, 5, "the job started")
     copy = _runner(store, tmp_path, other, lease=0.9)
     outcome, reason = await asyncio.wait_for(copy.run(job_id, 0, False, redelivered=True), 20)
     assert holder.done() and (await holder)[0] is Outcome.COMPLETED
@@ -336,12 +337,12 @@ async def test_an_orderly_stop_gives_its_attempt_back(store: JobStore, tmp_path:
         slow_give_back.calls = 0
         stand_in = StandIn(delay=5)
         running = asyncio.create_task(_runner(store, tmp_path, stand_in).run(job_id, 0, False))
-        await _until(lambda s=stand_in: s.calls == 1)  # type: ignore[misc]
+        await until(lambda s=stand_in: s.calls == 1, 5, "the delivery started")  # type: ignore[misc]
         # A lost channel cancels twice (the connection's close, then the channel's), the
         # second while the attempt is being given back: that still ends before the claim is
         # released (a release first would fence the give-back out).
         running.cancel()
-        await _until(lambda: slow_give_back.calls > 0)
+        await until(lambda: slow_give_back.calls > 0, 5, "the give-back under way")
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
@@ -375,7 +376,7 @@ async def test_renewals_go_on_while_the_shared_executor_is_full(
     running = asyncio.create_task(
         _runner(store, tmp_path, stand_in, lease=0.9).run(job_id, 0, final=False)
     )
-    await _until(lambda: stand_in.calls == 1)
+    await until(lambda: stand_in.calls == 1, 5, "the job started")
     loop = asyncio.get_running_loop()
     blocker = threading.Event()
     filled = asyncio.gather(*(asyncio.to_thread(blocker.wait, 2.5) for _ in range(40)))
@@ -413,7 +414,7 @@ async def test_renewals_go_on_while_every_shared_connection_is_held(
         renewals=ClaimStore(own),
     )
     running = asyncio.create_task(runner.run(job_id, 0, final=False))
-    await _until(lambda: stand_in.calls == 1)
+    await until(lambda: stand_in.calls == 1, 5, "the job started")
     held = [engine.connect() for _ in range(15)]  # the default pool: 5 and 10 more
     other, taken = ClaimStore(make_engine(url, pool_size=1)), []
     loop = asyncio.get_running_loop()
@@ -445,9 +446,3 @@ class SlowCall:
 def _owner(store: JobStore, job_id: str) -> str | None:
     with store.engine.connect() as conn:
         return conn.execute(select(jobs.c.lease_owner).where(jobs.c.id == job_id)).scalar()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
