@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.store import JobStore, open_engine
 from tests.support.databases import postgres_database
 
 
@@ -16,3 +17,11 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with postgres_database() as database:
             yield database
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[JobStore]:
+    """A job store on the migrated database of ``url`` (open_engine makes SQLite's folder)."""
+    engine = open_engine(url)
+    yield JobStore(engine)
+    engine.dispose()

@@ -4,27 +4,15 @@ PostgreSQL."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 from serve_app.schemas import TranscribeOptions, Transcript
-from serve_app.store import Busy, Claim, ClaimStore, JobStore, Outbox, UnitStore, open_engine
+from serve_app.store import Busy, Claim, ClaimStore, JobStore, Outbox, UnitStore
 from serve_app.store.jobs import NewJob
 from serve_app.store.rows import now
 from serve_app.store.tables import jobs
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[JobStore]:
-    if url.startswith("sqlite"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(url)
-    yield JobStore(engine)
-    engine.dispose()
 
 
 def _new(store: JobStore, source: str = "http") -> str:

@@ -4,23 +4,13 @@ the claim that keeps two deliveries of one job from both running it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from serve_app.errors import InferenceError, UndecodableAudioError
 from serve_app.jobs import Outcome
-from serve_app.store import ClaimStore, JobStore, open_engine
+from serve_app.store import ClaimStore, JobStore
 from tests.support.recorded_metrics import recording
 from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[JobStore]:
-    engine = open_engine(url)
-    yield JobStore(engine)
-    engine.dispose()
 
 
 async def test_success_records_events_in_order_and_frees_the_audio(

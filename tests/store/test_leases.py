@@ -6,7 +6,7 @@ A worker's skewed clock is injected by patching the store's notion of "now" in t
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,19 +20,11 @@ from serve_app.store import (
     Outbox,
     UnitStore,
     WebhookStore,
-    open_engine,
 )
 from serve_app.store.jobs import NewJob
 
 SKEW_S = 41.0
 _STORE_MODULES = ("claims", "jobs", "outbox", "rows", "units", "webhooks")
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[JobStore]:
-    engine = open_engine(url)
-    yield JobStore(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,17 +17,10 @@ from sqlalchemy import select, update
 from serve_app.errors import ServiceBusyError
 from serve_app.jobs import Outcome
 from serve_app.runner import JobRunner, RunPolicy
-from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine, open_engine
+from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine
 from serve_app.store.tables import jobs
 from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job
 from tests.support.waiting import until
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[JobStore]:
-    engine = open_engine(url)
-    yield JobStore(engine)
-    engine.dispose()
 
 
 async def test_a_lost_claim_stops_the_delivery_which_settles(
