@@ -132,8 +132,14 @@ class JobRunner:
     async def _log_outcome(
         self, job_id: str, outcome: Outcome, reason: str | None, run_s: float
     ) -> None:
-        """One line per run with its timings (keys of their own in JSON logs)."""
-        job = await asyncio.to_thread(self.store.find, job_id)
+        """One line per run with its timings (keys of their own in JSON logs). It comes
+        after the outcome was handed on, so a store error only thins the line: raising would
+        fail the delivery, and its redelivery would hand the outcome on again."""
+        try:
+            job = await asyncio.to_thread(self.store.find, job_id)
+        except Exception:
+            logger.exception("Could not read job %s for its outcome line", job_id)
+            job = None
         timings: dict[str, object] = {"outcome": outcome.value, "run_s": round(run_s, 3)}
         if job is not None:
             if (waited := _queue_wait_s(job)) is not None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from serve_app.errors import InferenceError, UndecodableAudioError
 from serve_app.jobs import Outcome
+from serve_app.schemas import Job
 from serve_app.store import ClaimStore, JobStore
 from tests.support.recorded_metrics import recording
 from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job
@@ -142,3 +145,29 @@ async def test_jobs_whose_delivery_died_run_one_at_a_time(store: JobStore, tmp_p
     assert all(o is Outcome.COMPLETED for o, _ in outcomes)
     # The fresh job beside one suspect: two at once, never two suspects.
     assert stand_in.most_at_once == 2
+
+
+async def test_a_store_outage_after_the_outcome_is_handed_on_settles_the_delivery(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Once the outcome is out, nothing may fail the delivery: its redelivery would hand the
+    outcome on again (an AMQP job's second result when the ledger missed the first)."""
+    job_id, _ = new_job(store, tmp_path)
+    runner = make_runner(store, tmp_path, StandIn())
+    delivered = Delivered()
+
+    def down(*_: object) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    async def deliver_then_outage(job: Job) -> None:
+        await delivered(job)
+        for target, name in [
+            (store, "find"),
+            (runner.claims, "release"),
+            (runner.units, "drop_results"),
+        ]:
+            setattr(target, name, down)
+
+    outcome, _ = await runner.run(job_id, 0, final=False, deliver=deliver_then_outage)
+    assert outcome is Outcome.COMPLETED
+    assert [j.status for j in delivered.jobs] == ["completed"]
