@@ -126,6 +126,10 @@ class UnauthorizedError(ServiceError):
     """Missing or unknown API key."""
 
 
+class ForbiddenError(ServiceError):
+    """A valid key asks for what it may not do (whatever the request's values)."""
+
+
 class ServiceBusyError(ServiceError):
     """The service is at a limit it sets itself to stay up (decodes, held audio, streams); the
     same request later will be taken."""

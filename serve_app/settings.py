@@ -6,11 +6,13 @@ their own environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from serve_app.chunking import ChunkingOptions
 from serve_app.errors import SettingsError
@@ -152,6 +154,10 @@ class Settings(BaseSettings):
     # belong to the key that made them; API_ADMIN_KEYS also see every job (AMQP jobs too).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # JSON jobs name server files: admin keys (and a service without keys) anywhere under
+    # ALLOWED_AUDIO_ROOTS, an API key only under the folders given to it here, as a JSON
+    # object of key -> folders inside ALLOWED_AUDIO_ROOTS; other keys upload their audio.
+    api_key_audio_roots: dict[SecretStr, list[Path]] = Field(default_factory=dict)
     # Per key: jobs not yet finished, and bytes of uploaded audio they keep spooled.
     max_queued_jobs_per_key: int = Field(100, ge=1)
     max_spooled_mb_per_key: float = Field(2048, gt=0)
@@ -173,6 +179,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _key_roots_inside_allowed_roots(self) -> Settings:
+        keys = {k.get_secret_value() for k in self.api_keys}
+        allowed = [Path(os.path.realpath(root)) for root in self.allowed_audio_roots]
+        for key, roots in self.api_key_audio_roots.items():
+            if key.get_secret_value() not in keys:  # the key itself never goes in a message
+                raise ValueError("API_KEY_AUDIO_ROOTS names a key that is not in API_KEYS")
+            for root in roots:
+                if not any(Path(os.path.realpath(root)).is_relative_to(a) for a in allowed):
+                    raise ValueError(f"API_KEY_AUDIO_ROOTS: {root} is outside ALLOWED_AUDIO_ROOTS")
+        return self
 
     @field_validator("audio_sample_rate")
     @classmethod
@@ -222,14 +240,31 @@ class Settings(BaseSettings):
         return list(dict.fromkeys([self.whisper_model, *self.whisper_extra_models]))
 
 
+# Keys, secrets and URLs that carry passwords.
+_SECRETS = {
+    "API_KEYS",
+    "API_ADMIN_KEYS",
+    "API_KEY_AUDIO_ROOTS",
+    "WEBHOOK_SECRET",
+    "DATABASE_URL",
+    "RABBITMQ_URL",
+}
+
+
 def load_settings() -> Settings:
     """Build settings from the environment; a bad value names the variable it came from."""
     try:
         return Settings()
+    except PydanticSettingsError as exc:  # a value that is not the JSON it must be
+        raise SettingsError(f"Invalid configuration: {exc}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            variable = str(err["loc"][0]).upper() if err["loc"] else "?"
-            value = err.get("input")
-            problems.append(f"{variable}={value!r}: {err['msg']}")
+            if not err["loc"]:  # a check across settings: its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            variable = str(err["loc"][0]).upper()
+            # Keys and secrets stay out of the message (it reaches logs and terminals).
+            value = "<hidden>" if variable in _SECRETS else repr(err.get("input"))
+            problems.append(f"{variable}={value}: {err['msg']}")
         raise SettingsError("Invalid configuration: " + "; ".join(problems)) from None

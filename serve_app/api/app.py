@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from serve_app.api import errors, health, jobs, openai
-from serve_app.api.auth import ApiKeyAuth, get_viewer
+from serve_app.api.auth import ApiKeyAuth, KeyRing, get_viewer
 from serve_app.api.deps import Backend
 from serve_app.api.limits import BodySizeLimit
 
@@ -21,9 +21,10 @@ def create_api(backend: Backend) -> FastAPI:
     )
     app.state.backend = backend
     settings = backend.settings
+    app.state.keys = keys = KeyRing(settings, backend.owner_secret)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_file_size_bytes + _MULTIPART_OVERHEAD)
     # Added last, so it runs first: no body is read for a request without a valid key.
-    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, admin_keys=settings.api_admin_keys)
+    app.add_middleware(ApiKeyAuth, keys=keys)
     errors.install(app)
     # /health stays open for load balancers and orchestrators.
     authenticated = [Depends(get_viewer)]

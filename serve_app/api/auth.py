@@ -2,43 +2,89 @@
 
 The key is checked by an ASGI middleware from the request's headers alone, before any of the
 body is read: an anonymous 100 MB upload is answered 401 without a byte of it parsed or
-spooled. Routes then see who asks as a ``Viewer`` (the key's owner id, never the key).
+spooled. Routes then see who asks as a ``Viewer`` (the key's owner id, never the key), and
+where its JSON jobs may name files (``KeyRing.audio_roots``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.api.errors import error_response
+from serve_app.settings import Settings
 from serve_app.store.jobs import EVERYONE, Viewer
 
 PROTECTED_PREFIX = "/v1"
 _bearer = HTTPBearer(auto_error=False, description="One of the service's API_KEYS")
 
 
-def owner_id(key: str) -> str:
-    """What the store keeps of a key: a hash, so a database dump does not leak keys."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+def owner_id(key: str, secret: bytes) -> str:
+    """What the store keeps of a key: an HMAC under the service's own secret, so that neither
+    a database dump nor a guessed key's plain hash ties jobs to a key."""
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class KeyRing:
+    """The configured keys, and what each may do: see its own jobs (a user key) or all of
+    them (an admin key, or every caller of a service without keys), and name which server
+    files in JSON jobs."""
+
+    def __init__(self, settings: Settings, owner_secret: bytes) -> None:
+        self._secret = owner_secret
+        self._keys = [k.get_secret_value().encode() for k in settings.api_keys]
+        self._admin = [k.get_secret_value().encode() for k in settings.api_admin_keys]
+        self._all_roots = list(settings.allowed_audio_roots)
+        self._roots = {
+            owner_id(key.get_secret_value(), owner_secret): roots
+            for key, roots in settings.api_key_audio_roots.items()
+        }
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys or self._admin)
+
+    def viewer(self, given: bytes) -> Viewer | None:
+        """Who sends ``given`` as its bearer token; None for no key or an unknown one."""
+        if not self.required:
+            return EVERYONE
+        # Compare against every key in constant time, so timing reveals nothing about any.
+        admin = [hmac.compare_digest(given, key) for key in self._admin]
+        user = [hmac.compare_digest(given, key) for key in self._keys]
+        if not given or not (any(admin) or any(user)):
+            return None
+        if any(admin):
+            return EVERYONE
+        return Viewer(owner=owner_id(given.decode(), self._secret), everyone=False)
+
+    def audio_roots(self, viewer: Viewer) -> list[Path]:
+        """Where ``viewer``'s JSON jobs may name files: nowhere for a key given no roots."""
+        if viewer.everyone:
+            return self._all_roots
+        return self._roots.get(viewer.owner or "", [])
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, keys: list[SecretStr], admin_keys: list[SecretStr]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
-        self._keys = [k.get_secret_value().encode() for k in keys]
-        self._admin = [k.get_secret_value().encode() for k in admin_keys]
+        self._keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        viewer = self._viewer(_bearer_token(scope))
+        viewer = self._keys.viewer(_bearer_token(scope))
+        if not scope["path"].startswith(PROTECTED_PREFIX):
+            # Open routes (/health) may show more to a caller that sees every job.
+            scope.setdefault("state", {})["sees_all"] = viewer is not None and viewer.everyone
+            await self.app(scope, receive, send)
+            return
         if viewer is None:
             response = error_response(
                 401,
@@ -51,18 +97,6 @@ class ApiKeyAuth:
             return
         scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send)
-
-    def _viewer(self, given: bytes) -> Viewer | None:
-        if not self._keys and not self._admin:
-            return EVERYONE
-        # Compare against every key in constant time, so timing reveals nothing about any.
-        admin = [hmac.compare_digest(given, key) for key in self._admin]
-        user = [hmac.compare_digest(given, key) for key in self._keys]
-        if not given or not (any(admin) or any(user)):
-            return None
-        if any(admin):
-            return EVERYONE
-        return Viewer(owner=owner_id(given.decode()), everyone=False)
 
 
 def _bearer_token(scope: Scope) -> bytes:
@@ -83,4 +117,10 @@ def get_viewer(
     return viewer
 
 
+def get_keys(request: Request) -> KeyRing:
+    keys: KeyRing = request.app.state.keys
+    return keys
+
+
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+KeysDep = Annotated[KeyRing, Depends(get_keys)]

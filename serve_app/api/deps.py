@@ -25,6 +25,7 @@ class Backend(Protocol):
     streams: StreamLimit
     backlog: Backlog
     diarization: bool  # a Diarizer deployment is there to ask
+    owner_secret: bytes  # keys the HMAC of API keys into owner ids (the store's own secret)
 
     async def transcribe(
         self,

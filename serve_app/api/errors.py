@@ -36,6 +36,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
     (errors.JobNotReadyError, 409),
     (errors.QueueUnavailableError, 503),
     (errors.UnauthorizedError, 401),
+    (errors.ForbiddenError, 403),
     (errors.QuotaExceededError, 429),
     (errors.BacklogFullError, 429),
     (errors.ServiceBusyError, 503),
@@ -46,6 +47,7 @@ _STATUS: list[tuple[type[errors.ServiceError], int]] = [
 # audio checks its API does not have, null for the rest.
 _CODES: list[tuple[type[errors.ServiceError], str]] = [
     (errors.UnauthorizedError, "invalid_api_key"),
+    (errors.ForbiddenError, "permission_denied"),
     (errors.ModelNotServedError, "model_not_found"),
     (errors.QuotaExceededError, "rate_limit_exceeded"),
     (errors.BacklogFullError, "rate_limit_exceeded"),

@@ -1,10 +1,11 @@
-"""Liveness and readiness for load balancers; open even when API keys are required."""
+"""Liveness and readiness for load balancers; open even when API keys are required, with
+the details behind an admin key."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.api.deps import BackendDep
@@ -13,11 +14,15 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(backend: BackendDep) -> JSONResponse:
+async def health(request: Request, backend: BackendDep) -> JSONResponse:
     ready, details = await backend.health()
     # 503 only when no model pool can take work: HTTP transcription does not need the broker,
     # so a broker outage shows as "degraded" with its details, not as a failed probe.
     broker_up = details.get("broker", {}).get("status", "up") == "up"
     status = "ok" if ready and broker_up else "degraded" if ready else "down"
-    body: dict[str, Any] = {"status": status, **details}
+    body: dict[str, Any] = {"status": status}
+    # Pools, backlog and broker describe every tenant's load: for admin keys (or everyone,
+    # on a service without keys), not for whoever can reach the port.
+    if getattr(request.state, "sees_all", False):
+        body.update(details)
     return JSONResponse(status_code=200 if ready else 503, content=body)

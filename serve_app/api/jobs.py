@@ -20,12 +20,16 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from serve_app import formats, spool, webhooks
-from serve_app.api.auth import ViewerDep
+from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.uploads import check_upload
+from serve_app.audio import AudioLimits
 from serve_app.errors import (
+    AudioNotFoundError,
+    ForbiddenError,
     InvalidOptionError,
     JobNotReadyError,
+    PathNotAllowedError,
     QueueUnavailableError,
     QuotaExceededError,
     RequestTooLargeError,
@@ -75,7 +79,7 @@ _SUBMIT_BODY = {
 
 @router.post("", status_code=202, response_model=Job, openapi_extra=_SUBMIT_BODY)
 async def submit_job(
-    request: Request, backend: BackendDep, limits: LimitsDep, viewer: ViewerDep
+    request: Request, backend: BackendDep, limits: LimitsDep, viewer: ViewerDep, keys: KeysDep
 ) -> JSONResponse:
     settings = backend.settings
     upload, submission = await _read_submission(request)
@@ -114,8 +118,7 @@ async def submit_job(
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
         filename, spooled = upload.filename, True
     else:
-        # Clients name files under ALLOWED_AUDIO_ROOTS only; the spool is the service's own.
-        path = check_path(submission.audio_file_path, settings.allowed_audio_roots, limits)
+        path = _own_path(submission.audio_file_path, keys, viewer, limits)
         filename, spooled = path.name, False
 
     new = NewJob(
@@ -294,6 +297,28 @@ async def _check_quota(backend: BackendDep, viewer: Viewer, new_bytes: int) -> N
 async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
     if spooled:
         await asyncio.to_thread(spool.remove, path, spool_dir)
+
+
+def _own_path(raw: str, keys: KeyRing, viewer: Viewer, limits: AudioLimits) -> Path:
+    """A server file the caller may read: admin keys anywhere under ALLOWED_AUDIO_ROOTS, other
+    keys under their own roots only (the spool is the service's own). A key's answer for a
+    file outside its roots is the one for a missing file, so it learns nothing of others'."""
+    roots = keys.audio_roots(viewer)
+    if not roots:
+        raise ForbiddenError(
+            "This API key may not name server files: upload the audio instead "
+            "(or ask the operator for audio roots for this key)"
+        )
+    if viewer.everyone:
+        return check_path(raw, roots, limits)
+    try:
+        return check_path(raw, roots, limits)
+    except (AudioNotFoundError, PathNotAllowedError):
+        if not raw.startswith("/") or "\0" in raw:
+            raise  # its form alone is wrong; that says nothing about any file
+        raise AudioNotFoundError(
+            f"No audio file this key may read at {raw!r}: files must lie in its audio roots"
+        ) from None
 
 
 async def _estimated(backend: Backend, jobs: list[Job]) -> list[Job]:

@@ -23,7 +23,7 @@ from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import BacklogStore, JobStore, open_engine
+from serve_app.store import BacklogStore, JobStore, open_engine, service_secret
 
 _STATUS_TIMEOUT_S = 3
 logger = logging.getLogger("ray.serve")
@@ -58,6 +58,7 @@ class Gateway:
         self._ingest = ingest
         engine = await asyncio.to_thread(open_engine, self.settings.database)
         self.store = JobStore(engine)
+        self.owner_secret = await asyncio.to_thread(service_secret, engine)
         self.backlog = Backlog(
             BacklogStore(engine), self.settings.max_backlog_audio_sec, self._models.in_flight_s
         )

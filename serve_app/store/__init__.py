@@ -10,6 +10,7 @@ from serve_app.store.jobs import JobStore
 from serve_app.store.ledger import ResultLedger
 from serve_app.store.outbox import Outbox
 from serve_app.store.retention import FinishedJob, RetentionStore
+from serve_app.store.secrets import service_secret
 from serve_app.store.units import UnitStore
 from serve_app.store.webhooks import WebhookClaim, WebhookStore
 
@@ -30,4 +31,5 @@ __all__ = [
     "make_engine",
     "migrate",
     "open_engine",
+    "service_secret",
 ]

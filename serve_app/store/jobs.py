@@ -383,13 +383,14 @@ class JobStore:
 
     @staticmethod
     def _queue_position(conn: Connection, row: RowMapping) -> int | None:
-        """1 for the next job to start; counts queued jobs accepted earlier."""
+        """1 for its owner's next job: other keys' queues are not this owner's to count."""
         if row["status"] != "queued":
             return None
+        mine = jobs.c.owner.is_(None) if row["owner"] is None else jobs.c.owner == row["owner"]
         ahead = conn.execute(
             select(func.count())
             .select_from(jobs)
-            .where(jobs.c.status == "queued", jobs.c.created_at < row["created_at"])
+            .where(jobs.c.status == "queued", mine, jobs.c.created_at < row["created_at"])
         ).scalar()
         return int(ahead or 0) + 1
 

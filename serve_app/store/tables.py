@@ -108,3 +108,11 @@ replica_speeds = Table(
     Column("busy", Boolean, nullable=False),
     Column("reported_at", DateTime(timezone=True), nullable=False),
 )
+
+# Made by the migration that creates it (random, once); read by every replica.
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(128), nullable=False),
+)

@@ -36,7 +36,8 @@ INGEST_REPLICAS = 2
 MAX_BACKLOG_AUDIO_SEC = 900
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 API_KEY = "test-key-2"
-API_KEYS = f"test-key-1,{API_KEY}"
+OTHER_KEY = "test-key-1"
+API_KEYS = f"{OTHER_KEY},{API_KEY}"
 ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "webhook-test-secret"
 DEPLOYMENT_OVERRIDES = {
@@ -75,7 +76,8 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def health(self) -> dict[str, Any]:
-        with self.client(timeout=30) as client:
+        """/health with its details (an admin key's view)."""
+        with self.client(timeout=30, api_key=ADMIN_KEY) as client:
             body: dict[str, Any] = client.get("/health").json()
             return body
 
@@ -125,6 +127,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         # The test receivers listen on 127.0.0.1; every other internal address stays refused.
         "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "API_ADMIN_KEYS": ADMIN_KEY,
+        # JSON jobs of user keys name files in their own folders only.
+        "API_KEY_AUDIO_ROOTS": json.dumps(
+            {API_KEY: [str(audio_dir), str(speech_dir)], OTHER_KEY: [str(speech_dir)]}
+        ),
         # Every replica log line in serve run's output: Ray folds lines that differ only in
         # numbers ("[repeated 2x across cluster]"), and the fault tests count them.
         "RAY_DEDUP_LOGS": "0",

@@ -98,7 +98,8 @@ def test_json_job_with_a_shared_path(service: Service, clip) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"audio_file_path": "/etc/passwd"}, 422, None),
+        # Outside the key's roots: the answer of a missing file (it learns nothing of others').
+        ({"audio_file_path": "/etc/passwd"}, 404, None),
         ({"audio_file_path": "relative/../../x.mp3"}, 422, None),
         ({}, 422, "audio_file_path"),
         ({"audio_file_path": "a.mp3", "task": "dance"}, 422, "task"),

@@ -24,7 +24,7 @@ from ingest import contract as c
 from serve_app.api.auth import owner_id
 from serve_app.api.jobs import scoped_idempotency_key
 from serve_app.schemas import QueuedTranscriptionRequest
-from serve_app.store import JobStore, UnitStore, open_engine
+from serve_app.store import JobStore, UnitStore, open_engine, service_secret
 from serve_app.store.tables import jobs
 from tests.integration.conftest import API_KEY, INGEST_REPLICAS, RABBITMQ_URL, Service
 from tests.support import amqp, replica_logs, speech
@@ -282,7 +282,7 @@ def test_a_gateway_killed_between_recording_and_publishing_a_job_loses_nothing(
     store, _ = stores
     audio = clip("en_office", ".mp3")
     key = f"gateway-kill-{time.time_ns()}"
-    scoped = scoped_idempotency_key(owner_id(API_KEY), key)
+    scoped = scoped_idempotency_key(owner_id(API_KEY, service_secret(store.engine)), key)
     # Both Ingest replicas up (an earlier test may have killed one: Serve starts another).
     speech.wait_until(
         lambda: len(service.replica_pids("Ingest")) == INGEST_REPLICAS, 120, "every Ingest replica"

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 
 from serve_app.errors import JobNotFoundError
 from serve_app.schemas import TranscribeOptions
-from serve_app.store import JobStore, make_engine, migrate, open_engine
+from serve_app.store import JobStore, make_engine, migrate, open_engine, service_secret
 from serve_app.store.db import current_revision
 from serve_app.store.jobs import NewJob, Viewer
 from serve_app.store.tables import jobs
@@ -74,7 +74,7 @@ def test_migration_scopes_existing_idempotency_keys(url: str) -> None:
             )
         )
     migrate(engine)
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     with engine.connect() as conn:
         keys = dict(conn.execute(select(jobs.c.id, jobs.c.idempotency_key)).all())
         owners = {row.owner for row in conn.execute(select(jobs.c.owner))}
@@ -84,3 +84,27 @@ def test_migration_scopes_existing_idempotency_keys(url: str) -> None:
     assert keys == {"j1": "http:-:" + hashlib.sha256(b"client-key").hexdigest(), "j2": "amqp:abc"}
     assert owners == {None}
     engine.dispose()
+
+
+def test_the_owner_id_secret_is_made_once_per_store(url: str, tmp_path: Path) -> None:
+    first = open_engine(url)
+    again = open_engine(url)  # another replica opening the same store
+    other = open_engine(f"sqlite:///{tmp_path / 'other' / 'whisper.db'}")
+    try:
+        secret = service_secret(first)
+        assert len(secret) == 64 and service_secret(again) == secret
+        assert service_secret(other) != secret
+    finally:
+        for engine in (first, again, other):
+            engine.dispose()
+
+
+def test_queue_places_are_counted_per_owner(url: str) -> None:
+    store = JobStore(open_engine(url))
+    try:
+        owners = ["a", "b", "a", None, "b"]
+        made = [store.create(_new(owner))[0].id for owner in owners]
+        places = [store.get(job_id).queue_position for job_id in made]
+        assert places == [1, 1, 2, 1, 2]
+    finally:
+        store.engine.dispose()

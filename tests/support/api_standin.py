@@ -19,7 +19,7 @@ from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import BacklogStore, JobStore, open_engine
 
-KEY_A, KEY_B, ADMIN = "key-a", "key-b", "admin-key"
+KEY_A, KEY_B, KEY_C, ADMIN = "key-a", "key-b", "key-c", "admin-key"
 
 
 @dataclass
@@ -32,6 +32,7 @@ class StandIn:
     streams: StreamLimit
     backlog: Backlog
     diarization: bool = False  # the extra is not installed here
+    owner_secret: bytes = b"test-owner-secret"
     # Audio seconds of the sync requests being transcribed, as the Gateway's model client
     # counts them.
     in_flight: list[float] = field(default_factory=list)
@@ -59,21 +60,25 @@ class StandIn:
         self.submitted.append(job_id)
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        return True, {}
+        return True, {"pools": {"TranscriberCPU": {"in_flight": len(self.in_flight)}}}
 
 
 def make_backend(tmp_path: Path, clip: Path) -> StandIn:
-    """Keys A and B, an admin key, and small limits to reach them cheaply; ``clip`` is copied
-    under the allowed root as a.mp3."""
-    audio_dir = tmp_path / "audio"
-    audio_dir.mkdir()
+    """Keys A, B and C, an admin key, and small limits to reach them cheaply; ``clip`` is
+    copied under the allowed roots as audio/a.mp3 and shared/z.mp3."""
+    audio_dir, shared = tmp_path / "audio", tmp_path / "shared"
+    for folder in (audio_dir, shared):
+        folder.mkdir()
     (audio_dir / "a.mp3").write_bytes(clip.read_bytes())
+    (shared / "z.mp3").write_bytes(clip.read_bytes())
     settings = Settings(
         data_dir=tmp_path / "data",
         tmp_dir=tmp_path / "tmp",
-        allowed_audio_roots=[audio_dir],
-        api_keys=[KEY_A, KEY_B],  # type: ignore[list-item]
+        # Keys A and B name files under audio/ only, key C none; shared/ is the admin's.
+        allowed_audio_roots=[audio_dir, shared],
+        api_keys=[KEY_A, KEY_B, KEY_C],  # type: ignore[list-item]
         api_admin_keys=[ADMIN],  # type: ignore[list-item]
+        api_key_audio_roots={KEY_A: [audio_dir], KEY_B: [audio_dir]},  # type: ignore[dict-item]
         max_queued_jobs_per_key=3,
         max_spooled_mb_per_key=1,
         sse_max_subscribers=1,

@@ -99,3 +99,27 @@ def test_spool_defaults_under_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_
     settings = load_settings()
     assert settings.spool == (tmp_path / "spool").resolve()
     assert settings.spool in settings.audio_roots
+
+
+def test_per_key_audio_roots_must_name_a_key_and_stay_inside_the_allowed_roots(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("API_KEYS", "key-a,key-b")
+    monkeypatch.setenv("ALLOWED_AUDIO_ROOTS", str(tmp_path))
+    monkeypatch.setenv("API_KEY_AUDIO_ROOTS", f'{{"key-a": ["{tmp_path / "a"}"]}}')
+    [(key, roots)] = load_settings().api_key_audio_roots.items()
+    assert key.get_secret_value() == "key-a" and roots == [tmp_path / "a"]
+    monkeypatch.setenv("API_KEY_AUDIO_ROOTS", '{"secret-xyz": ["/tmp"]}')
+    with pytest.raises(SettingsError, match="not in API_KEYS") as refused:
+        load_settings()
+    assert "secret-xyz" not in str(refused.value)
+    monkeypatch.setenv("API_KEY_AUDIO_ROOTS", '{"key-a": ["/etc"]}')
+    with pytest.raises(SettingsError, match="outside ALLOWED_AUDIO_ROOTS"):
+        load_settings()
+
+
+def test_a_bad_secret_setting_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY_AUDIO_ROOTS", '{"secret-xyz": 5')
+    with pytest.raises(SettingsError, match=r"(?i)api_key_audio_roots") as refused:
+        load_settings()
+    assert "secret-xyz" not in str(refused.value)
