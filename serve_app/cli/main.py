@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from serve_app.cli.http import FAILED, CliError, Service
 from serve_app.cli.publish import Published, publish, requests_for, wait_for
-from serve_app.cli.transcribe import EXTENSIONS, Request, transcribe_files
+from serve_app.cli.transcribe import EXTENSIONS, Request, one_line, transcribe_files
 
 app = typer.Typer(
     help="Transcribe audio with a whisper-serve service.",
@@ -58,7 +61,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except CliError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(one_line(exc.message, 2000))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -79,11 +82,14 @@ def transcribe(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Files in flight at once")] = 4,
     diarize: Annotated[bool, typer.Option(help="Who spoke when: speakers in the result")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite existing results (never through a symbolic link)")
+    ] = False,
 ) -> None:
     """Submit each file as a job, show its progress, write its result."""
     if format not in EXTENSIONS:
         raise typer.BadParameter(f"choose one of {', '.join(EXTENSIONS)}", param_hint="--format")
-    request = Request(format, language, model, out, concurrency, diarize)
+    request = Request(format, language, model, out, concurrency, diarize, force)
 
     async def work() -> int:
         async with ctx.obj.service() as service:
@@ -127,9 +133,10 @@ def health(ctx: typer.Context) -> None:
     """The service's health; exit code 1 unless it is ok."""
 
     async def work() -> dict[str, Any]:
-        async with ctx.obj.service() as service:
+        target: Target = ctx.obj
+        async with target.service() as service:
             try:
-                body: dict[str, Any] = await service.json("GET", "/health")
+                body = await service.json_object("GET", "/health")
             except CliError as exc:
                 if not exc.message.startswith("503"):
                     raise
@@ -153,9 +160,9 @@ def list_jobs(
     async def work() -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
         async with ctx.obj.service() as service:
-            page: list[dict[str, Any]] = (await service.json("GET", "/v1/jobs", params=params))[
-                "data"
-            ]
+            page = (await service.json_object("GET", "/v1/jobs", params=params)).get("data")
+            if not isinstance(page, list) or not all(isinstance(j, dict) for j in page):
+                raise CliError("the service's job list is not a list of jobs")
             return page
 
     jobs = _run(work())
@@ -165,14 +172,16 @@ def list_jobs(
         return
     table = Table("id", "source", "status", "progress", "created", "file")
     for job in jobs:
-        table.add_row(
-            job["id"],
-            job["source"],
-            job["status"],
-            f"{job['progress']:.0%}",
-            job["created_at"][:19],
+        progress = job.get("progress")
+        cells = [
+            job.get("id"),
+            job.get("source"),
+            job.get("status"),
+            f"{progress:.0%}" if isinstance(progress, int | float) else "",
+            str(job.get("created_at") or "")[:19],
             job.get("filename") or "",
-        )
+        ]
+        table.add_row(*(escape(one_line(str(cell or ""), 120)) for cell in cells))
     Console().print(table)
 
 
@@ -186,17 +195,42 @@ def show_job(ctx: typer.Context, job_id: str) -> None:
 def cancel_job(ctx: typer.Context, job_id: str) -> None:
     """Cancel a queued or running job."""
     job = _run(_job(ctx, "DELETE", job_id))
-    err.print(f"{job['id']} is {job['status']}")
+    said = f"{job.get('id', job_id)} is {job.get('status', 'unknown')}"
+    err.print(escape(one_line(said)), highlight=False)
 
 
 async def _job(ctx: typer.Context, method: str, job_id: str) -> dict[str, Any]:
-    async with ctx.obj.service() as service:
-        job: dict[str, Any] = await service.json(method, f"/v1/jobs/{job_id}")
-        return job
+    target: Target = ctx.obj
+    async with target.service() as service:
+        return await service.json_object(method, f"/v1/jobs/{quote(job_id, safe='')}")
+
+
+GLOBAL_OPTIONS = ("--url", "--api-key")
+
+
+def global_options_first(argv: list[str]) -> list[str]:
+    """``--url`` and ``--api-key`` may follow the subcommand too: they are moved before it,
+    where click reads them (anything after ``--`` stays where it is)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            taken = 1 if "=" in arg else 2
+            front.extend(argv[i : i + taken])
+            i += taken
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def main() -> None:
     # The broker client logs its connection errors itself; the command says them once.
     for name in ("aiormq", "aio_pika"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    app()
+    app(args=global_options_first(sys.argv[1:]))

@@ -16,11 +16,12 @@ from typing import Any
 import aio_pika
 from aio_pika.exceptions import AMQPError
 from rich.console import Console
+from rich.markup import escape
 
 from ingest import contract as c
 from ingest.topology import declare
 from serve_app.cli.http import FAILED, CliError, Service
-from serve_app.cli.transcribe import bar_for, progress_bars
+from serve_app.cli.transcribe import bar_for, one_line, printable, progress_bars
 from serve_app.schemas import QueuedTranscriptionRequest
 
 
@@ -86,7 +87,7 @@ async def wait_for(
     with progress_bars(console) as bars:
 
         async def one(item: Published) -> dict[str, Any]:
-            task = bars.add_task(item.audio.name, total=None, status="published")
+            task = bars.add_task(escape(item.audio.name), total=None, status="published")
             await _taken(service, item.job_id, timeout_s)
 
             final = await asyncio.wait_for(
@@ -98,19 +99,20 @@ async def wait_for(
 
         results = await asyncio.gather(*(one(item) for item in published), return_exceptions=True)
     for item, final in zip(published, results, strict=True):
-        console.print(f"[bold]{item.audio}[/bold] (attachment_id {item.request.attachment_id})")
+        named = escape(f"{item.audio} (attachment_id {item.request.attachment_id})")
+        console.print(f"[bold]{named}[/bold]", highlight=False)
         if isinstance(final, CliError) and final.exit_code != FAILED:
             raise final
+        text = None if isinstance(final, BaseException) else _text(final)
         if isinstance(final, BaseException):
             failures += 1
-            console.print(f"  [red]failed[/red]: {final}", highlight=False)
-        elif final.get("status") != "completed":
+            console.print(f"  [red]failed[/red]: {escape(one_line(str(final)))}", highlight=False)
+        elif text is None:
             failures += 1
-            console.print(
-                f"  [red]{final.get('status')}[/red]: {final.get('error')}", highlight=False
-            )
+            said = one_line(f"{final.get('status')}: {final.get('error')}")
+            console.print(f"  [red]{escape(said)}[/red]", highlight=False)
         else:
-            print(final["result"]["text"])
+            print(printable(text))
     return FAILED if failures else 0
 
 
@@ -133,3 +135,12 @@ def _safe(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1) if "://" in url else ("amqp", url)
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _text(job: dict[str, Any]) -> str | None:
+    """A completed job's text; None for any other job (or a result without text)."""
+    result = job.get("result")
+    if job.get("status") != "completed" or not isinstance(result, dict):
+        return None
+    text = result.get("text")
+    return text if isinstance(text, str) else None

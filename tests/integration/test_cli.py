@@ -56,6 +56,15 @@ def test_transcribe_writes_each_result_into_out_or_beside_its_file(
     assert beside.returncode == 0, beside.stderr
     assert speech.word_error_rate(OFFICE, (tmp_path / "office.txt").read_text()) < 0.25
 
+    # An existing result is kept (refused before anything is sent) unless --force.
+    (tmp_path / "office.txt").write_text("my notes")
+    kept = _cli(service, "transcribe", str(office), "--url", service.url)  # options after, too
+    assert kept.returncode == 2 and "exists" in kept.stderr, kept.stderr
+    assert (tmp_path / "office.txt").read_text() == "my notes"
+    forced = _cli(service, "transcribe", str(office), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert speech.word_error_rate(OFFICE, (tmp_path / "office.txt").read_text()) < 0.25
+
 
 def test_a_file_the_service_refuses_fails_alone(service: Service, clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     good = shutil.copy(clip("en_office", ".mp3"), tmp_path / "good.mp3")
