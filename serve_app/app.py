@@ -54,7 +54,15 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     weights = [pool.weight for pool in parsed.pools]
     diarizer = None
     if parsed.diarization and diarization_installed():
-        diarizer = cast(Deployment, DiarizerDeployment).options(logging_config=logs).bind()
+        diarizer = (
+            cast(Deployment, DiarizerDeployment)
+            .options(
+                logging_config=logs,
+                ray_actor_options={"num_cpus": settings.diarize_num_cpus},
+                max_queued_requests=settings.diarize_max_queued,
+            )
+            .bind()
+        )
     elif parsed.diarization:
         logger.warning("Diarization is not installed (%s): diarize=true gets 422", INSTALL_HINT)
     ingest = None

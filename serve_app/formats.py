@@ -49,6 +49,7 @@ def diarized(transcript: Transcript) -> dict[str, Any]:
             for s in transcript.segments
         ],
         "usage": {"type": "duration", "seconds": round(transcript.duration, 3)},
+        **({"warnings": transcript.warnings} if transcript.warnings else {}),
     }
 
 
@@ -61,6 +62,7 @@ def verbose(transcript: Transcript, words: bool = False) -> VerboseTranscription
         text=transcript.text,
         segments=segments,
         words=transcript.words if words else None,
+        warnings=transcript.warnings,
     )
 
 

@@ -61,6 +61,8 @@ class Transcript(BaseModel):
     segments: list[Segment]
     model: str
     task: Task = "transcribe"
+    # What the result could not honour of the request (speaker bounds); None when nothing.
+    warnings: list[str] | None = None
 
     @property
     def words(self) -> list[Word]:
@@ -98,6 +100,7 @@ class VerboseTranscription(BaseModel):
     text: str
     segments: list[Segment]
     words: list[Word] | None = None
+    warnings: list[str] | None = None  # ours: what could not be honoured (speaker bounds)
 
 
 class ModelCard(BaseModel):

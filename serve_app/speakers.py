@@ -9,6 +9,8 @@ order they first speak, as OpenAI's diarized_json names them. Plain logic.
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import groupby
 from string import ascii_uppercase
@@ -26,13 +28,16 @@ class Turn:
 
 
 def assign_speakers(transcript: Transcript, turns: list[Turn]) -> Transcript:
-    ordered = sorted(turns, key=lambda t: t.start)
+    """Linear in words and turns (2 h of audio: well under a second); blocking, so async
+    callers run it in a thread."""
+    ends = [s.end for s in transcript.segments] + [w.end for w in transcript.words]
+    index = _TurnIndex(turns, max([transcript.duration, *ends]))
     pieces: list[Segment] = []
     for segment in transcript.segments:
         if not segment.words:
-            pieces.append(segment.model_copy(update={"speaker": _speaker(ordered, segment)}))
+            pieces.append(segment.model_copy(update={"speaker": index.speaker(segment)}))
             continue
-        words = [w.model_copy(update={"speaker": _speaker(ordered, w)}) for w in segment.words]
+        words = [w.model_copy(update={"speaker": index.speaker(w)}) for w in segment.words]
         runs = [list(run) for _, run in groupby(words, key=lambda w: w.speaker)]
         if len(runs) == 1:
             pieces.append(segment.model_copy(update={"words": words, "speaker": words[0].speaker}))
@@ -73,18 +78,53 @@ def speaker_count(transcript: Transcript) -> int:
     return len({s.speaker for s in transcript.segments if s.speaker})
 
 
-def _speaker(turns: list[Turn], span: Segment | Word) -> str | None:
-    best, overlap = None, 0.0
-    for turn in turns:
-        shared = min(turn.end, span.end) - max(turn.start, span.start)
-        if shared > overlap:
-            best, overlap = turn.speaker, shared
-    if best is not None:
-        return best
-    middle = (span.start + span.end) / 2
-    near = [(min(abs(t.start - middle), abs(t.end - middle)), t.speaker) for t in turns]
-    close = [n for n in near if n[0] <= NEAREST_S]
-    return min(close)[1] if close else None
+class _TurnIndex:
+    """Turns by the seconds they cover, so that a word looks only at the few turns near it
+    instead of all of them (a quadratic merge took 5.5 s for 2 h of audio)."""
+
+    def __init__(self, turns: list[Turn], until: float) -> None:
+        # Seconds outside what the transcript spans (and NEAREST_S around it) are never asked
+        # about: a turn is filed under the seconds it covers inside that window only.
+        self._first = -math.ceil(NEAREST_S) - 1
+        self._last = math.floor(until) + math.ceil(NEAREST_S) + 1 if math.isfinite(until) else 0
+        self._order = sorted(turns, key=lambda t: t.start)
+        self._buckets: dict[int, list[int]] = defaultdict(list)
+        for i, turn in enumerate(self._order):
+            if not (math.isfinite(turn.start) and math.isfinite(turn.end)):
+                continue  # no place in time: it overlaps nothing and is near nothing
+            for second in self._seconds(turn.start, turn.end):
+                self._buckets[second].append(i)
+
+    def speaker(self, span: Segment | Word) -> str | None:
+        """The turn overlapping ``span`` most (the earliest on a tie), else the nearest turn
+        within NEAREST_S of its middle."""
+        best, overlap = None, 0.0
+        for i in self._near(span.start, span.end):
+            turn = self._order[i]
+            shared = min(turn.end, span.end) - max(turn.start, span.start)
+            if shared > overlap:
+                best, overlap = turn.speaker, shared
+        if best is not None:
+            return best
+        middle = (span.start + span.end) / 2
+        close = [
+            (min(abs(turn.start - middle), abs(turn.end - middle)), turn.speaker)
+            for turn in (self._order[i] for i in self._near(middle - NEAREST_S, middle + NEAREST_S))
+        ]
+        close = [c for c in close if c[0] <= NEAREST_S]
+        return min(close)[1] if close else None
+
+    def _near(self, start: float, end: float) -> list[int]:
+        """Indexes, in start order, of the turns that cover some second of [start, end]."""
+        if not (math.isfinite(start) and math.isfinite(end)):
+            return []
+        found: set[int] = set()
+        for second in self._seconds(start, end):
+            found.update(self._buckets.get(second, ()))
+        return sorted(found)
+
+    def _seconds(self, start: float, end: float) -> range:
+        return range(max(math.floor(start), self._first), min(math.floor(end), self._last) + 1)
 
 
 def _names(pieces: list[Segment]) -> dict[str, str]:

