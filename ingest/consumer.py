@@ -23,15 +23,15 @@ from ingest import topology
 from ingest.transport import AmqpTransport, Handler, PublishError, TransportConfig
 from serve_app import metrics
 from serve_app.errors import ServiceError
-from serve_app.jobs import Outcome
-from serve_app.runner import Deliver
+from serve_app.jobs.runner import Deliver
+from serve_app.jobs.running import Outcome
 from serve_app.schemas import Job, QueuedTranscriptionRequest, QueuedTranscriptionResult
 
 logger = logging.getLogger(__name__)
 
 
 class Jobs(Protocol):
-    """The job side, as the queue side sees it (``serve_app.job_service.JobService``)."""
+    """The job side, as the queue side sees it (``serve_app.jobs.service.JobService``)."""
 
     async def was_answered(self, key: str) -> bool:
         """The contract job's result was confirmed published (the ledger)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError
 
 from serve_app.errors import InferenceError, UndecodableAudioError
-from serve_app.jobs import Outcome
+from serve_app.jobs.running import Outcome
 from serve_app.schemas import Job
 from serve_app.store import ClaimStore, JobStore
 from tests.support.recorded_metrics import recording

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select, update
 
 from serve_app.errors import ServiceBusyError
-from serve_app.jobs import Outcome
-from serve_app.runner import JobRunner, RunPolicy
+from serve_app.jobs.runner import JobRunner, RunPolicy
+from serve_app.jobs.running import Outcome
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine
 from serve_app.store.tables import jobs
 from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from serve_app.chunking import ChunkingOptions
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
+from serve_app.jobs.runner import JobRunner, RunPolicy, TranscribePathFn
 from serve_app.pipeline import admission_for, transcribe_file
-from serve_app.runner import JobRunner, RunPolicy, TranscribePathFn
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore, open_engine
@@ -71,7 +71,7 @@ def real(root: Path) -> TranscribePathFn:
 async def main(mode: str, url: str, database: str, root: Path) -> None:
     from ingest.consumer import IngestConsumer
     from ingest.transport import TransportConfig
-    from serve_app.job_service import JobService
+    from serve_app.jobs.service import JobService
 
     engine = open_engine(database)
     store = JobStore(engine)

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
-from serve_app.runner import JobRunner, RunPolicy
+from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore
 from serve_app.store.jobs import NewJob

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DataError, IntegrityError
 
 from serve_app.errors import MalformedRequestError
-from serve_app.jobs import Outcome
+from serve_app.jobs.runner import Deliver, JobRunner
+from serve_app.jobs.running import Outcome
 from serve_app.model_options import normalize_language
-from serve_app.runner import Deliver, JobRunner
 from serve_app.schemas import (
     QueuedTranscriptionRequest,
     QueuedTranscriptionResult,

@@ -1,5 +1,5 @@
 """What a running job needs around the work: its events written in order, and a stop when
-it is cancelled from any replica. The runner (``serve_app.runner``) puts these together."""
+it is cancelled from any replica. The runner (``serve_app.jobs.runner``) puts these together."""
 
 from __future__ import annotations
 
