@@ -19,7 +19,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from serve_app import formats, spool, webhooks
+from serve_app import formats, spool
 from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.uploads import check_upload
@@ -35,6 +35,7 @@ from serve_app.errors import (
     RequestTooLargeError,
     UnsupportedFormatError,
 )
+from serve_app.jobs import webhooks
 from serve_app.model_options import normalize_language, served_model, speaker_options
 from serve_app.pipeline import check_path
 from serve_app.schemas import (

@@ -24,7 +24,7 @@ from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
 from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
-from serve_app.housekeeping import Housekeeper
+from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
 from serve_app.pipeline import admission_for, transcribe_file

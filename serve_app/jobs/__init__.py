@@ -1,2 +1,3 @@
-"""Jobs, whichever lane brought them: the one runner (claim, run, record, hand on), the leases
-that keep one delivery at a time on a job, and the service the queue side is handed."""
+"""Jobs, whichever lane brought them: the one runner (claim, run, record, hand on) with its
+leases, the service the queue side is handed, and the background work (webhooks, outbox,
+retention) of the queue side."""

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app import webhooks
+from serve_app.jobs import webhooks
 from tests.integration.conftest import AMQP_PUBLISH_TIMEOUT_SEC, WEBHOOK_SECRET, Service
 from tests.support import amqp, speech, sse
 from tests.support.webhook_server import webhook_server

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from serve_app import dns, webhooks
 from serve_app.errors import ServiceBusyError
+from serve_app.jobs import dns, webhooks
 
 HANGING = "hangs.example"
 _real_getaddrinfo = socket.getaddrinfo

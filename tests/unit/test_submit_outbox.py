@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from serve_app.housekeeping import Housekeeper
+from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.store import Outbox
 from tests.support.api_standin import StandIn, client
 

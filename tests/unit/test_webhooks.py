@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from serve_app import webhooks
 from serve_app.errors import InvalidOptionError
+from serve_app.jobs import webhooks
 
 
 def test_signature_covers_timestamp_and_body() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from serve_app import metrics, spool, webhooks
+from serve_app import metrics, spool
+from serve_app.jobs import webhooks
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore

@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from serve_app import dns
 from serve_app.errors import InvalidOptionError, ServiceBusyError
+from serve_app.jobs import dns
 from serve_app.schemas import WebhookAttempt
 
 SIGNATURE_HEADER = "X-Whisper-Signature"
@@ -123,7 +123,7 @@ async def checked_addresses(
 
 async def resolve(host: str, port: int | None, owner: str | None = None) -> list[IPAddress]:
     """IP literals as they are; names through the system resolver, on the lookup threads of
-    ``serve_app.dns`` (never the shared executor). LookupsBusyError when ``owner`` has as
+    ``serve_app.jobs.dns`` (never the shared executor). LookupsBusyError when ``owner`` has as
     many lookups pending as it may."""
     literal = _ip_literal(host)
     if literal is not None:
