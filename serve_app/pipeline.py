@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from serve_app import audio
-from serve_app.admission import AudioAdmission
 from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
+from serve_app.capacity.admission import AudioAdmission
 from serve_app.decoder import Sandbox, bundled_ffmpeg
 from serve_app.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript

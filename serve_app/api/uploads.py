@@ -7,8 +7,8 @@ import asyncio
 from starlette.datastructures import UploadFile
 
 from serve_app import audio
-from serve_app.admission import AudioAdmission, Reservation
 from serve_app.audio import AudioLimits, DecodedAudio
+from serve_app.capacity.admission import AudioAdmission, Reservation
 from serve_app.errors import InvalidOptionError
 
 MAX_FILENAME_BYTES = 255

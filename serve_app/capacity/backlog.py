@@ -19,8 +19,8 @@ from functools import cached_property
 from typing import Any
 
 from serve_app import metrics
+from serve_app.capacity.eta import Eta, Pending, backlog_s, retry_after_s, schedule
 from serve_app.errors import BacklogFullError
-from serve_app.eta import Eta, Pending, backlog_s, retry_after_s, schedule
 from serve_app.store.backlog import BacklogStore, PoolSpeed
 from serve_app.store.rows import now
 

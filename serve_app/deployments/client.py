@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 
 from serve_app import logcontext
 from serve_app.audio import AudioArray
+from serve_app.capacity.pools import SERVING, Pool, PoolRouter
 from serve_app.chunking import detect_speech
 from serve_app.diarizer import not_installed
 from serve_app.errors import (
@@ -25,7 +26,6 @@ from serve_app.errors import (
     ServiceError,
 )
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
-from serve_app.pools import SERVING, Pool, PoolRouter
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.speakers import Turn
@@ -41,7 +41,7 @@ _FIRST_LOOK_S = 5.0
 
 class ModelClient:
     """``can_wait``: whether a caller may wait for a pool that is down to come back (queued
-    jobs) or must be told at once (HTTP requests); see ``serve_app.pools``."""
+    jobs) or must be told at once (HTTP requests); see ``serve_app.capacity.pools``."""
 
     def __init__(
         self,
@@ -202,7 +202,7 @@ class ModelClient:
                 raise self.router.no_replica()
 
     async def _pool(self) -> Pool[DeploymentHandle[Any]]:
-        """The pool for the next call, by the policy in ``serve_app.pools``: with none
+        """The pool for the next call, by the policy in ``serve_app.capacity.pools``: with none
         serving, sleeping pools are woken, and a caller that can wait polls until one
         serves instead of queueing on a pool that may never start."""
         if self._watching is None:  # started here: the replica's event loop runs by now

@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.admission import StreamLimit
 from serve_app.api.app import create_api
 from serve_app.audio import AudioArray
-from serve_app.backlog import Backlog
+from serve_app.capacity.admission import StreamLimit
+from serve_app.capacity.backlog import Backlog
 from serve_app.deployments import telemetry
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers

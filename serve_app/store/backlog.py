@@ -1,5 +1,5 @@
 """What the service has left to do, and how fast its pools do it: the inputs of admission and
-of the jobs' estimates (``serve_app.eta``). Calls are blocking: run them in a thread.
+of the jobs' estimates (``serve_app.capacity.eta``). Calls are blocking: run them in a thread.
 
 - Work: every queued or running job, by audio seconds not yet transcribed. A job whose audio
   is not decoded yet counts as long as the typical finished job.
@@ -16,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from serve_app.eta import Pending
+from serve_app.capacity.eta import Pending
 from serve_app.store.rows import aware, now
 from serve_app.store.tables import jobs, replica_speeds
 

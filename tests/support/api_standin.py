@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from serve_app.admission import AudioAdmission, StreamLimit
 from serve_app.api.app import create_api
-from serve_app.backlog import Backlog
+from serve_app.capacity.admission import AudioAdmission, StreamLimit
+from serve_app.capacity.backlog import Backlog
 from serve_app.fanout import SegmentsFn
 from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript

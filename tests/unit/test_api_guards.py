@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from serve_app.admission import AudioAdmission
 from serve_app.api.app import create_api
 from serve_app.api.streaming import stream_transcription
+from serve_app.capacity.admission import AudioAdmission
 from serve_app.errors import ServiceBusyError
 from serve_app.schemas import TranscribeOptions
 from tests.support.api_standin import ADMIN, KEY_A, KEY_B, StandIn, client

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serve_app import backlog as backlog_module
-from serve_app.backlog import Backlog
+from serve_app.capacity import backlog as backlog_module
+from serve_app.capacity.backlog import Backlog
 from serve_app.errors import BacklogFullError
 from serve_app.schemas import Transcript
 from serve_app.store import BacklogStore

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from serve_app.eta import Pending, backlog_s, retry_after_s, schedule
-from serve_app.speed import SpeedMeter
+from serve_app.capacity.eta import Pending, backlog_s, retry_after_s, schedule
+from serve_app.capacity.speed import SpeedMeter
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

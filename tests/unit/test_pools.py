@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from serve_app.capacity.pools import Pool, PoolRouter, PoolState
 from serve_app.errors import NoReplicaError
-from serve_app.pools import Pool, PoolRouter, PoolState
 
 
 def test_single_pool_takes_everything() -> None:
