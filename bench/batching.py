@@ -111,7 +111,7 @@ def sequential_long(model: str, models_dir: Path, long: Clip) -> tuple[float, li
     """WER and segment lengths of plain sequential decoding on the long file."""
     from faster_whisper import WhisperModel
 
-    from serve_app.weights import resolve_model_path
+    from serve_app.model.weights import resolve_model_path
 
     whisper = WhisperModel(resolve_model_path(model, models_dir), device="cpu", compute_type="int8")
     segments, _ = whisper.transcribe(str(long[0]), beam_size=5, vad_filter=True, language="en")

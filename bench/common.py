@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
+from serve_app.model.weights import resolve_model_path
 from serve_app.settings import Settings
-from serve_app.weights import resolve_model_path
 from tests.support import amqp, speech
 
 

@@ -14,8 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from serve_app.chunking import ChunkingOptions
 from serve_app.errors import SettingsError
+from serve_app.model.chunking import ChunkingOptions
 
 ComputeType = Literal[
     "default",
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # CHUNK_MAX_WINDOW_SEC, decoded WHISPER_BATCH_SIZE at a time, in work units of about
     # FANOUT_UNIT_SEC spread over replicas.
     whisper_batch_size: int = Field(8, ge=1, le=64)
-    # Decoding windows of a batch encoded this many at a time (see serve_app.whisper_model);
+    # Decoding windows of a batch encoded this many at a time (see serve_app.model.whisper_model);
     # None: one at a time on a CPU (as fast, far less memory), the whole batch on a GPU.
     whisper_encode_batch_size: int | None = Field(None, ge=1, le=64)
     # Speech windows of concurrent requests (short files and units of long ones) are decoded

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
-from serve_app.audio import AudioArray, AudioLimits
 from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.fanout import SegmentsFn
+from serve_app.media.audio import AudioArray, AudioLimits
 from serve_app.pipeline import audio_limits
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings

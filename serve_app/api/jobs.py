@@ -19,11 +19,10 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from serve_app import formats, spool
+from serve_app import formats
 from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.uploads import check_upload
-from serve_app.audio import AudioLimits
 from serve_app.errors import (
     AudioNotFoundError,
     ForbiddenError,
@@ -36,6 +35,8 @@ from serve_app.errors import (
     UnsupportedFormatError,
 )
 from serve_app.jobs import webhooks
+from serve_app.media import spool
+from serve_app.media.audio import AudioLimits
 from serve_app.model_options import normalize_language, served_model, speaker_options
 from serve_app.pipeline import check_path
 from serve_app.schemas import (

@@ -15,9 +15,9 @@ from fastapi.sse import format_sse_event
 from starlette.types import Receive, Scope, Send
 
 from serve_app.api.deps import Backend
-from serve_app.audio import AudioArray
 from serve_app.capacity.admission import Reservation
 from serve_app.errors import ServiceError
+from serve_app.media.audio import AudioArray
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 
 logger = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import asyncio
 
 from starlette.datastructures import UploadFile
 
-from serve_app import audio
-from serve_app.audio import AudioLimits, DecodedAudio
 from serve_app.capacity.admission import AudioAdmission, Reservation
 from serve_app.errors import InvalidOptionError
+from serve_app.media import audio
+from serve_app.media.audio import AudioLimits, DecodedAudio
 
 MAX_FILENAME_BYTES = 255
 

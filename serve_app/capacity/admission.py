@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from serve_app.audio import DecodedAudio
 from serve_app.errors import ServiceBusyError
+from serve_app.media.audio import DecodedAudio
 
 DECODE_BUSY_RETRY_S = 5
 HELD_AUDIO_RETRY_S = 10

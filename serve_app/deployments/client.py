@@ -15,9 +15,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from serve_app import logcontext
-from serve_app.audio import AudioArray
 from serve_app.capacity.pools import SERVING, Pool, PoolRouter
-from serve_app.chunking import detect_speech
 from serve_app.diarizer import not_installed
 from serve_app.errors import (
     NoReplicaError,
@@ -26,6 +24,8 @@ from serve_app.errors import (
     ServiceError,
 )
 from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
+from serve_app.media.audio import AudioArray
+from serve_app.model.chunking import detect_speech
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.speakers import Turn

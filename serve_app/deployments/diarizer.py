@@ -10,11 +10,11 @@ import time
 from ray import serve
 
 from serve_app import logcontext, metrics
-from serve_app.audio import AudioArray
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.diarizer import SpeakerDiarizer
 from serve_app.logcontext import JobLog
+from serve_app.media.audio import AudioArray
 from serve_app.settings import load_settings
 from serve_app.speakers import Turn
 

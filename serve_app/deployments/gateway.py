@@ -12,7 +12,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.app import create_api
-from serve_app.audio import AudioArray
 from serve_app.capacity.admission import StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.deployments import telemetry
@@ -20,6 +19,7 @@ from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.fanout import SegmentsFn
+from serve_app.media.audio import AudioArray
 from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings

@@ -12,17 +12,17 @@ from typing import Any
 from ray import serve
 
 from serve_app import logcontext, metrics
-from serve_app.audio import AudioArray
 from serve_app.capacity.speed import ReplicaId, SpeedMeter, SpeedReporter
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
 from serve_app.logcontext import JobLog
+from serve_app.media.audio import AudioArray
+from serve_app.model.transcriber import Transcriber
 from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import BacklogStore, open_engine
-from serve_app.transcriber import Transcriber
 
 logger = logging.getLogger("ray.serve")
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from serve_app import metrics, spool
+from serve_app import metrics
 from serve_app.jobs import webhooks
+from serve_app.media import spool
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore

@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import update
 
 from ingest import contract as c
-from serve_app import audio
-from serve_app.chunking import ChunkingOptions, plan
 from serve_app.jobs.housekeeping import Housekeeper
+from serve_app.media import audio
+from serve_app.model.chunking import ChunkingOptions, plan
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ResultLedger, UnitStore, open_engine

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from serve_app import audio
+from serve_app.media import audio
+from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
 from tests.integration.conftest import RABBITMQ_URL, Service
 from tests.support import amqp, speech, sse
 

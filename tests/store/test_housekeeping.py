@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from serve_app import spool
 from serve_app.jobs import webhooks
 from serve_app.jobs.housekeeping import Housekeeper
+from serve_app.media import spool
 from serve_app.schemas import TranscribeOptions, Transcript, WebhookAttempt
 from serve_app.settings import Settings
 from serve_app.store import JobStore, WebhookStore, open_engine

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app.audio import SUPPORTED_EXTENSIONS
+from serve_app.media.audio import SUPPORTED_EXTENSIONS
 
 
 @dataclass

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.model.transcriber import Transcriber
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
 from tests.support.api_standin import StandIn, make_backend
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio
 from serve_app.errors import (
     AudioTooLargeError,
     AudioTooLongError,
@@ -16,6 +15,7 @@ from serve_app.errors import (
     UndecodableAudioError,
     UnsupportedFormatError,
 )
+from serve_app.media import audio
 from tests.support import speech
 
 LIMITS = audio.AudioLimits(max_bytes=10 * 1024 * 1024, max_duration_s=60)

@@ -8,11 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-from serve_app import audio
-from serve_app.batching import Batcher
+from serve_app.media import audio
+from serve_app.model.batching import Batcher
+from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import Segment, TranscribeOptions
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
 from tests.support import speech
 
 SR = 16000

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio
-from serve_app.chunking import (
+from serve_app.media import audio
+from serve_app.model.chunking import (
     ChunkingOptions,
     Window,
     group_into_units,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import audio, decoder
-from serve_app.decoder import Sandbox
 from serve_app.errors import AudioError, UndecodableAudioError, UnsupportedFormatError
+from serve_app.media import audio, decoder
+from serve_app.media.decoder import Sandbox
 from tests.support import hostile, speech
 
 LIMITS = audio.AudioLimits(max_bytes=10 * 1024 * 1024, max_duration_s=120)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio
-from serve_app.chunking import ChunkingOptions, Window, WorkUnit, plan
 from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
 from serve_app.fanout import FanOut, UnitFailedError, merge
+from serve_app.media import audio
+from serve_app.model.chunking import ChunkingOptions, Window, WorkUnit, plan
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from tests.support import speech
 

@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from ingest import contract as c
-from serve_app import audio
 from serve_app.errors import AudioError, AudioNotFoundError, PathNotAllowedError
-from serve_app.paths import resolve_audio_path
+from serve_app.media import audio
+from serve_app.media.paths import resolve_audio_path
 from tests.support import fuzz, speech
 from tests.support.api_standin import StandIn, client
 

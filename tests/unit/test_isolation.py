@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve_app import audio
+from serve_app.media import audio
+from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
 from tests.support import speech
 
 VICTIMS = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serve_app import audio
-from serve_app.packing import Placed, covers, plan_packs, unpack
+from serve_app.media import audio
+from serve_app.model.packing import Placed, covers, plan_packs, unpack
+from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import Segment, TranscribeOptions, Word
-from serve_app.transcriber import Transcriber
 from tests.support import speech
 
 SR = 16000

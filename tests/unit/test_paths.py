@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.errors import AudioNotFoundError, PathNotAllowedError
-from serve_app.paths import resolve_audio_path
+from serve_app.media.paths import resolve_audio_path
 
 
 @pytest.fixture

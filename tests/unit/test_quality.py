@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio, quality
-from serve_app.chunking import plan
-from serve_app.quality import Thresholds, Verdict, guard, judge
+from serve_app.media import audio
+from serve_app.model import quality
+from serve_app.model.chunking import plan
+from serve_app.model.quality import Thresholds, Verdict, guard, judge
+from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import Segment, TranscribeOptions
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
 from tests.support import speech
 
 SR = 16000
@@ -80,7 +81,7 @@ def test_failing_windows_are_decoded_again_sequentially(
     samples, windows, _ = long_speech
     baseline = tiny.transcribe_windows(samples, windows, TranscribeOptions())
     monkeypatch.setattr(quality, "judge", lambda segment, limits: Verdict.REDO)
-    with caplog.at_level(logging.INFO, logger="serve_app.quality"):
+    with caplog.at_level(logging.INFO, logger="serve_app.model.quality"):
         redone = tiny.transcribe_windows(samples, windows, TranscribeOptions())
     again = [r for r in caplog.records if "failed the quality checks" in r.getMessage()]
     assert len(again) == len(windows) >= 3

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from serve_app.model.segments import split_segments
 from serve_app.schemas import Segment, Word
-from serve_app.segments import split_segments
 
 
 def _segment(*words: tuple[str, float, float]) -> Segment:

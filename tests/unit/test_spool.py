@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from serve_app import spool
+from serve_app.media import spool
 
 
 def _age(path: Path, seconds: float) -> None:

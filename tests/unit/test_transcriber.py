@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import audio
 from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.media import audio
+from serve_app.model.transcriber import Transcriber
+from serve_app.model.weights import resolve_model_path
+from serve_app.model.whisper_model import SubBatchedWhisperModel
 from serve_app.model_options import normalize_language, served_model, temperature_schedule
 from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
-from serve_app.transcriber import Transcriber
-from serve_app.weights import resolve_model_path
-from serve_app.whisper_model import SubBatchedWhisperModel
 from tests.support import speech
 
 LIMITS = audio.AudioLimits(max_bytes=10 << 20, max_duration_s=120)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import weights
 from serve_app.errors import ModelUnavailableError
+from serve_app.model import weights
 
 
 def _sha256(path: Path) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from serve_app import audio
-from serve_app.audio import AudioArray, AudioLimits, DecodedAudio
 from serve_app.capacity.admission import AudioAdmission
-from serve_app.decoder import Sandbox, bundled_ffmpeg
-from serve_app.paths import resolve_audio_path
+from serve_app.media import audio
+from serve_app.media.audio import AudioArray, AudioLimits, DecodedAudio
+from serve_app.media.decoder import Sandbox, bundled_ffmpeg
+from serve_app.media.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 

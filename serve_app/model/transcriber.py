@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_app.batching import Batcher
-from serve_app.chunking import detect_speech, merge_into_windows
-from serve_app.clips import decode_clips
 from serve_app.errors import InvalidOptionError
+from serve_app.model.batching import Batcher
+from serve_app.model.chunking import detect_speech, merge_into_windows
+from serve_app.model.clips import decode_clips
+from serve_app.model.packing import Plan, plan, settle
+from serve_app.model.quality import Thresholds, guard
+from serve_app.model.segments import from_faster_whisper, shifted, split_segments
+from serve_app.model.weights import resolve_model_path
 from serve_app.model_options import (
     cpu_threads,
     normalize_language,
@@ -23,12 +27,8 @@ from serve_app.model_options import (
     resolve_compute_type,
     temperature_schedule,
 )
-from serve_app.packing import Plan, plan, settle
-from serve_app.quality import Thresholds, guard
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
-from serve_app.segments import from_faster_whisper, shifted, split_segments
 from serve_app.settings import Settings
-from serve_app.weights import resolve_model_path
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -70,7 +70,7 @@ class Transcriber:
         # runs as many calls at once as it has workers (one per lane).
         self.lanes = lanes
         self._pipelines = [BatchedInferencePipeline(model) for _ in range(lanes)]
-        # Windows of concurrent requests decoded together (serve_app.batching); a Transcriber
+        # Windows of concurrent requests decoded together (serve_app.model.batching); a Transcriber
         # evicted from a replica's model cache takes its batcher with it.
         # The batcher's items are decoding windows: a request's packs (planned from its own
         # windows alone) or its windows unpacked.
@@ -89,7 +89,7 @@ class Transcriber:
 
     @classmethod
     def load(cls, name: str, settings: Settings, device: str | None = None) -> Transcriber:
-        from serve_app.whisper_model import SubBatchedWhisperModel
+        from serve_app.model.whisper_model import SubBatchedWhisperModel
 
         device = device or settings.whisper_device
         path = resolve_model_path(name, settings.models_dir)
@@ -237,7 +237,7 @@ class Transcriber:
     ) -> list[list[Segment]]:
         """Blocking, one call at a time per lane: one request's windows decoded, each one's
         segments on its own clock. Short windows are packed together first, with the request's
-        own windows only (see serve_app.packing)."""
+        own windows only (see serve_app.model.packing)."""
         plan = self._plan(slices)
         key = self._keyed(key, plan)
         decoded, lost = self._settle(plan, self.decode_batch(key, plan.clips, lane))

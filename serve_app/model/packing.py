@@ -12,7 +12,7 @@ packs of different requests may still share a batch, side by side.
 Each window's words are then taken back by their timestamps: a word belongs to the window
 whose stretch of the pack (widened by half the silence each side) holds its middle. The pack's
 scores (log probability, no-speech) are its windows' scores. Plain logic over samples and
-segments; ``serve_app.transcriber`` runs the model.
+segments; ``serve_app.model.transcriber`` runs the model.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.model.segments import shifted
 from serve_app.schemas import Segment, Word
-from serve_app.segments import shifted
 
 
 @dataclass(frozen=True)

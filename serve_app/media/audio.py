@@ -18,13 +18,14 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from serve_app import decoder, metrics
+from serve_app import metrics
 from serve_app.errors import (
     AudioTooLargeError,
     EmptyAudioError,
     UndecodableAudioError,
     UnsupportedFormatError,
 )
+from serve_app.media import decoder
 
 SAMPLE_RATE = 16000
 SUPPORTED_EXTENSIONS = frozenset(

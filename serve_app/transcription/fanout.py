@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.audio import AudioArray
-from serve_app.chunking import ChunkingOptions, WorkUnit, plan
 from serve_app.errors import ServiceBusyError, ServiceError
+from serve_app.media.audio import AudioArray
+from serve_app.model.chunking import ChunkingOptions, WorkUnit, plan
+from serve_app.model.segments import shifted
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
-from serve_app.segments import shifted
 
 logger = logging.getLogger(__name__)
 

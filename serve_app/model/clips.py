@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_app.model.segments import from_faster_whisper, shifted
 from serve_app.schemas import Segment
-from serve_app.segments import from_faster_whisper, shifted
 
 if TYPE_CHECKING:
     from faster_whisper import BatchedInferencePipeline
