@@ -24,9 +24,9 @@ import httpx
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from serve_app.diarizer import SpeakerDiarizer
 from serve_app.media import audio
-from serve_app.speakers import Turn
+from serve_app.transcription.diarizer import SpeakerDiarizer
+from serve_app.transcription.speakers import Turn
 from tests.support import conversation as talk
 from tests.support.conversation import SpokenTurn
 from tests.support.serve_process import serve_run

@@ -16,9 +16,9 @@ from serve_app.deployments.diarizer import DiarizerDeployment
 from serve_app.deployments.gateway import Gateway
 from serve_app.deployments.ingest import Ingest
 from serve_app.deployments.model import TranscriberDeployment
-from serve_app.diarizer import INSTALL_HINT
-from serve_app.diarizer import available as diarization_installed
 from serve_app.settings import load_settings
+from serve_app.transcription.diarizer import INSTALL_HINT
+from serve_app.transcription.diarizer import available as diarization_installed
 
 logger = logging.getLogger("ray.serve")
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from serve_app.diarizer import not_installed
 from serve_app.errors import InvalidOptionError, ModelNotServedError
 from serve_app.settings import Settings
+from serve_app.transcription.diarizer import not_installed
 
 OPENAI_MODEL_ALIAS = "whisper-1"
 LANGUAGES = frozenset(_LANGUAGE_CODES)

@@ -78,7 +78,7 @@ class TranscribeOptions(BaseModel):
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     word_timestamps: bool = False
-    # Who spoke when (serve_app.speakers); the model replicas ignore these.
+    # Who spoke when (serve_app.transcription.speakers); the model replicas ignore these.
     diarize: bool = False
     min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)

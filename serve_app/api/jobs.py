@@ -38,7 +38,6 @@ from serve_app.jobs import webhooks
 from serve_app.media import spool
 from serve_app.media.audio import AudioLimits
 from serve_app.model_options import normalize_language, served_model, speaker_options
-from serve_app.pipeline import check_path
 from serve_app.schemas import (
     FINISHED,
     Job,
@@ -49,6 +48,7 @@ from serve_app.schemas import (
     TranscribeOptions,
 )
 from serve_app.store.jobs import NewJob, Viewer
+from serve_app.transcription.pipeline import check_path
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -16,20 +16,20 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 
 from serve_app import logcontext
 from serve_app.capacity.pools import SERVING, Pool, PoolRouter
-from serve_app.diarizer import not_installed
 from serve_app.errors import (
     NoReplicaError,
     ReplicaUnavailableError,
     ServiceBusyError,
     ServiceError,
 )
-from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.media.audio import AudioArray
 from serve_app.model.chunking import detect_speech
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.speakers import Turn
-from serve_app.with_speakers import DiarizeLimits, transcribe_with_speakers
+from serve_app.transcription.diarizer import not_installed
+from serve_app.transcription.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
+from serve_app.transcription.speakers import Turn
+from serve_app.transcription.with_speakers import DiarizeLimits, transcribe_with_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ModelClient:
         checkpoint: Checkpoint | None,
     ) -> Transcript:
         """Diarization of the whole file (labels stay consistent across a long file's units)
-        beside its transcription (``serve_app.with_speakers``); segments go out once merged."""
+        beside its transcription (``transcription.with_speakers``); segments go out merged."""
         diarizer = self._diarizer
         if diarizer is None:
             raise not_installed()

@@ -12,11 +12,11 @@ from ray import serve
 from serve_app import logcontext, metrics
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
-from serve_app.diarizer import SpeakerDiarizer
 from serve_app.logcontext import JobLog
 from serve_app.media.audio import AudioArray
 from serve_app.settings import load_settings
-from serve_app.speakers import Turn
+from serve_app.transcription.diarizer import SpeakerDiarizer
+from serve_app.transcription.speakers import Turn
 
 logger = logging.getLogger("ray.serve")
 

@@ -18,12 +18,12 @@ from serve_app.deployments import telemetry
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
-from serve_app.fanout import SegmentsFn
 from serve_app.media.audio import AudioArray
-from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import BacklogStore, JobStore, open_engine, service_secret
+from serve_app.transcription.fanout import SegmentsFn
+from serve_app.transcription.pipeline import admission_for
 
 _STATUS_TIMEOUT_S = 3
 logger = logging.getLogger("ray.serve")

@@ -23,11 +23,9 @@ from serve_app.deployments import telemetry
 from serve_app.deployments.client import ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
-from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
-from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import (
@@ -40,6 +38,8 @@ from serve_app.store import (
     make_engine,
     open_engine,
 )
+from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.transcription.pipeline import admission_for, transcribe_file
 
 logger = logging.getLogger("ray.serve")
 

@@ -27,12 +27,12 @@ from typing import TypeVar
 
 from serve_app import logcontext, metrics
 from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
-from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
 from serve_app.media import spool
 from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
+from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

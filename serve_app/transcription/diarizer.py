@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.errors import DiarizationUnavailableError
-from serve_app.speakers import Turn
+from serve_app.transcription.speakers import Turn
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from serve_app.diarizer import SPECTRAL_UNTIL_S
 from serve_app.errors import AudioTooLongError, InferenceError
 from serve_app.schemas import TranscribeOptions, Transcript
-from serve_app.speakers import Turn, assign_speakers, speaker_count
+from serve_app.transcription.diarizer import SPECTRAL_UNTIL_S
+from serve_app.transcription.speakers import Turn, assign_speakers, speaker_count
 
 A = TypeVar("A")
 B = TypeVar("B")

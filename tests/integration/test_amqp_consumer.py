@@ -20,11 +20,11 @@ from ingest import topology
 from serve_app.errors import InferenceError
 from serve_app.media.audio import AudioArray
 from serve_app.model.transcriber import Transcriber
-from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ResultLedger, open_engine
 from serve_app.store.jobs import NewJob
+from serve_app.transcription.pipeline import admission_for, transcribe_file
 from tests.support import amqp, consumers, speech
 from tests.support.consumers import Runner
 from tests.support.waiting import until

@@ -13,11 +13,11 @@ import httpx
 from serve_app.api.app import create_api
 from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
-from serve_app.fanout import SegmentsFn
-from serve_app.pipeline import admission_for
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import BacklogStore, JobStore, open_engine
+from serve_app.transcription.fanout import SegmentsFn
+from serve_app.transcription.pipeline import admission_for
 
 KEY_A, KEY_B, KEY_C, ADMIN = "key-a", "key-b", "key-c", "admin-key"
 

@@ -16,14 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from serve_app.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
 from serve_app.jobs.runner import JobRunner, RunPolicy, TranscribePathFn
 from serve_app.model.chunking import ChunkingOptions
 from serve_app.model.transcriber import Transcriber
-from serve_app.pipeline import admission_for, transcribe_file
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore, open_engine
+from serve_app.transcription.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
+from serve_app.transcription.pipeline import admission_for, transcribe_file
 from tests.support.consumers import SPOOL, by_request
 
 LEASE_S = 3.0

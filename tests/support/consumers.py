@@ -10,11 +10,11 @@ from pathlib import Path
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import TransportConfig
-from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.jobs.runner import JobRunner, RunPolicy, TranscribePathFn
 from serve_app.jobs.service import JobService
 from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore
+from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
 
 Runner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
 SPOOL = Path(tempfile.gettempdir()) / "whisper-test-spool"

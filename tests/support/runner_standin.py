@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from serve_app.fanout import Checkpoint, ProgressFn, SegmentsFn
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore
 from serve_app.store.jobs import NewJob
+from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
 
 
 def segment(i: int) -> Segment:

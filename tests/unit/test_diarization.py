@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app.diarizer import SpeakerDiarizer
 from serve_app.media import audio
 from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import TranscribeOptions
-from serve_app.speakers import assign_speakers, speaker_count
+from serve_app.transcription.diarizer import SpeakerDiarizer
+from serve_app.transcription.speakers import assign_speakers, speaker_count
 from tests.support.conversation import SpokenTurn, conversation, turn_agreement
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
-from serve_app.fanout import FanOut, UnitFailedError, merge
 from serve_app.media import audio
 from serve_app.model.chunking import ChunkingOptions, Window, WorkUnit, plan
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from serve_app.transcription.fanout import FanOut, UnitFailedError, merge
 from tests.support import speech
 
 SR = 16000

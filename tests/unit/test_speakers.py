@@ -7,7 +7,7 @@ import json
 from ingest import contract as c
 from serve_app import formats
 from serve_app.schemas import QueuedTranscriptionRequest, Segment, Transcript, Word
-from serve_app.speakers import Turn, assign_speakers, speaker_count
+from serve_app.transcription.speakers import Turn, assign_speakers, speaker_count
 
 
 def _word(start: float, end: float, text: str) -> Word:

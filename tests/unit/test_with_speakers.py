@@ -10,11 +10,15 @@ import threading
 
 import pytest
 
-from serve_app import speakers
 from serve_app.errors import AudioTooLongError, InferenceError, ReplicaUnavailableError
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
-from serve_app.speakers import NEAREST_S, Turn, assign_speakers
-from serve_app.with_speakers import DiarizeLimits, bound_warnings, transcribe_with_speakers
+from serve_app.transcription import speakers
+from serve_app.transcription.speakers import NEAREST_S, Turn, assign_speakers
+from serve_app.transcription.with_speakers import (
+    DiarizeLimits,
+    bound_warnings,
+    transcribe_with_speakers,
+)
 
 LIMITS = DiarizeLimits(max_audio_s=600, timeout_s=5)
 
@@ -127,7 +131,7 @@ async def test_the_merge_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
         threads.append(threading.get_ident())
         return assign_speakers(transcript, turns)
 
-    monkeypatch.setattr("serve_app.with_speakers.assign_speakers", merge)
+    monkeypatch.setattr("serve_app.transcription.with_speakers.assign_speakers", merge)
     merged = await _run(Call(TEXT), Call(TURNS))
     assert [s.speaker for s in merged.segments] == ["A", "B"] and merged.warnings is None
     assert threads and threads[0] != threading.get_ident()
