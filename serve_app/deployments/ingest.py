@@ -38,8 +38,7 @@ from serve_app.store import (
     make_engine,
     open_engine,
 )
-from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
-from serve_app.transcription.pipeline import admission_for, transcribe_file
+from serve_app.transcription.pipeline import FileRequest, admission_for, transcribe_file
 
 logger = logging.getLogger("ray.serve")
 
@@ -112,20 +111,15 @@ class Ingest:
             logger.error("Could not queue job %s: %s", job_id, exc)
             raise QueueUnavailableError() from None
 
-    async def _transcribe_path(
-        self,
-        path: str,
-        options: TranscribeOptions,
-        on_progress: ProgressFn | None,
-        on_segments: SegmentsFn | None,
-        checkpoint: Checkpoint | None = None,
-    ) -> Transcript:
+    async def _transcribe_path(self, request: FileRequest) -> Transcript:
         async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
             return await self._client.transcribe(
-                samples, opts, on_progress, on_segments, checkpoint
+                samples, opts, request.on_progress, request.on_segments, request.checkpoint
             )
 
-        return await transcribe_file(path, options, self._settings, transcribe, self._admission)
+        return await transcribe_file(
+            request.path, request.options, self._settings, transcribe, self._admission
+        )
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.

@@ -30,16 +30,14 @@ from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
 from serve_app.media import spool
-from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
+from serve_app.schemas import FINISHED, Job, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
-from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn, Span
+from serve_app.transcription.fanout import Span
+from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TranscribePathFn = Callable[
-    [str, TranscribeOptions, ProgressFn, SegmentsFn, Checkpoint], Awaitable[Transcript]
-]
 # Hands a finished job's outcome to whoever waits for it; raising leaves it to be handed on
 # by the next delivery of the job (from the store, never by transcribing again).
 Deliver = Callable[[Job], Awaitable[None]]
@@ -219,12 +217,10 @@ class JobRunner:
             metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
         events = EventWriter(self.store, job_id, holder).start()
         checkpoint = UnitCheckpoint(self.units, job_id, job.attempts, holder)
-        work = asyncio.wait_for(
-            self.transcribe(
-                job.audio_path, job.options, events.progress, events.segments, checkpoint
-            ),
-            self.policy.timeout_s,
+        request = FileRequest(
+            job.audio_path, job.options, events.progress, events.segments, checkpoint
         )
+        work = asyncio.wait_for(self.transcribe(request), self.policy.timeout_s)
         reason: str | None = None
         retryable = cancelled = busy = False
         transcript: Transcript | None = None

@@ -7,6 +7,7 @@ call is passed in, so this runs without Ray.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.capacity.admission import AudioAdmission
@@ -16,8 +17,25 @@ from serve_app.media.decoder import Sandbox, bundled_ffmpeg
 from serve_app.media.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
+from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
 
 TranscribeFn = Callable[[AudioArray, TranscribeOptions], Awaitable[Transcript]]
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One job's transcription as the runner asks for it: the audio's path, the options, where
+    progress and segments go as they come, and the finished units to resume from."""
+
+    path: str
+    options: TranscribeOptions
+    on_progress: ProgressFn
+    on_segments: SegmentsFn
+    checkpoint: Checkpoint
+
+
+# What runs a job's transcription (the Ingest's model client, or a test's stand-in).
+TranscribePathFn = Callable[[FileRequest], Awaitable[Transcript]]
 
 
 def audio_limits(settings: Settings) -> AudioLimits:

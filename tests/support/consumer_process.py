@@ -16,14 +16,19 @@ import signal
 import sys
 from pathlib import Path
 
-from serve_app.jobs.runner import JobRunner, RunPolicy, TranscribePathFn
+from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.model.chunking import ChunkingOptions
 from serve_app.model.transcriber import Transcriber
-from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
+from serve_app.schemas import QueuedTranscriptionRequest, Transcript
 from serve_app.settings import Settings
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore, open_engine
-from serve_app.transcription.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
-from serve_app.transcription.pipeline import admission_for, transcribe_file
+from serve_app.transcription.fanout import FanOut
+from serve_app.transcription.pipeline import (
+    FileRequest,
+    TranscribePathFn,
+    admission_for,
+    transcribe_file,
+)
 from tests.support.consumers import SPOOL, by_request
 
 LEASE_S = 3.0
@@ -53,17 +58,13 @@ def real(root: Path) -> TranscribePathFn:
 
     fan_out = FanOut(unit, detect, ChunkingOptions(unit_s=30, min_fanout_s=60))
 
-    async def transcribe(
-        path: str,
-        options: TranscribeOptions,
-        on_progress: ProgressFn,
-        on_segments: SegmentsFn,
-        checkpoint: Checkpoint,
-    ) -> Transcript:
+    async def transcribe(request: FileRequest) -> Transcript:
         async def model(samples, opts):  # type: ignore[no-untyped-def]
-            return await fan_out.transcribe(samples, opts, on_progress, on_segments, checkpoint)
+            return await fan_out.transcribe(
+                samples, opts, request.on_progress, request.on_segments, request.checkpoint
+            )
 
-        return await transcribe_file(path, options, settings, model, admission)
+        return await transcribe_file(request.path, request.options, settings, model, admission)
 
     return transcribe
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import TransportConfig
-from serve_app.jobs.runner import JobRunner, RunPolicy, TranscribePathFn
+from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
-from serve_app.schemas import QueuedTranscriptionRequest, TranscribeOptions, Transcript
+from serve_app.schemas import QueuedTranscriptionRequest, Transcript
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore
-from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
 
 Runner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
 SPOOL = Path(tempfile.gettempdir()) / "whisper-test-spool"
@@ -23,15 +23,9 @@ SPOOL = Path(tempfile.gettempdir()) / "whisper-test-spool"
 def by_request(run: Runner) -> TranscribePathFn:
     """The runner's transcribe call, handed to a callable of the request."""
 
-    async def transcribe(
-        path: str,
-        options: TranscribeOptions,
-        on_progress: ProgressFn,
-        on_segments: SegmentsFn,
-        checkpoint: Checkpoint,
-    ) -> Transcript:
+    async def transcribe(asked: FileRequest) -> Transcript:
         request = QueuedTranscriptionRequest(
-            attachment_id=0, audio_file_path=path, language=options.language or ""
+            attachment_id=0, audio_file_path=asked.path, language=asked.options.language or ""
         )
         return await run(request)
 

@@ -9,7 +9,7 @@ from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore
 from serve_app.store.jobs import NewJob
-from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.transcription.pipeline import FileRequest
 
 
 def segment(i: int) -> Segment:
@@ -36,22 +36,15 @@ class StandIn:
         self.running = 0
         self.most_at_once = 0
 
-    async def __call__(
-        self,
-        path: str,
-        options: TranscribeOptions,
-        on_progress: ProgressFn,
-        on_segments: SegmentsFn,
-        checkpoint: Checkpoint,
-    ) -> Transcript:
+    async def __call__(self, request: FileRequest) -> Transcript:
         self.calls += 1
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
             for i in range(3):
                 await asyncio.sleep(self.delay)
-                on_segments([segment(i)])
-                on_progress(i + 1.0, 3.0)
+                request.on_segments([segment(i)])
+                request.on_progress(i + 1.0, 3.0)
         except asyncio.CancelledError:
             self.cancelled = True
             raise
