@@ -23,7 +23,7 @@ from serve_app.errors import (
     ServiceError,
 )
 from serve_app.media.audio import AudioArray
-from serve_app.model.chunking import detect_speech
+from serve_app.model.chunking import Window, detect_speech
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.transcription.diarizer import not_installed
@@ -161,7 +161,7 @@ class ModelClient:
         model = options.model
 
         async def unit(
-            part: AudioArray, windows: list[dict[str, float]], opts: TranscribeOptions, label: str
+            part: AudioArray, windows: list[Window], opts: TranscribeOptions, label: str
         ) -> Transcript:
             transcript: Transcript = await self._call(
                 "transcribe_unit", model, part, windows, opts, label

@@ -18,6 +18,7 @@ from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
 from serve_app.logcontext import JobLog
 from serve_app.media.audio import AudioArray
+from serve_app.model.chunking import Window
 from serve_app.model.transcriber import Transcriber
 from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
@@ -144,7 +145,7 @@ class TranscriberDeployment:
     async def transcribe_unit(
         self,
         audio: AudioArray,
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
         label: str = "a unit",
         job: JobLog | None = None,
@@ -180,7 +181,7 @@ class TranscriberDeployment:
         self,
         transcriber: Transcriber,
         audio: AudioArray,
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
     ) -> Transcript:
         result: Transcript = await self._infer(

@@ -29,9 +29,20 @@ class ChunkingOptions:
 
 
 @dataclass(frozen=True)
-class Window:
+class SampleWindow:
+    """A decoding window as planned: sample indices in the file."""
+
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """A decoding window in seconds on its audio's clock: what crosses the model boundary (a
+    short file's windows, a unit's windows from the unit's start) and what a replica decodes."""
+
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -39,32 +50,29 @@ class WorkUnit:
     index: int
     start: int
     end: int
-    windows: tuple[Window, ...]
+    windows: tuple[SampleWindow, ...]
 
-    def relative_windows(self, sample_rate: int) -> list[dict[str, float]]:
-        """Windows in seconds from the unit's start: faster-whisper's ``clip_timestamps``."""
+    def relative_windows(self, sample_rate: int) -> list[Window]:
+        """The unit's windows in seconds from its start, as its replica decodes them."""
         return [
-            {
-                "start": (w.start - self.start) / sample_rate,
-                "end": (w.end - self.start) / sample_rate,
-            }
+            Window((w.start - self.start) / sample_rate, (w.end - self.start) / sample_rate)
             for w in self.windows
         ]
 
 
 def merge_into_windows(
     speech: Sequence[tuple[int, int]], sample_rate: int, options: ChunkingOptions
-) -> list[Window]:
+) -> list[SampleWindow]:
     max_len = int(options.max_window_s * sample_rate)
     max_gap = int(options.max_gap_s * sample_rate)
-    windows: list[Window] = []
+    windows: list[SampleWindow] = []
     for start, end in _split_long(speech, max_len):
         if windows:
             last = windows[-1]
             if end - last.start <= max_len and start - last.end <= max_gap:
-                windows[-1] = Window(last.start, end)
+                windows[-1] = SampleWindow(last.start, end)
                 continue
-        windows.append(Window(start, end))
+        windows.append(SampleWindow(start, end))
     return windows
 
 
@@ -79,14 +87,14 @@ def _split_long(speech: Sequence[tuple[int, int]], max_len: int) -> list[tuple[i
 
 
 def group_into_units(
-    windows: Sequence[Window], sample_rate: int, options: ChunkingOptions
+    windows: Sequence[SampleWindow], sample_rate: int, options: ChunkingOptions
 ) -> list[WorkUnit]:
     if not windows:
         return []
     span = windows[-1].end - windows[0].start
     count = max(-(-span // int(options.unit_s * sample_rate)), options.min_units)
     target = span / min(count, len(windows))  # balanced units, not full ones and a runt
-    groups: list[list[Window]] = []
+    groups: list[list[SampleWindow]] = []
     for window in windows:
         if groups and window.end - groups[-1][0].start <= target * 1.15:
             groups[-1].append(window)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from serve_app.model.chunking import Window
 from serve_app.schemas import Segment
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,10 @@ def judge(segment: Segment, limits: Thresholds) -> Verdict:
 
 
 def guard(
-    windows: Sequence[dict[str, float]],
+    windows: Sequence[Window],
     per_window: Sequence[list[Segment]],
     limits: Thresholds,
-    redo: Callable[[dict[str, float]], list[Segment]],
+    redo: Callable[[Window], list[Segment]],
 ) -> list[Segment]:
     """The windows' segments that pass, silence dropped; a window with any segment to redo is
     replaced whole by what ``redo`` decodes of it."""
@@ -61,8 +62,8 @@ def guard(
             continue
         logger.info(
             "Window %.1f-%.1f s failed the quality checks; decoding it again",
-            window["start"],
-            window["end"],
+            window.start,
+            window.end,
         )
         kept += redo(window)
     return kept

@@ -14,7 +14,7 @@ import numpy as np
 
 from serve_app.errors import InvalidOptionError
 from serve_app.model.batching import Batcher
-from serve_app.model.chunking import detect_speech, merge_into_windows
+from serve_app.model.chunking import Window, detect_speech, merge_into_windows
 from serve_app.model.clips import decode_clips
 from serve_app.model.packing import Plan, plan, settle
 from serve_app.model.quality import Thresholds, guard
@@ -167,7 +167,7 @@ class Transcriber:
     def transcribe_windows(
         self,
         audio: np.ndarray[Any, Any],
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
         lane: int = 0,
     ) -> Transcript:
@@ -181,7 +181,7 @@ class Transcriber:
     async def transcribe_batched(
         self,
         audio: np.ndarray[Any, Any],
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
     ) -> Transcript:
         """Like transcribe_windows, the request's decoding windows batched with other
@@ -193,26 +193,26 @@ class Transcriber:
             self.assemble, audio, windows, decoded, options, language, probability
         )
 
-    def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[dict[str, float]]:
+    def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[Window]:
         """Blocking: a short file's speech, cut in silences into windows of at most 30 s."""
         found = merge_into_windows(
             detect_speech(audio, self._chunking), self._sample_rate, self._chunking
         )
         return [
-            {"start": w.start / self._sample_rate, "end": w.end / self._sample_rate}
+            Window(w.start / self._sample_rate, w.end / self._sample_rate)
             for w in found
             if w.end - w.start >= self._sample_rate * _MIN_WINDOW_S
         ]
 
     def slices(
-        self, audio: np.ndarray[Any, Any], windows: list[dict[str, float]]
+        self, audio: np.ndarray[Any, Any], windows: list[Window]
     ) -> list[np.ndarray[Any, Any]]:
-        return [audio[self._sample(w["start"]) : self._sample(w["end"])] for w in windows]
+        return [audio[self._sample(w.start) : self._sample(w.end)] for w in windows]
 
     def language_of(
         self,
         audio: np.ndarray[Any, Any],
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
     ) -> tuple[str, float]:
         """Blocking: the requested language, or the one detected in the first window."""
@@ -307,7 +307,7 @@ class Transcriber:
     def assemble(
         self,
         audio: np.ndarray[Any, Any],
-        windows: list[dict[str, float]],
+        windows: list[Window],
         decoded: list[list[Segment]],
         options: TranscribeOptions,
         language: str,
@@ -317,8 +317,7 @@ class Transcriber:
         segments cut into sentences of at most SEGMENT_MAX_SEC, as one transcript."""
         fixed = options.model_copy(update={"language": language or None})
         per_window = [
-            [shifted(s, w["start"]) for s in found]
-            for w, found in zip(windows, decoded, strict=True)
+            [shifted(s, w.start) for s in found] for w, found in zip(windows, decoded, strict=True)
         ]
         checked = guard(windows, per_window, self.thresholds, lambda w: self._redo(audio, w, fixed))
         parts = split_segments(checked, self._segment_max_s, options.word_timestamps)
@@ -333,7 +332,7 @@ class Transcriber:
         )
 
     def _redo(
-        self, audio: np.ndarray[Any, Any], window: dict[str, float], options: TranscribeOptions
+        self, audio: np.ndarray[Any, Any], window: Window, options: TranscribeOptions
     ) -> list[Segment]:
         """A window that failed the quality checks, decoded sequentially with the thresholds,
         on the file's clock. At temperature 0 (the default) deterministically: with timestamp
@@ -343,12 +342,12 @@ class Transcriber:
         depending on which requests the replica had served before (an audit's reversed speech:
         "I'm gonna see you later..." alone, "I'm going to see you later on" in a mix).
         A request that asks for a temperature gets OpenAI's sampled fallback."""
-        start = self._sample(window["start"])
+        start = self._sample(window.start)
         deterministic: dict[str, Any] = (
             {"temperature": (0.0,), "no_repeat_ngram_size": 3} if options.temperature == 0 else {}
         )
         segments, _ = self._model.transcribe(
-            audio[start : self._sample(window["end"])],
+            audio[start : self._sample(window.end)],
             **{**self._decoding(options), "word_timestamps": True, **deterministic},
             vad_filter=False,
             condition_on_previous_text=False,

@@ -13,16 +13,14 @@ from typing import Protocol
 
 from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.media.audio import AudioArray
-from serve_app.model.chunking import ChunkingOptions, WorkUnit, plan
+from serve_app.model.chunking import ChunkingOptions, Window, WorkUnit, plan
 from serve_app.model.segments import shifted
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 
 logger = logging.getLogger(__name__)
 
 # (unit audio, its speech windows, options, a label naming the part for the model's logs)
-UnitFn = Callable[
-    [AudioArray, list[dict[str, float]], TranscribeOptions, str], Awaitable[Transcript]
-]
+UnitFn = Callable[[AudioArray, list[Window], TranscribeOptions, str], Awaitable[Transcript]]
 DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
 ProgressFn = Callable[[float, float], None]
 # Segments with absolute timestamps, in order, as soon as every earlier part is done too.

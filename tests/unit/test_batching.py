@@ -184,7 +184,7 @@ def test_windows_of_different_files_decode_in_one_batch_as_they_do_alone(
     for (_samples, windows), found in zip(files, alone, strict=True):
         for window, segments in zip(windows, found, strict=True):
             assert segments and segments[0].start >= 0
-            assert segments[-1].end <= window["end"] - window["start"] + 0.5
+            assert segments[-1].end <= window.end - window.start + 0.5
     transcripts = [
         tiny.assemble(s, w, d, TranscribeOptions(), "en", 1.0)
         for (s, w), d in zip(files, alone, strict=True)

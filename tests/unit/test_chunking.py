@@ -11,6 +11,7 @@ import pytest
 from serve_app.media import audio
 from serve_app.model.chunking import (
     ChunkingOptions,
+    SampleWindow,
     Window,
     group_into_units,
     merge_into_windows,
@@ -28,12 +29,12 @@ def _s(seconds: float) -> int:
 def test_close_speech_merges_up_to_the_window_length() -> None:
     speech_parts = [(_s(0), _s(10)), (_s(10.5), _s(20)), (_s(20.5), _s(29)), (_s(29.5), _s(40))]
     windows = merge_into_windows(speech_parts, SR, ChunkingOptions(max_window_s=30))
-    assert windows == [Window(_s(0), _s(29)), Window(_s(29.5), _s(40))]
+    assert windows == [SampleWindow(_s(0), _s(29)), SampleWindow(_s(29.5), _s(40))]
 
 
 def test_a_long_silence_ends_a_window() -> None:
     windows = merge_into_windows([(0, _s(5)), (_s(9), _s(12))], SR, ChunkingOptions(max_gap_s=2))
-    assert windows == [Window(0, _s(5)), Window(_s(9), _s(12))]
+    assert windows == [SampleWindow(0, _s(5)), SampleWindow(_s(9), _s(12))]
 
 
 def test_speech_longer_than_a_window_is_split() -> None:
@@ -44,7 +45,7 @@ def test_speech_longer_than_a_window_is_split() -> None:
 
 
 def test_units_are_balanced_ordered_and_cover_every_window() -> None:
-    windows = [Window(_s(i * 25), _s(i * 25 + 20)) for i in range(20)]  # 500 s of audio
+    windows = [SampleWindow(_s(i * 25), _s(i * 25 + 20)) for i in range(20)]  # 500 s of audio
     units = group_into_units(windows, SR, ChunkingOptions(unit_s=150))
     assert len(units) == 4
     assert [w for u in units for w in u.windows] == windows
@@ -54,7 +55,7 @@ def test_units_are_balanced_ordered_and_cover_every_window() -> None:
 
 
 def test_short_audio_still_spreads_over_min_units() -> None:
-    windows = [Window(_s(i * 20), _s(i * 20 + 15)) for i in range(4)]
+    windows = [SampleWindow(_s(i * 20), _s(i * 20 + 15)) for i in range(4)]
     assert len(group_into_units(windows, SR, ChunkingOptions(unit_s=600, min_units=2))) == 2
     assert len(group_into_units(windows[:1], SR, ChunkingOptions(min_units=2))) == 1
     assert group_into_units([], SR, ChunkingOptions()) == []
@@ -62,9 +63,11 @@ def test_short_audio_still_spreads_over_min_units() -> None:
 
 def test_relative_windows_are_seconds_from_the_unit_start() -> None:
     (unit,) = group_into_units(
-        [Window(_s(100), _s(110)), Window(_s(111), _s(120))], SR, ChunkingOptions(min_units=1)
+        [SampleWindow(_s(100), _s(110)), SampleWindow(_s(111), _s(120))],
+        SR,
+        ChunkingOptions(min_units=1),
     )
-    assert unit.relative_windows(SR) == [{"start": 0.0, "end": 10.0}, {"start": 11.0, "end": 20.0}]
+    assert unit.relative_windows(SR) == [Window(0.0, 10.0), Window(11.0, 20.0)]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_cuts_in_short_pauses_fill_windows_up(long_audio: np.ndarray) -> None:
     """Each window costs an encoder pass however much speech it holds: cutting in pauses of
     250 ms as well as 500 ms lets a window end nearer its 30 s."""
 
-    def windows(min_silence_ms: int) -> list[Window]:
+    def windows(min_silence_ms: int) -> list[SampleWindow]:
         units = plan(long_audio, SR, ChunkingOptions(vad_min_silence_ms=min_silence_ms))
         return [w for u in units for w in u.windows]
 

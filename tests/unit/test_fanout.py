@@ -10,7 +10,7 @@ import pytest
 
 from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
 from serve_app.media import audio
-from serve_app.model.chunking import ChunkingOptions, Window, WorkUnit, plan
+from serve_app.model.chunking import ChunkingOptions, SampleWindow, Window, WorkUnit, plan
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from serve_app.transcription.fanout import FanOut, UnitFailedError, merge
 from tests.support import speech
@@ -47,8 +47,8 @@ def _part(*segments: Segment) -> Transcript:
 
 def test_merge_makes_timestamps_absolute_and_renumbers() -> None:
     units = [
-        WorkUnit(0, 0, SR * 100, (Window(0, SR * 100),)),
-        WorkUnit(1, SR * 120, SR * 200, (Window(SR * 120, SR * 200),)),
+        WorkUnit(0, 0, SR * 100, (SampleWindow(0, SR * 100),)),
+        WorkUnit(1, SR * 120, SR * 200, (SampleWindow(SR * 120, SR * 200),)),
     ]
     parts = [_part(_segment(0, 5, " one"), _segment(5, 9, " two")), _part(_segment(1, 4, " three"))]
     merged = merge(units, parts, SR, 200.0, "en", 0.9)
@@ -83,7 +83,7 @@ class StandIn:
     async def unit(
         self,
         part: np.ndarray,
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
         label: str = "",
     ) -> Transcript:
@@ -98,7 +98,7 @@ class StandIn:
         errors = self.fail.get(len(part), [])
         if errors:
             raise errors.pop(0)
-        return _part(*(_segment(w["start"], w["end"], f" w{index}") for w in windows))
+        return _part(*(_segment(w.start, w.end, f" w{index}") for w in windows))
 
     async def detect(self, part: np.ndarray) -> tuple[str, float]:
         self.detected.append(len(part))
@@ -202,7 +202,7 @@ async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.nd
     cancelled: list[int] = []
 
     async def unit(
-        part: np.ndarray, windows: list[dict[str, float]], options: TranscribeOptions, label: str
+        part: np.ndarray, windows: list[Window], options: TranscribeOptions, label: str
     ) -> Transcript:
         if len(part) == first_len:
             raise InvalidOptionError("bad")
@@ -234,7 +234,7 @@ class LastFirst(StandIn):
     async def unit(
         self,
         part: np.ndarray,
-        windows: list[dict[str, float]],
+        windows: list[Window],
         options: TranscribeOptions,
         label: str = "",
     ) -> Transcript:

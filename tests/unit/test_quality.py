@@ -10,7 +10,7 @@ import pytest
 
 from serve_app.media import audio
 from serve_app.model import quality
-from serve_app.model.chunking import plan
+from serve_app.model.chunking import Window, plan
 from serve_app.model.quality import Thresholds, Verdict, guard, judge
 from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import Segment, TranscribeOptions
@@ -41,12 +41,12 @@ def test_verdicts_follow_sequential_decodings_thresholds() -> None:
 
 
 @pytest.fixture(scope="module")
-def long_speech(speech_dir: Path) -> tuple[np.ndarray, list[dict[str, float]], str]:
+def long_speech(speech_dir: Path) -> tuple[np.ndarray, list[Window], str]:
     clip, reference = speech.four_minutes(speech_dir)
     with open(clip, "rb") as f:
         samples = audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples[: SR * 90]
     windows = [
-        {"start": w.start / SR, "end": w.end / SR}
+        Window(w.start / SR, w.end / SR)
         for unit in plan(samples, SR, Settings().chunking)
         for w in unit.windows
     ]
@@ -57,10 +57,10 @@ def test_the_guard_keeps_what_passes_and_redoes_whole_windows() -> None:
     good, quiet = _segment(0, 2), _segment(2, 4, no_speech_prob=0.9, avg_logprob=-1.5)
     loop = _segment(10, 12, compression_ratio=3.0)
     redone = [_segment(10, 11), _segment(11, 12)]
-    windows = [{"start": 0.0, "end": 5.0}, {"start": 10.0, "end": 15.0}]
-    asked: list[dict[str, float]] = []
+    windows = [Window(0.0, 5.0), Window(10.0, 15.0)]
+    asked: list[Window] = []
 
-    def redo(window: dict[str, float]) -> list[Segment]:
+    def redo(window: Window) -> list[Segment]:
         asked.append(window)
         return redone
 
@@ -71,7 +71,7 @@ def test_the_guard_keeps_what_passes_and_redoes_whole_windows() -> None:
 
 def test_failing_windows_are_decoded_again_sequentially(
     tiny: Transcriber,
-    long_speech: tuple[np.ndarray, list[dict[str, float]], str],
+    long_speech: tuple[np.ndarray, list[Window], str],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -88,17 +88,17 @@ def test_failing_windows_are_decoded_again_sequentially(
     assert speech.word_error_rate(baseline.text, redone.text) < 0.15
     starts = [s.start for s in redone.segments]
     assert starts == sorted(starts) and redone.segments[-1].end <= len(samples) / SR + 0.5
-    assert redone.segments[-1].start > windows[-1]["start"] - 1  # not on the slice's clock
+    assert redone.segments[-1].start > windows[-1].start - 1  # not on the slice's clock
 
 
 def test_text_over_silence_is_dropped(
-    tiny: Transcriber, long_speech: tuple[np.ndarray, list[dict[str, float]], str]
+    tiny: Transcriber, long_speech: tuple[np.ndarray, list[Window], str]
 ) -> None:
     samples, windows, _ = long_speech
     quiet = np.random.default_rng(7).normal(0, 1e-3, SR * 20).astype(np.float32)
     padded = np.concatenate([samples, quiet])
     end = len(samples) / SR
-    silent = {"start": end + 0.5, "end": end + 19.5}
+    silent = Window(end + 0.5, end + 19.5)
     result = tiny.transcribe_windows(padded, [*windows, silent], TranscribeOptions())
     assert result.segments and all(s.start < end for s in result.segments), [
         (s.start, s.text, s.no_speech_prob, s.avg_logprob)
