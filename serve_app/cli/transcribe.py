@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,35 +75,31 @@ def write_result(target: Path, content: bytes, force: bool) -> None:
     file that appeared since the plan is refused); ``force`` writes a temporary file beside it
     and renames it over the target (a rename replaces a link, it does not follow it)."""
     if not force:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
-            fd = os.open(target, flags, 0o666)
+            _write_new(target, content)
         except FileExistsError:
             raise CliError(
                 f"{target} appeared while the job ran; not overwritten", FAILED
             ) from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
         return
-    fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    part = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
+    _write_new(part, content)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
         os.replace(part, target)
     except BaseException:
-        Path(part).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_new(path: Path, content: bytes) -> None:
+    """A file that did not exist, link or not, made with the usual mode (umask applied)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def progress_bars(console: Console) -> Progress:
@@ -163,13 +159,13 @@ async def transcribe_files(
 
 def one_line(text: str, limit: int = 300) -> str:
     """Server text for a terminal: one line, control characters out, bounded."""
-    flat = "".join(ch if ch.isprintable() else " " for ch in text)
+    flat = printable(text, keep="")
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def printable(text: str) -> str:
+def printable(text: str, keep: str = "\n\t") -> str:
     """Server text for a terminal, lines kept: no escape sequences or other control codes."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
+    return "".join(ch if ch.isprintable() or ch in keep else " " for ch in text)
 
 
 async def _transcribe(
