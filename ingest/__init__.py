@@ -1,5 +1,5 @@
-"""RabbitMQ ingest with the Whisper-Local AMQP contract (exchanges, queues, retries, results).
+"""The AMQP edge: the Whisper-Local RabbitMQ contract (``contract``, ``topology``), connecting
+and settling every delivery (``transport``) and the two lanes consumed (``consumer``).
 
-Not built yet: it arrives with the AMQP issue, as plain-Python contract code here plus a thin
-Serve deployment that calls the model pools through their handles.
+Plain Python: the Ray side is ``serve_app.deployments.ingest``, which hands it the job runner.
 """
