@@ -12,8 +12,8 @@ from serve_app.media.audio import AudioArray, AudioLimits
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import JobStore
-from serve_app.transcription.fanout import SegmentsFn
 from serve_app.transcription.pipeline import audio_limits
+from serve_app.transcription.port import SegmentsFn
 
 
 class Backend(Protocol):

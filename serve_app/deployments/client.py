@@ -1,5 +1,6 @@
-"""Calling the model pools from another deployment: short audio in one call, long audio fanned
-out over replicas by units, Ray's failures made domain errors."""
+"""The Ray side of the transcription ports: calls to the model pools (the pool picked, woken
+or watched; a caller that stops waiting cancels the replica's work) and to the Diarizer, with
+Ray's failures made domain errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar, cast
 
-import numpy as np
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
@@ -23,13 +23,10 @@ from serve_app.errors import (
     ServiceError,
 )
 from serve_app.media.audio import AudioArray
-from serve_app.model.chunking import Window, detect_speech
+from serve_app.model.calls import FileCall, UnitCall
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
-from serve_app.settings import Settings
-from serve_app.transcription.diarizer import not_installed
-from serve_app.transcription.fanout import Checkpoint, FanOut, ProgressFn, SegmentsFn
+from serve_app.transcription.port import SegmentsFn
 from serve_app.transcription.speakers import Turn
-from serve_app.transcription.with_speakers import DiarizeLimits, transcribe_with_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -40,140 +37,39 @@ _FIRST_LOOK_S = 5.0
 
 
 class ModelClient:
-    """``can_wait``: whether a caller may wait for a pool that is down to come back (queued
+    """The model port (``serve_app.transcription.port``) over the model pools' handles.
+
+    ``can_wait``: whether a caller may wait for a pool that is down to come back (queued
     jobs) or must be told at once (HTTP requests); see ``serve_app.capacity.pools``."""
 
     def __init__(
         self,
         pools: list[DeploymentHandle[Any]],
         weights: list[float],
-        settings: Settings,
         can_wait: bool = True,
-        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
-        self._diarizer = diarizer
-        self._diarize_limits = DiarizeLimits(
-            settings.diarize_max_audio_sec, settings.diarize_timeout_sec
-        )
         self.router = PoolRouter(
             [
                 Pool(handle.deployment_name, handle, weight)
                 for handle, weight in zip(pools, weights, strict=True)
             ]
         )
-        self._sample_rate = settings.audio_sample_rate
-        self._chunking = settings.chunking
-        # Long files are planned here: load the VAD model now, not in the first one's time.
-        detect_speech(np.zeros(self._sample_rate, np.float32), self._chunking)
         self._can_wait = can_wait
-        self._cross_batch = settings.whisper_cross_batch
         self._watching: asyncio.Task[None] | None = None
         self._looked = asyncio.Event()
         self._waking: set[asyncio.Task[None]] = set()
-        self._in_flight: dict[int, float] = {}  # audio seconds of each call not answered yet
 
-    def in_flight_s(self) -> list[float]:
-        """Audio seconds of each transcription this client waits for (the backlog's part
-        that is not in the job store: sync requests)."""
-        return list(self._in_flight.values())
+    async def transcribe(self, call: FileCall) -> Transcript:
+        result: Transcript = await self._call("transcribe", call.options.model, call)
+        return result
 
-    async def transcribe(
-        self,
-        audio: AudioArray,
-        options: TranscribeOptions,
-        on_progress: ProgressFn | None = None,
-        on_segments: SegmentsFn | None = None,
-        checkpoint: Checkpoint | None = None,
-        live: bool = False,
-    ) -> Transcript:
-        """Short audio in one call; long audio fanned out in units across replicas, resumed
-        from ``checkpoint``. A short file's segments reach ``on_segments`` when it is done,
-        or one by one as they are decoded when ``live`` (a client streaming the response):
-        decoded that way, a file is not batched with others."""
-        token = object()
-        self._in_flight[id(token)] = len(audio) / self._sample_rate
-        try:
-            if options.diarize:
-                return await self._with_speakers(
-                    audio, options, on_progress, on_segments, checkpoint
-                )
-            return await self._transcribe(
-                audio, options, on_progress, on_segments, checkpoint, live
-            )
-        finally:
-            del self._in_flight[id(token)]
+    async def transcribe_unit(self, call: UnitCall) -> Transcript:
+        result: Transcript = await self._call("transcribe_unit", call.options.model, call)
+        return result
 
-    async def _with_speakers(
-        self,
-        audio: AudioArray,
-        options: TranscribeOptions,
-        on_progress: ProgressFn | None,
-        on_segments: SegmentsFn | None,
-        checkpoint: Checkpoint | None,
-    ) -> Transcript:
-        """Diarization of the whole file (labels stay consistent across a long file's units)
-        beside its transcription (``transcription.with_speakers``); segments go out merged."""
-        diarizer = self._diarizer
-        if diarizer is None:
-            raise not_installed()
-
-        async def transcribe(with_words: TranscribeOptions) -> Transcript:
-            return await self._transcribe(audio, with_words, on_progress, None, checkpoint, False)
-
-        async def diarize() -> list[Turn]:
-            with _replica_errors(diarizer.deployment_name):
-                response = diarizer.diarize.remote(
-                    audio, options.min_speakers, options.max_speakers, job=logcontext.current()
-                )
-                turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
-                return turns
-
-        duration = len(audio) / self._sample_rate
-        merged = await transcribe_with_speakers(
-            duration, options, transcribe, diarize, self._diarize_limits
-        )
-        if on_segments is not None and merged.segments:
-            on_segments(merged.segments)
-        return merged
-
-    async def _transcribe(
-        self,
-        audio: AudioArray,
-        options: TranscribeOptions,
-        on_progress: ProgressFn | None,
-        on_segments: SegmentsFn | None,
-        checkpoint: Checkpoint | None,
-        live: bool,
-    ) -> Transcript:
-        duration = len(audio) / self._sample_rate
-        if on_progress:  # the job's length, known from here on (the backlog counts it)
-            on_progress(0.0, duration)
-        if duration < self._chunking.min_fanout_s:
-            if on_segments is not None and (live or not self._cross_batch):
-                result: Transcript = await self._stream(audio, options, on_segments)
-            else:
-                result = await self._call("transcribe", options.model, audio, options)
-                if on_segments is not None and result.segments:
-                    on_segments(result.segments)
-            if on_progress:
-                on_progress(duration, duration)
-            return result
-        model = options.model
-
-        async def unit(
-            part: AudioArray, windows: list[Window], opts: TranscribeOptions, label: str
-        ) -> Transcript:
-            transcript: Transcript = await self._call(
-                "transcribe_unit", model, part, windows, opts, label
-            )
-            return transcript
-
-        async def detect(part: AudioArray) -> tuple[str, float]:
-            found: tuple[str, float] = await self._call("detect_language", model, part)
-            return found
-
-        fan_out = FanOut(unit, detect, self._chunking, self._sample_rate)
-        return await fan_out.transcribe(audio, options, on_progress, on_segments, checkpoint)
+    async def detect_language(self, audio: AudioArray, model: str | None) -> tuple[str, float]:
+        found: tuple[str, float] = await self._call("detect_language", model, audio)
+        return found
 
     async def _call(self, method: str, model: str | None, *args: Any) -> Any:
         pool = await self._pool()
@@ -263,16 +159,14 @@ class ModelClient:
                 logger.warning("Could not read the model pools' status: %r", exc)
             await asyncio.sleep(_WATCH_EVERY_S)
 
-    async def _stream(
-        self, audio: AudioArray, options: TranscribeOptions, on_segments: SegmentsFn
-    ) -> Transcript:
+    async def stream(self, call: FileCall, on_segments: SegmentsFn) -> Transcript:
         result: Transcript | None = None
         pool = await self._pool()
         with self.router.hold(pool), _replica_errors(pool.name):
-            handle = pool.target.options(multiplexed_model_id=options.model or "", stream=True)
+            handle = pool.target.options(multiplexed_model_id=call.options.model or "", stream=True)
             stream = cast(
                 DeploymentResponseGenerator[Any],
-                handle.transcribe_stream.remote(audio, options, job=logcontext.current()),
+                handle.transcribe_stream.remote(call, job=logcontext.current()),
             )
 
             async def consume() -> Transcript | None:
@@ -288,6 +182,21 @@ class ModelClient:
         if result is None:
             raise ReplicaUnavailableError("Model replica ended the stream without a transcript")
         return result
+
+
+class DiarizerClient:
+    """The speaker port over the Diarizer's handle."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def diarize(self, audio: AudioArray, options: TranscribeOptions) -> list[Turn]:
+        with _replica_errors(self._handle.deployment_name):
+            response = self._handle.diarize.remote(
+                audio, options.min_speakers, options.max_speakers, job=logcontext.current()
+            )
+            turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
+            return turns
 
 
 async def _cancelling(response: DeploymentResponse[Any]) -> Any:

@@ -15,15 +15,16 @@ from serve_app.api.app import create_api
 from serve_app.capacity.admission import StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.deployments import telemetry
-from serve_app.deployments.client import ModelClient
+from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import BacklogStore, JobStore, open_engine, service_secret
-from serve_app.transcription.fanout import SegmentsFn
 from serve_app.transcription.pipeline import admission_for
+from serve_app.transcription.port import SegmentsFn
+from serve_app.transcription.service import TranscriptionService
 
 _STATUS_TIMEOUT_S = 3
 logger = logging.getLogger("ray.serve")
@@ -52,7 +53,10 @@ class Gateway:
         tempfile.tempdir = str(self.settings.tmp_dir)
         # An HTTP client holds a connection: no model replica anywhere is a 503 at once.
         self.diarization = diarizer is not None
-        self._models = ModelClient(pools, weights, self.settings, can_wait=False, diarizer=diarizer)
+        self._pools = ModelClient(pools, weights, can_wait=False)
+        self._models = TranscriptionService(
+            self._pools, self.settings, DiarizerClient(diarizer) if diarizer else None
+        )
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
@@ -95,7 +99,7 @@ class Gateway:
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(serve.get_replica_context().app_name)
         pools: dict[str, Any] = {}
-        for pool in self._models.router.pools:
+        for pool in self._pools.router.pools:
             deployment = app.deployments.get(pool.name) if app else None
             pools[pool.name] = {
                 "status": str(deployment.status.value) if deployment else "MISSING",

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
 from serve_app.deployments import telemetry
-from serve_app.deployments.client import ModelClient
+from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
 from serve_app.jobs.housekeeping import Housekeeper
@@ -39,6 +39,7 @@ from serve_app.store import (
     open_engine,
 )
 from serve_app.transcription.pipeline import FileRequest, admission_for, transcribe_file
+from serve_app.transcription.service import TranscriptionService
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,7 +61,9 @@ class Ingest:
         share_serve_handlers()
         telemetry.install()
         self._settings = settings = load_settings()
-        self._client = ModelClient(pools, weights, settings, diarizer=diarizer)
+        self._transcription = TranscriptionService(
+            ModelClient(pools, weights), settings, DiarizerClient(diarizer) if diarizer else None
+        )
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,7 @@ class Ingest:
 
     async def _transcribe_path(self, request: FileRequest) -> Transcript:
         async def transcribe(samples: Any, opts: TranscribeOptions) -> Transcript:
-            return await self._client.transcribe(
+            return await self._transcription.transcribe(
                 samples, opts, request.on_progress, request.on_segments, request.checkpoint
             )
 

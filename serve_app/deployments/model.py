@@ -18,7 +18,8 @@ from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import InferenceError, ServiceError
 from serve_app.logcontext import JobLog
 from serve_app.media.audio import AudioArray
-from serve_app.model.chunking import Window
+from serve_app.model.calls import FileCall, UnitCall
+from serve_app.model.decoding import DecodePolicy, Decoding
 from serve_app.model.transcriber import Transcriber
 from serve_app.model_options import served_model
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
@@ -52,14 +53,9 @@ class TranscriberDeployment:
         self._loaded(self._default.name, time.monotonic() - started)
         self._failures = 0
         self._reporter = self._start_reporting()
-        # WHISPER_CROSS_BATCH=false: a unit of a long file takes a lane of its own (a batched
-        # pipeline of the model's, which keeps per-call state), so at most one unit per model
-        # worker runs (unbounded, they fought: a 1-replica pool ran an 8-min file at 0.67x
-        # plain batched, 0.82x one at a time). Short requests stay concurrent. With cross
-        # batching the batcher hands out the same lanes; the two modes never run together.
-        self._unit_lanes: asyncio.Queue[int] = asyncio.Queue()
-        for lane in range(self._default.lanes):
-            self._unit_lanes.put_nowait(lane)
+        self._decoding = Decoding(
+            DecodePolicy(self._settings.whisper_cross_batch), self._default.lanes
+        )
 
     def _start_reporting(self) -> SpeedReporter | None:
         """The replica's speed, for the Gateway's admission and the jobs' estimates; without
@@ -116,78 +112,47 @@ class TranscriberDeployment:
         if seconds > 0:
             metrics.observe("whisper_real_time_factor", took / seconds, **labels)
 
-    async def transcribe(
-        self, audio: AudioArray, options: TranscribeOptions, job: JobLog | None = None
-    ) -> Transcript:
-        """A whole (short) file: its speech windows decoded in batches with other requests'
-        (or, with WHISPER_CROSS_BATCH off, sequentially with the previous text as context).
-        ``job``: which job the call is for, named in this replica's log lines about it."""
+    async def transcribe(self, call: FileCall, job: JobLog | None = None) -> Transcript:
+        """A whole (short) file, decoded as ``model.decoding`` says. ``job``: which job the
+        call is for, named in this replica's log lines about it."""
         with logcontext.about(job):
-            transcriber = await self._for(options)
-            with self._measured(transcriber.name, audio):
-                if not self._settings.whisper_cross_batch:
-                    result: Transcript = await self._infer(transcriber.transcribe, audio, options)
-                    return result
-                windows = await self._infer(transcriber.speech_windows, audio)
-                return await self._batched(transcriber, audio, windows, options)
+            transcriber = await self._for(call.options)
+            with self._measured(transcriber.name, call.audio):
+                result: Transcript = await self._infer(
+                    self._decoding.file, transcriber, call, asynchronous=True
+                )
+                return result
 
     async def transcribe_stream(
-        self, audio: AudioArray, options: TranscribeOptions, job: JobLog | None = None
+        self, call: FileCall, job: JobLog | None = None
     ) -> AsyncIterator[Segment | Transcript]:
         """Like transcribe, yielding each segment as it is decoded and the transcript last."""
         with logcontext.about(job):
-            transcriber = await self._for(options)
-            items = transcriber.stream(audio, options)
-            with self._measured(transcriber.name, audio):
+            transcriber = await self._for(call.options)
+            items = transcriber.stream(call.audio, call.options)
+            with self._measured(transcriber.name, call.audio):
                 while (item := await self._infer(next, items, None)) is not None:
                     yield item
 
-    async def transcribe_unit(
-        self,
-        audio: AudioArray,
-        windows: list[Window],
-        options: TranscribeOptions,
-        label: str = "a unit",
-        job: JobLog | None = None,
-    ) -> Transcript:
-        """One work unit of a long file: its speech windows decoded in batches. ``label``
-        names the part in the log line, which says what this replica decoded and how fast."""
+    async def transcribe_unit(self, call: UnitCall, job: JobLog | None = None) -> Transcript:
+        """One work unit of a long file: its speech windows decoded in batches. The log line
+        names the part (``call.label``) and says what this replica decoded and how fast."""
         with logcontext.about(job):
-            transcriber = await self._for(options)
-            started = time.monotonic()
-            if self._settings.whisper_cross_batch:
-                with self._measured(transcriber.name, audio):
-                    result = await self._batched(transcriber, audio, windows, options)
-            else:
-                lane = await self._unit_lanes.get()
-                try:
-                    started = time.monotonic()
-                    with self._measured(transcriber.name, audio):
-                        result = await self._infer(
-                            transcriber.transcribe_windows, audio, windows, options, lane
-                        )
-                finally:
-                    self._unit_lanes.put_nowait(lane)
+            transcriber = await self._for(call.options)
+            async with self._decoding.unit_lane() as lane:
+                started = time.monotonic()  # the wait for a lane is not decoding time
+                with self._measured(transcriber.name, call.audio):
+                    result: Transcript = await self._infer(
+                        self._decoding.unit, transcriber, call, lane, asynchronous=True
+                    )
             logger.info(
                 "Decoded %s: %.1f s of audio in %d windows, %.1f s",
-                label,
-                self._seconds(audio),
-                len(windows),
+                call.label,
+                self._seconds(call.audio),
+                len(call.windows),
                 time.monotonic() - started,
             )
             return result
-
-    async def _batched(
-        self,
-        transcriber: Transcriber,
-        audio: AudioArray,
-        windows: list[Window],
-        options: TranscribeOptions,
-    ) -> Transcript:
-        result: Transcript = await self._infer(
-            transcriber.transcribe_batched, audio, windows, options, asynchronous=True
-        )
-        return result
 
     def _seconds(self, audio: AudioArray) -> float:
         return len(audio) / self._settings.audio_sample_rate

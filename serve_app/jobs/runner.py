@@ -32,8 +32,8 @@ from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
 from serve_app.media import spool
 from serve_app.schemas import FINISHED, Job, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
-from serve_app.transcription.fanout import Span
 from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
+from serve_app.transcription.port import Span
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

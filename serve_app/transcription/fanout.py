@@ -1,41 +1,23 @@
 """Long audio across replicas: plan work units, detect the language once, transcribe units in
 parallel (each one's windows batched inside its replica), retry failed units, merge in order.
 
-The model calls are passed in, so this is plain asyncio and runs without Ray."""
+The model is passed in (``transcription.port``), so this is plain asyncio and runs without Ray."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.media.audio import AudioArray
-from serve_app.model.chunking import ChunkingOptions, Window, WorkUnit, plan
+from serve_app.model.calls import UnitCall
+from serve_app.model.chunking import ChunkingOptions, WorkUnit, plan
 from serve_app.model.segments import shifted
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
+from serve_app.transcription.port import Checkpoint, ProgressFn, SegmentsFn, UnitModel
 
 logger = logging.getLogger(__name__)
-
-# (unit audio, its speech windows, options, a label naming the part for the model's logs)
-UnitFn = Callable[[AudioArray, list[Window], TranscribeOptions, str], Awaitable[Transcript]]
-DetectFn = Callable[[AudioArray], Awaitable[tuple[str, float]]]
-ProgressFn = Callable[[float, float], None]
-# Segments with absolute timestamps, in order, as soon as every earlier part is done too.
-SegmentsFn = Callable[[list[Segment]], None]
-
-
-Span = tuple[int, int]  # a unit's (start, end) in samples: the same plan gives the same spans
-
-
-class Checkpoint(Protocol):
-    """Where finished units are kept between attempts of one job (the job store)."""
-
-    async def load(self) -> dict[Span, Transcript]: ...
-
-    async def save(self, span: Span, transcript: Transcript) -> None: ...
 
 
 class UnitFailedError(ServiceError):
@@ -48,8 +30,7 @@ class UnitFailedError(ServiceError):
 
 @dataclass(frozen=True)
 class FanOut:
-    transcribe_unit: UnitFn
-    detect_language: DetectFn
+    model: UnitModel
     options: ChunkingOptions
     sample_rate: int = 16000
     attempts: int = 3
@@ -74,7 +55,9 @@ class FanOut:
         language, probability = options.language, 1.0
         if language is None:
             first = units[0].windows[0]
-            language, probability = await self.detect_language(audio[first.start : first.end])
+            language, probability = await self.model.detect_language(
+                audio[first.start : first.end], options.model
+            )
         fixed = options.model_copy(update={"language": language})
         planned = sum(unit.end - unit.start for unit in units)
         earlier = await checkpoint.load() if checkpoint is not None else {}
@@ -129,7 +112,7 @@ class FanOut:
         for attempt in range(1, self.attempts + 1):
             try:
                 part = audio[unit.start : unit.end]
-                return await self.transcribe_unit(part, windows, options, label)
+                return await self.model.transcribe_unit(UnitCall(part, windows, options, label))
             except ServiceError as exc:
                 # Busy (no replica at all, a limit): the caller is told to come back, as a
                 # whole; retrying a part at once would only hit the same wall.

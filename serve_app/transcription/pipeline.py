@@ -17,7 +17,7 @@ from serve_app.media.decoder import Sandbox, bundled_ffmpeg
 from serve_app.media.paths import resolve_audio_path
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from serve_app.transcription.fanout import Checkpoint, ProgressFn, SegmentsFn
+from serve_app.transcription.port import Checkpoint, ProgressFn, SegmentsFn
 
 TranscribeFn = Callable[[AudioArray, TranscribeOptions], Awaitable[Transcript]]
 

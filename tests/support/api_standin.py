@@ -16,8 +16,8 @@ from serve_app.capacity.backlog import Backlog
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import BacklogStore, JobStore, open_engine
-from serve_app.transcription.fanout import SegmentsFn
 from serve_app.transcription.pipeline import admission_for
+from serve_app.transcription.port import SegmentsFn
 
 KEY_A, KEY_B, KEY_C, ADMIN = "key-a", "key-b", "key-c", "admin-key"
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from serve_app.jobs.runner import JobRunner, RunPolicy
+from serve_app.model.calls import UnitCall
 from serve_app.model.chunking import ChunkingOptions
 from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import QueuedTranscriptionRequest, Transcript
@@ -49,14 +50,17 @@ def real(root: Path) -> TranscribePathFn:
     slots = asyncio.Semaphore(2)
     admission = admission_for(settings, None)
 
-    async def unit(part, windows, options, label):  # type: ignore[no-untyped-def]
-        async with slots:
-            return await asyncio.to_thread(tiny.transcribe_windows, part, windows, options)
+    class Tiny:  # the model port, in this process
+        async def transcribe_unit(self, call: UnitCall) -> Transcript:
+            async with slots:
+                return await asyncio.to_thread(
+                    tiny.transcribe_windows, call.audio, call.windows, call.options
+                )
 
-    async def detect(part):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(tiny.detect_language, part)
+        async def detect_language(self, part, model):  # type: ignore[no-untyped-def]
+            return await asyncio.to_thread(tiny.detect_language, part)
 
-    fan_out = FanOut(unit, detect, ChunkingOptions(unit_s=30, min_fanout_s=60))
+    fan_out = FanOut(Tiny(), ChunkingOptions(unit_s=30, min_fanout_s=60))
 
     async def transcribe(request: FileRequest) -> Transcript:
         async def model(samples, opts):  # type: ignore[no-untyped-def]

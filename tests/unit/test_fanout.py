@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
 from serve_app.media import audio
+from serve_app.model.calls import UnitCall
 from serve_app.model.chunking import ChunkingOptions, SampleWindow, Window, WorkUnit, plan
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from serve_app.transcription.fanout import FanOut, UnitFailedError, merge
@@ -69,6 +72,20 @@ def long_audio(speech_dir: Path) -> np.ndarray:
         return audio.decode(f, audio.AudioLimits(1 << 30, 3600)).samples
 
 
+@dataclass(frozen=True)
+class Port:
+    """The fan-out's model port over a unit function and a language function."""
+
+    unit: Callable[..., Awaitable[Transcript]]
+    detect: Callable[[np.ndarray], Awaitable[tuple[str, float]]]
+
+    async def transcribe_unit(self, call: UnitCall) -> Transcript:
+        return await self.unit(call.audio, call.windows, call.options, call.label)
+
+    async def detect_language(self, audio: np.ndarray, model: str | None) -> tuple[str, float]:
+        return await self.detect(audio)
+
+
 class StandIn:
     """Records calls; answers each unit with one segment per window."""
 
@@ -108,7 +125,7 @@ class StandIn:
 async def test_units_run_in_parallel_and_merge_in_order(long_audio: np.ndarray) -> None:
     stand_in = StandIn()
     progress: list[tuple[float, float]] = []
-    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(unit_s=60), SR)
+    fan_out = FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(unit_s=60), SR)
     result = await fan_out.transcribe(
         long_audio, TranscribeOptions(), lambda done, total: progress.append((done, total))
     )
@@ -131,25 +148,27 @@ async def test_units_run_in_parallel_and_merge_in_order(long_audio: np.ndarray) 
 
 async def test_a_fixed_language_skips_detection(long_audio: np.ndarray) -> None:
     stand_in = StandIn()
-    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR)
+    fan_out = FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR)
     await fan_out.transcribe(long_audio, TranscribeOptions(language="en"))
     assert stand_in.detected == []
 
 
 async def test_a_failed_unit_is_retried(long_audio: np.ndarray) -> None:
     probe = StandIn()
-    fan_out = FanOut(probe.unit, probe.detect, ChunkingOptions(), SR)
+    fan_out = FanOut(Port(probe.unit, probe.detect), ChunkingOptions(), SR)
     await fan_out.transcribe(long_audio, TranscribeOptions())
     second_len = probe.calls[1]
     stand_in = StandIn(fail={second_len: [InferenceError("replica died")]})
-    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR, retry_backoff_s=0.01)
+    fan_out = FanOut(
+        Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR, retry_backoff_s=0.01
+    )
     result = await fan_out.transcribe(long_audio, TranscribeOptions())
     assert stand_in.calls.count(second_len) == 2 and result.segments
 
 
 async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarray) -> None:
     probe = StandIn()
-    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+    await FanOut(Port(probe.unit, probe.detect), ChunkingOptions(), SR).transcribe(
         long_audio, TranscribeOptions()
     )
     second_len = probe.calls[1]
@@ -160,20 +179,23 @@ async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarra
         r"after 3 attempts: boom$",
     ) as info:
         await FanOut(
-            stand_in.unit, stand_in.detect, ChunkingOptions(), SR, retry_backoff_s=0.01
+            Port(stand_in.unit, stand_in.detect),
+            ChunkingOptions(),
+            SR,
+            retry_backoff_s=0.01,
         ).transcribe(long_audio, TranscribeOptions())
     assert info.value.retryable
 
 
 async def test_no_replica_anywhere_fails_the_file_at_once(long_audio: np.ndarray) -> None:
     probe = StandIn()
-    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+    await FanOut(Port(probe.unit, probe.detect), ChunkingOptions(), SR).transcribe(
         long_audio, TranscribeOptions()
     )
     first_len = probe.calls[0]
     stand_in = StandIn(fail={first_len: [NoReplicaError("none running", retry_after_s=15)]})
     with pytest.raises(NoReplicaError):  # the caller comes back later, as the error says
-        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+        await FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR).transcribe(
             long_audio, TranscribeOptions()
         )
     assert stand_in.calls.count(first_len) == 1
@@ -181,13 +203,13 @@ async def test_no_replica_anywhere_fails_the_file_at_once(long_audio: np.ndarray
 
 async def test_deterministic_errors_are_not_retried(long_audio: np.ndarray) -> None:
     probe = StandIn()
-    await FanOut(probe.unit, probe.detect, ChunkingOptions(), SR).transcribe(
+    await FanOut(Port(probe.unit, probe.detect), ChunkingOptions(), SR).transcribe(
         long_audio, TranscribeOptions()
     )
     first_len = probe.calls[0]
     stand_in = StandIn(fail={first_len: [InvalidOptionError("bad")]})
     with pytest.raises(InvalidOptionError):
-        await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+        await FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR).transcribe(
             long_audio, TranscribeOptions()
         )
     assert stand_in.calls.count(first_len) == 1
@@ -195,7 +217,7 @@ async def test_deterministic_errors_are_not_retried(long_audio: np.ndarray) -> N
 
 async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.ndarray) -> None:
     probe = StandIn()
-    await FanOut(probe.unit, probe.detect, ChunkingOptions(unit_s=60), SR).transcribe(
+    await FanOut(Port(probe.unit, probe.detect), ChunkingOptions(unit_s=60), SR).transcribe(
         long_audio, TranscribeOptions()
     )
     first_len = probe.calls[0]
@@ -213,7 +235,7 @@ async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.nd
             raise
         raise AssertionError("a sibling of a failed part ran to its end")
 
-    fan_out = FanOut(unit, probe.detect, ChunkingOptions(unit_s=60), SR)
+    fan_out = FanOut(Port(unit, probe.detect), ChunkingOptions(unit_s=60), SR)
     with pytest.raises(InvalidOptionError):
         await asyncio.wait_for(fan_out.transcribe(long_audio, TranscribeOptions()), 10)
     assert len(cancelled) == len(probe.calls) - 1
@@ -221,7 +243,7 @@ async def test_a_part_that_fails_for_good_cancels_its_siblings(long_audio: np.nd
 
 async def test_silence_gives_an_empty_transcript() -> None:
     stand_in = StandIn()
-    result = await FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(), SR).transcribe(
+    result = await FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR).transcribe(
         np.zeros(SR * 90, dtype=np.float32), TranscribeOptions(model="tiny.en")
     )
     assert result.text == "" and result.segments == [] and result.duration == 90
@@ -249,7 +271,7 @@ async def test_segments_are_handed_out_in_order_as_soon_as_possible(
     stand_in = LastFirst()
     batches: list[list[Segment]] = []
     finished_units: list[int] = []
-    fan_out = FanOut(stand_in.unit, stand_in.detect, ChunkingOptions(unit_s=60), SR)
+    fan_out = FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(unit_s=60), SR)
     result = await fan_out.transcribe(
         long_audio,
         TranscribeOptions(),
@@ -280,7 +302,7 @@ class MemoryCheckpoint:
 async def test_a_retry_redoes_only_the_units_not_checkpointed(long_audio: np.ndarray) -> None:
     checkpoint = MemoryCheckpoint()
     first = StandIn()
-    fan_out = FanOut(first.unit, first.detect, ChunkingOptions(unit_s=60), SR, attempts=1)
+    fan_out = FanOut(Port(first.unit, first.detect), ChunkingOptions(unit_s=60), SR, attempts=1)
     whole = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
     spans = sorted(checkpoint.units)
     assert len(spans) == len(first.calls) >= 4
@@ -288,7 +310,12 @@ async def test_a_retry_redoes_only_the_units_not_checkpointed(long_audio: np.nda
     kept = spans[: len(spans) * 6 // 10]
     checkpoint.units = {span: checkpoint.units[span] for span in kept}
     second = StandIn()
-    fan_out = FanOut(second.unit, second.detect, ChunkingOptions(unit_s=60), SR, attempts=1)
+    fan_out = FanOut(
+        Port(second.unit, second.detect),
+        ChunkingOptions(unit_s=60),
+        SR,
+        attempts=1,
+    )
     resumed = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
     redone = sorted(second.calls)
     assert redone == sorted(end - start for start, end in spans[len(kept) :])
