@@ -29,11 +29,10 @@ from serve_app.errors import (
     InvalidOptionError,
     JobNotReadyError,
     PathNotAllowedError,
-    QueueUnavailableError,
-    QuotaExceededError,
     RequestTooLargeError,
     UnsupportedFormatError,
 )
+from serve_app.jobs import service as job_service
 from serve_app.jobs import webhooks
 from serve_app.media import spool
 from serve_app.media.audio import AudioLimits
@@ -54,7 +53,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 EVENT_POLL_S = 0.25
 MAX_JSON_BODY_BYTES = 16 * 1024
-QUOTA_RETRY_S = 30
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -115,7 +113,8 @@ async def submit_job(
     size = None
     if upload is not None:
         suffix, size = await check_upload(upload, limits)
-    await _check_quota(backend, viewer, size or 0)
+    quota = job_service.Quota(settings.max_queued_jobs_per_key, settings.max_spooled_mb_per_key)
+    await job_service.check_quota(backend.store, viewer.owner, size or 0, quota)
     if upload is not None:
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
         filename, spooled = upload.filename, True
@@ -135,17 +134,9 @@ async def submit_job(
         owner=viewer.owner,
         audio_bytes=size,
     )
-    job, created = await asyncio.to_thread(backend.store.create, new)
+    job, created = await job_service.submit(backend.store, new, backend.submit, settings.spool)
     if not created:  # the same key won a race with this request
-        await _drop_spooled(path, spooled, settings.spool)
         return _job_response(job, 200)
-    try:
-        await backend.submit(job.id)
-    except QueueUnavailableError:
-        # Nothing was accepted: forget the job so that the client's retry starts clean.
-        await asyncio.to_thread(backend.store.delete, job.id)
-        await _drop_spooled(path, spooled, settings.spool)
-        raise
     [job] = await _estimated(backend, [job])
     return _job_response(job, 202)
 
@@ -189,10 +180,7 @@ async def get_result(
 
 @router.delete("/{job_id}", response_model=Job)
 async def cancel_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> Job:
-    job = await asyncio.to_thread(backend.store.cancel, job_id, viewer)
-    if job.spooled:  # a running job has its samples decoded already
-        await asyncio.to_thread(spool.remove, job.audio_path, backend.settings.spool)
-    return job
+    return await job_service.cancel(backend.store, job_id, viewer, backend.settings.spool)
 
 
 async def _existing_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> str:
@@ -277,28 +265,6 @@ async def _small_body(request: Request) -> bytes:
 def scoped_idempotency_key(owner: str | None, key: str) -> str:
     """Client keys live in their owner's namespace, apart from the internal ``amqp:`` keys."""
     return f"http:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
-async def _check_quota(backend: BackendDep, viewer: Viewer, new_bytes: int) -> None:
-    settings = backend.settings
-    jobs, spooled = await asyncio.to_thread(backend.store.usage, viewer.owner)
-    if jobs >= settings.max_queued_jobs_per_key:
-        raise QuotaExceededError(
-            f"This API key has {jobs} unfinished jobs, the most it may have; "
-            "wait for some to finish",
-            QUOTA_RETRY_S,
-        )
-    if spooled + new_bytes > settings.max_spooled_mb_per_key * 1024 * 1024:
-        raise QuotaExceededError(
-            f"This API key's unfinished jobs hold {spooled / 1048576:.0f} MB of uploads; "
-            f"the limit is {settings.max_spooled_mb_per_key:.0f} MB",
-            QUOTA_RETRY_S,
-        )
-
-
-async def _drop_spooled(path: Path, spooled: bool, spool_dir: Path) -> None:
-    if spooled:
-        await asyncio.to_thread(spool.remove, path, spool_dir)
 
 
 def _own_path(raw: str, keys: KeyRing, viewer: Viewer, limits: AudioLimits) -> Path:

@@ -1,32 +1,102 @@
-"""The narrow door the queue side (``ingest``) is handed: admit a Whisper-Local job, run any
-job through the one runner, and record what left on the broker. Everything behind it (job
-state, claims, the ledger of published results, the outbox) stays in ``serve_app.store``."""
+"""The job use cases, whichever edge they come from.
+
+- HTTP (``serve_app.api.jobs``): an owner's quota, submit (recorded, then queued; forgotten
+  with its upload if it could not be queued) and cancel (its upload removed).
+- The queue side (``ingest``), through ``JobService``: admit a Whisper-Local job, run any job
+  through the one runner, and record what left on the broker.
+
+Everything behind them (job state, claims, the ledger of published results, the outbox) stays
+in ``serve_app.store``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.exc import DataError, IntegrityError
 
-from serve_app.errors import MalformedRequestError
+from serve_app.errors import MalformedRequestError, QueueUnavailableError, QuotaExceededError
 from serve_app.jobs.runner import Deliver, JobRunner
 from serve_app.jobs.running import Outcome
+from serve_app.media import spool
 from serve_app.model_options import normalize_language
 from serve_app.schemas import (
+    Job,
     QueuedTranscriptionRequest,
     QueuedTranscriptionResult,
     TranscribeOptions,
 )
 from serve_app.store import JobStore, Outbox, ResultLedger
-from serve_app.store.jobs import NewJob
+from serve_app.store.jobs import NewJob, Viewer
 
 logger = logging.getLogger(__name__)
 
 # Recording a published result is retried briefly: each miss is a result a later duplicate
 # delivery could publish again (with the same message id, so consumers can still tell).
 _RECORD_TRIES = 3
+QUOTA_RETRY_S = 30
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one owner's unfinished jobs may hold (MAX_QUEUED_JOBS_PER_KEY,
+    MAX_SPOOLED_MB_PER_KEY)."""
+
+    max_jobs: int
+    max_spooled_mb: float
+
+
+async def check_quota(store: JobStore, owner: str | None, new_bytes: int, quota: Quota) -> None:
+    jobs, spooled = await asyncio.to_thread(store.usage, owner)
+    if jobs >= quota.max_jobs:
+        raise QuotaExceededError(
+            f"This API key has {jobs} unfinished jobs, the most it may have; "
+            "wait for some to finish",
+            QUOTA_RETRY_S,
+        )
+    if spooled + new_bytes > quota.max_spooled_mb * 1024 * 1024:
+        raise QuotaExceededError(
+            f"This API key's unfinished jobs hold {spooled / 1048576:.0f} MB of uploads; "
+            f"the limit is {quota.max_spooled_mb:.0f} MB",
+            QUOTA_RETRY_S,
+        )
+
+
+async def submit(
+    store: JobStore, new: NewJob, enqueue: Callable[[str], Awaitable[None]], spool_dir: Path
+) -> tuple[Job, bool]:
+    """The job recorded, then queued: (job, True). The same idempotency key's job if another
+    request won the race to record it: (that job, False), this one's upload dropped. If it
+    cannot be queued nothing was accepted: the job is forgotten and its upload dropped, so the
+    client's retry starts clean."""
+    job, created = await asyncio.to_thread(store.create, new)
+    if not created:
+        await _drop_upload(new, spool_dir)
+        return job, False
+    try:
+        await enqueue(job.id)
+    except QueueUnavailableError:
+        await asyncio.to_thread(store.delete, job.id)
+        await _drop_upload(new, spool_dir)
+        raise
+    return job, True
+
+
+async def cancel(store: JobStore, job_id: str, viewer: Viewer, spool_dir: Path) -> Job:
+    """Cancelled (a running job stops at its next check); its upload goes at once, since a
+    running job has its samples decoded already."""
+    job = await asyncio.to_thread(store.cancel, job_id, viewer)
+    if job.spooled:
+        await asyncio.to_thread(spool.remove, job.audio_path, spool_dir)
+    return job
+
+
+async def _drop_upload(new: NewJob, spool_dir: Path) -> None:
+    if new.spooled:
+        await asyncio.to_thread(spool.remove, new.audio_path, spool_dir)
 
 
 @dataclass
