@@ -154,7 +154,7 @@ class IngestConsumer:
         outcome, reason = await self._jobs.run(
             job_id,
             attempt,
-            final=attempt >= c.MAX_RETRIES,
+            final=c.JOB_RETRIES.is_final(attempt + 1),
             deliver=deliver,
             redelivered=bool(message.redelivered),
         )
@@ -198,7 +198,10 @@ class IngestConsumer:
             await self.transport.park(message, str(exc))
             return
         outcome, reason = await self._jobs.run(
-            job_id, attempt, final=attempt >= c.MAX_RETRIES, redelivered=bool(message.redelivered)
+            job_id,
+            attempt,
+            final=c.JOB_RETRIES.is_final(attempt + 1),
+            redelivered=bool(message.redelivered),
         )
         if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
             self.status.results += outcome is not Outcome.SKIPPED
@@ -215,7 +218,11 @@ class IngestConsumer:
             logger.info("Job %s waits for room (%s); it comes again uncounted", job, reason)
             return
         logger.warning(
-            "Job %s failed (%s); retry %d of %d", job, reason, attempt + 1, c.MAX_RETRIES
+            "Job %s failed (%s); retry %d of %d",
+            job,
+            reason,
+            attempt + 1,
+            c.JOB_RETRIES.attempts - 1,
         )
         self.status.retries += 1
         metrics.inc("whisper_job_retries_total", source=source)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serve_app.errors import MalformedRequestError
+from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import (
     QueuedTranscriptionRequest,
     QueuedTranscriptionResult,
@@ -40,6 +41,8 @@ RETRY_QUEUE_ARGUMENTS: dict[str, Any] = {
 # Messages nobody can be answered for (not JSON, no attachment_id) are parked here.
 REJECTED_QUEUE = "whisper_rejected"
 MAX_RETRIES = 2  # 3 attempts in all
+# A job's tries (a request's or an HTTP job's), each after the retry queue's TTL.
+JOB_RETRIES = RetryPolicy(MAX_RETRIES + 1, RETRY_TTL_MS / 1000, Growth.FIXED)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RETRY_HEADER = "x-retry-count"
 REJECT_REASON_HEADER = "x-reject-reason"

@@ -16,6 +16,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from serve_app.errors import SettingsError
 from serve_app.model.chunking import ChunkingOptions
+from serve_app.retry import Growth, RetryPolicy
 
 ComputeType = Literal[
     "default",
@@ -240,6 +241,10 @@ class Settings(BaseSettings):
             min_fanout_s=self.fanout_min_sec,
             vad_min_silence_ms=self.chunk_min_silence_ms,
         )
+
+    @property
+    def webhook_retries(self) -> RetryPolicy:
+        return RetryPolicy(self.webhook_max_attempts, self.webhook_backoff_sec, Growth.EXPONENTIAL)
 
     @property
     def served_models(self) -> list[str]:

@@ -132,8 +132,9 @@ class Housekeeper:
         )
         count = len(job.webhook.attempts) + 1
         retry_in = None
-        if not delivered and count < self._settings.webhook_max_attempts:
-            retry_in = webhooks.retry_delay(count, self._settings.webhook_backoff_sec)
+        retries = self._settings.webhook_retries
+        if not delivered and not retries.is_final(count):
+            retry_in = timedelta(seconds=retries.delay_s(count))
         outcome = "delivered" if delivered else "retry" if retry_in is not None else "failed"
         metrics.inc("whisper_webhook_deliveries_total", outcome=outcome)
         if not delivered:

@@ -23,6 +23,7 @@ from serve_app.jobs.runner import Deliver, JobRunner
 from serve_app.jobs.running import Outcome
 from serve_app.media import spool
 from serve_app.model_options import normalize_language
+from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import (
     Job,
     QueuedTranscriptionRequest,
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Recording a published result is retried briefly: each miss is a result a later duplicate
 # delivery could publish again (with the same message id, so consumers can still tell).
-_RECORD_TRIES = 3
+RECORD_RETRIES = RetryPolicy(attempts=3, backoff_s=0.5, growth=Growth.LINEAR)
 QUOTA_RETRY_S = 30
 
 
@@ -150,7 +151,7 @@ class JobService:
         return await self.runner.run(job_id, attempt, final, deliver, redelivered)
 
     async def answered(self, key: str, result: QueuedTranscriptionResult, message_id: str) -> None:
-        for attempt in range(1, _RECORD_TRIES + 1):
+        for attempt in range(1, RECORD_RETRIES.attempts + 1):
             try:
                 await asyncio.to_thread(
                     self.ledger.record, key, result.attachment_id, message_id, result.success
@@ -163,10 +164,10 @@ class JobService:
                     "Could not record the published result of %s (try %d of %d)",
                     result.attachment_id,
                     attempt,
-                    _RECORD_TRIES,
+                    RECORD_RETRIES.attempts,
                 )
-                if attempt < _RECORD_TRIES:
-                    await asyncio.sleep(0.5 * attempt)
+                if not RECORD_RETRIES.is_final(attempt):
+                    await asyncio.sleep(RECORD_RETRIES.delay_s(attempt))
 
     async def enqueued(self, job_id: str) -> None:
         try:

@@ -21,7 +21,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 
@@ -211,11 +211,6 @@ def verify(
     if abs(time.time() - stamp) > tolerance_s:
         return False
     return hmac.compare_digest(sign(secret, stamp, body), signature)
-
-
-def retry_delay(attempt: int, base_s: float) -> timedelta:
-    """Exponential backoff after the given (1-based) failed attempt."""
-    return timedelta(seconds=base_s * 2 ** (attempt - 1))
 
 
 # --- delivery --------------------------------------------------------------------------------

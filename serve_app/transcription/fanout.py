@@ -14,10 +14,13 @@ from serve_app.media.audio import AudioArray
 from serve_app.model.calls import UnitCall
 from serve_app.model.chunking import ChunkingOptions, WorkUnit, plan
 from serve_app.model.segments import shifted
+from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import Segment, TranscribeOptions, Transcript
 from serve_app.transcription.port import Checkpoint, ProgressFn, SegmentsFn, UnitModel
 
 logger = logging.getLogger(__name__)
+
+PART_RETRIES = RetryPolicy(attempts=3, backoff_s=1.0, growth=Growth.LINEAR)
 
 
 class UnitFailedError(ServiceError):
@@ -33,10 +36,9 @@ class FanOut:
     model: UnitModel
     options: ChunkingOptions
     sample_rate: int = 16000
-    attempts: int = 3
     # A replica that died is replaced in seconds: retrying at once could spend every attempt
-    # of a part before Serve has a replica to send it to. Waits 1x, 2x, ... this long.
-    retry_backoff_s: float = 1.0
+    # of a part before Serve has a replica to send it to.
+    retries: RetryPolicy = PART_RETRIES
 
     async def transcribe(
         self,
@@ -109,7 +111,7 @@ class FanOut:
         windows = unit.relative_windows(self.sample_rate)
         label = describe(unit, total, self.sample_rate)
         error: ServiceError | None = None
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, self.retries.attempts + 1):
             try:
                 part = audio[unit.start : unit.end]
                 return await self.model.transcribe_unit(UnitCall(part, windows, options, label))
@@ -120,11 +122,12 @@ class FanOut:
                     raise
                 error = exc
                 logger.warning("Part %d failed (attempt %d): %s", unit.index + 1, attempt, exc)
-                if attempt < self.attempts:
-                    await asyncio.sleep(self.retry_backoff_s * attempt)
+                if not self.retries.is_final(attempt):
+                    await asyncio.sleep(self.retries.delay_s(attempt))
         assert error is not None
         raise UnitFailedError(
-            f"{label[0].upper()}{label[1:]} failed after {self.attempts} attempts: {error.message}",
+            f"{label[0].upper()}{label[1:]} failed after {self.retries.attempts} attempts: "
+            f"{error.message}",
             retryable=True,
         )
 

@@ -14,6 +14,7 @@ from serve_app.errors import InferenceError, InvalidOptionError, NoReplicaError
 from serve_app.media import audio
 from serve_app.model.calls import UnitCall
 from serve_app.model.chunking import ChunkingOptions, SampleWindow, Window, WorkUnit, plan
+from serve_app.retry import RetryPolicy
 from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from serve_app.transcription.fanout import FanOut, UnitFailedError, merge
 from tests.support import speech
@@ -160,7 +161,7 @@ async def test_a_failed_unit_is_retried(long_audio: np.ndarray) -> None:
     second_len = probe.calls[1]
     stand_in = StandIn(fail={second_len: [InferenceError("replica died")]})
     fan_out = FanOut(
-        Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR, retry_backoff_s=0.01
+        Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR, retries=RetryPolicy(3, 0.01)
     )
     result = await fan_out.transcribe(long_audio, TranscribeOptions())
     assert stand_in.calls.count(second_len) == 2 and result.segments
@@ -182,7 +183,7 @@ async def test_a_unit_failing_every_attempt_names_the_part(long_audio: np.ndarra
             Port(stand_in.unit, stand_in.detect),
             ChunkingOptions(),
             SR,
-            retry_backoff_s=0.01,
+            retries=RetryPolicy(3, 0.01),
         ).transcribe(long_audio, TranscribeOptions())
     assert info.value.retryable
 
@@ -302,7 +303,9 @@ class MemoryCheckpoint:
 async def test_a_retry_redoes_only_the_units_not_checkpointed(long_audio: np.ndarray) -> None:
     checkpoint = MemoryCheckpoint()
     first = StandIn()
-    fan_out = FanOut(Port(first.unit, first.detect), ChunkingOptions(unit_s=60), SR, attempts=1)
+    fan_out = FanOut(
+        Port(first.unit, first.detect), ChunkingOptions(unit_s=60), SR, retries=RetryPolicy(1, 1.0)
+    )
     whole = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
     spans = sorted(checkpoint.units)
     assert len(spans) == len(first.calls) >= 4
@@ -314,7 +317,7 @@ async def test_a_retry_redoes_only_the_units_not_checkpointed(long_audio: np.nda
         Port(second.unit, second.detect),
         ChunkingOptions(unit_s=60),
         SR,
-        attempts=1,
+        retries=RetryPolicy(1, 1.0),
     )
     resumed = await fan_out.transcribe(long_audio, TranscribeOptions(), checkpoint=checkpoint)
     redone = sorted(second.calls)

@@ -9,6 +9,7 @@ import pytest
 
 from serve_app.errors import InvalidOptionError
 from serve_app.jobs import webhooks
+from serve_app.settings import Settings
 
 
 def test_signature_covers_timestamp_and_body() -> None:
@@ -28,7 +29,8 @@ def test_stale_timestamps_are_refused() -> None:
 
 
 def test_backoff_doubles() -> None:
-    delays = [webhooks.retry_delay(n, 2).total_seconds() for n in (1, 2, 3, 4)]
+    retries = Settings(webhook_backoff_sec=2).webhook_retries
+    delays = [retries.delay_s(n) for n in (1, 2, 3, 4)]
     assert delays == [2, 4, 8, 16]
 
 
