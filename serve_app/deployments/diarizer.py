@@ -27,7 +27,6 @@ logger = logging.getLogger("ray.serve")
 # replica on it) and how many calls may queue for it (DIARIZE_MAX_QUEUED).
 @serve.deployment(
     name="Diarizer",
-    ray_actor_options={"num_cpus": 1},
     max_ongoing_requests=2,
     graceful_shutdown_timeout_s=300,
     autoscaling_config={

@@ -44,11 +44,12 @@ from serve_app.transcription.service import TranscriptionService
 logger = logging.getLogger("ray.serve")
 
 
+# Options the same in every installation; the YAML files size the rest, its shutdown grace
+# included (longer on a cluster, whose slowest pool takes longer over a unit).
 @serve.deployment(
     name="Ingest",
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=16,
-    graceful_shutdown_timeout_s=120,
 )
 class Ingest:
     # Serve awaits async constructors; the consumer task needs the replica's event loop.

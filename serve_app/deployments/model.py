@@ -32,10 +32,12 @@ logger = logging.getLogger("ray.serve")
 _UNHEALTHY_AFTER_FAILURES = 3
 
 
+# One class for every pool (app.py names each): what a pool reserves on its nodes, the
+# requests a replica takes and its autoscaling are sized in the YAML files per installation.
 @serve.deployment(
     name="TranscriberCPU",
-    ray_actor_options={"num_cpus": 1},
-    max_ongoing_requests=4,
+    # Far above the longest unit of work (a 240 s unit took 14-27 s on 2 cores with base):
+    # a replica being scaled down finishes what it holds.
     graceful_shutdown_timeout_s=300,
 )
 class TranscriberDeployment:

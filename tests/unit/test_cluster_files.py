@@ -21,6 +21,9 @@ from ray.autoscaler._private.util import validate_config
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import AppArgs
+from serve_app.deployments.gateway import Gateway
+from serve_app.deployments.ingest import Ingest
+from serve_app.deployments.model import TranscriberDeployment
 from serve_app.metrics import CATALOG
 from tests.support import dashboard
 
@@ -60,13 +63,17 @@ def test_cluster_serve_config_places_pools_by_node_resource() -> None:
     gpu_env = gpu["ray_actor_options"]["runtime_env"]["env_vars"]
     assert gpu_env["WHISPER_DEVICE"] == "cuda" and gpu_env["WHISPER_COMPUTE_TYPE"] == "float16"
     assert gpu["autoscaling_config"]["min_replicas"] == 0  # scale to zero
-    for light in ("Gateway", "Ingest"):
-        options = deployments[light]["ray_actor_options"]
-        assert options == {"num_cpus": 0}, f"{light} must fit on any node"
+    for light in (Gateway, Ingest):  # the classes' options stand: the YAML sets none
+        assert "ray_actor_options" not in deployments[light.name]
+        assert light.ray_actor_options == {"num_cpus": 0}, f"{light.name} must fit on any node"
     # Longer than the longest work unit on the slowest pool (a 240 s unit: 14-27 s on two
     # cores with base), so a downscale lets it finish.
     for pool in (cpu, gpu):
-        assert pool["graceful_shutdown_timeout_s"] >= 240
+        grace = pool.get(
+            "graceful_shutdown_timeout_s",
+            TranscriberDeployment._deployment_config.graceful_shutdown_timeout_s,
+        )
+        assert grace >= 240
 
 
 def test_launcher_config_is_valid_for_rays_autoscaler() -> None:
