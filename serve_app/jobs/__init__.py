@@ -1,3 +1,3 @@
-"""Jobs, whichever lane brought them: the one runner (claim, run, record, hand on) with its
-leases, the service the queue side is handed, and the background work (webhooks, outbox,
-retention) of the queue side."""
+"""Jobs, whichever lane brought them: their use cases (``service``: submit, cancel, quota;
+admit and run), the one runner (claim, run, record, hand on) with its leases, and the queue
+side's background work (webhooks, outbox, retention)."""

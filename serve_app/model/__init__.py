@@ -1,2 +1,3 @@
-"""The model replica's work: weights found offline, the Whisper engine, decoding windows batched
-across requests (packed, clipped, checked for quality), sentence segments, and chunk planning."""
+"""The model replica's work: what it is asked (``calls``), weights found offline, the Whisper
+engine, how it decodes (``decoding``: batched across requests, packed, clipped, checked for
+quality, or each request by itself), sentence segments, and chunk planning."""
