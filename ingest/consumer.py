@@ -72,6 +72,21 @@ class IngestConsumer:
     async def stop(self) -> None:
         await self.transport.stop()
 
+    async def watch_queues(self, every_s: float) -> None:
+        """Read each lane's depth on the broker every ``every_s`` into the status and the
+        metrics, for as long as the replica runs."""
+        failing = False
+        while True:
+            if self.status.connected:
+                try:
+                    await asyncio.wait_for(self.transport.queue_depths(), every_s)
+                    failing = False
+                except Exception as exc:  # the broker went away mid-read: next time
+                    if not failing:
+                        logger.warning("Could not read the queues' depths: %r", exc)
+                    failing = True
+            await asyncio.sleep(every_s)
+
     def _lanes(self, _: topology.Topology) -> dict[str, Handler]:
         lanes: dict[str, Handler] = {"requests": self._on_request}
         if self._http_jobs:

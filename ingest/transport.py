@@ -25,6 +25,7 @@ from aio_pika.abc import (
 
 from ingest import contract as c
 from ingest import topology
+from ingest.depth import QueueDepth, read_depths
 from serve_app import metrics
 
 logger = logging.getLogger(__name__)
@@ -45,10 +46,13 @@ class ConsumerStatus:
     consuming: bool = False
     last_error: str | None = None
     in_flight: int = 0
+    in_flight_by_lane: dict[str, int] = field(default_factory=dict)
     results: int = 0
     retries: int = 0
     parked: int = 0
     since: float = field(default_factory=time.time)
+    # Each lane's depth on the broker when last read: {"requests": {"waiting": n, ...}}.
+    queues: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -129,7 +133,7 @@ class AmqpTransport:
         self._consumed = []
         for name, handler in lanes(incoming).items():
             queue: AbstractQueue = getattr(incoming, name)
-            tag = await queue.consume(self._settling(handler))
+            tag = await queue.consume(self._settling(name, handler))
             self._consumed.append((queue, tag))
         self.status.connected = self.status.consuming = True
         self.status.last_error = None
@@ -161,6 +165,23 @@ class AmqpTransport:
         self.status.connected = True
         self.status.last_error = None
 
+    async def queue_depths(self) -> dict[str, QueueDepth]:
+        """Each lane's depth on the broker now (``ingest.depth``); PublishError when not
+        connected."""
+        connection = self._connection
+        if connection is None or not self.status.connected:
+            raise PublishError(self.status.last_error or "not connected to RabbitMQ")
+        depths = await read_depths(connection)
+        self.status.queues = {
+            lane: {"waiting": d.waiting, "retrying": d.retrying} for lane, d in depths.items()
+        }
+        for lane, depth in depths.items():
+            metrics.set_gauge("whisper_amqp_queue_depth", depth.waiting, lane=lane, state="waiting")
+            metrics.set_gauge(
+                "whisper_amqp_queue_depth", depth.retrying, lane=lane, state="retrying"
+            )
+        return depths
+
     async def stop(self) -> None:
         """Stop taking messages, let in-flight jobs finish within the grace period, then hand the
         rest back to the broker (nack with requeue). Never acks an unanswered job."""
@@ -190,17 +211,18 @@ class AmqpTransport:
 
     # --- settling -------------------------------------------------------------------------------
 
-    def _settling(self, handler: Handler) -> Handler:
+    def _settling(self, lane: str, handler: Handler) -> Handler:
         async def settle(message: AbstractIncomingMessage) -> None:
-            await self._settle(message, handler)
+            await self._settle(message, handler, lane)
 
         return settle
 
-    async def _settle(self, message: AbstractIncomingMessage, handler: Handler) -> None:
+    async def _settle(self, message: AbstractIncomingMessage, handler: Handler, lane: str) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = message
         self.status.in_flight += 1
+        self.status.in_flight_by_lane[lane] = self.status.in_flight_by_lane.get(lane, 0) + 1
         # Every delivery ends acked (its outcome is durable) or nacked (it runs again later);
         # only one whose channel died is left to the broker, which redelivers it.
         try:
@@ -229,6 +251,7 @@ class AmqpTransport:
             raise
         finally:
             self.status.in_flight -= 1
+            self.status.in_flight_by_lane[lane] -= 1
             self._tasks.pop(task, None)
             self._abandoned.discard(task)
 

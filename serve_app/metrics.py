@@ -110,6 +110,14 @@ CATALOG = {
             ("outcome",),
         ),
         Metric(
+            "whisper_amqp_queue_depth",
+            "gauge",
+            "Messages on RabbitMQ per lane (requests, jobs): waiting in the work queue or "
+            "retrying (in the TTL queue); every Ingest replica reports the same broker, so "
+            "take the max across replicas",
+            ("lane", "state"),
+        ),
+        Metric(
             "whisper_broker_connected",
             "gauge",
             "1 while an Ingest replica is connected to RabbitMQ and consuming",

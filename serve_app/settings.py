@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     # answered 503 (a broker under a memory or disk alarm blocks publishers silently).
     amqp_publish_timeout_sec: float = Field(10, gt=0)
     ingest_shutdown_grace_sec: float = Field(90, ge=0)
+    # How often an Ingest replica reads the lanes' depths on RabbitMQ (a passive declare).
+    amqp_depth_poll_sec: float = Field(5, gt=0)
     # A delivery's claim on its job, renewed while it runs: a second copy of the job waits at
     # most this long after its worker dies. Keep it well above clock differences of nodes.
     job_lease_sec: float = Field(60, ge=1)

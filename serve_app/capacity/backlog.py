@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +58,8 @@ class Snapshot:
         return {
             "audio_seconds": round(self.backlog_s, 1),
             "jobs": sum(p.id is not None for p in self.pending),
+            # Jobs claimed and started, cluster-wide, by the lane that brought them.
+            "running": dict(Counter(p.lane for p in self.pending if p.running and p.lane)),
             "speed": {name: round(p.rate, 2) for name, p in self.pools.items()},
         }
 

@@ -23,6 +23,7 @@ class Pending:
     remaining_s: float  # audio seconds still to transcribe
     running: bool
     id: str | None = None
+    lane: str | None = None  # a job's: "amqp" (Whisper-Local requests) or "http" (async jobs)
 
 
 @dataclass(frozen=True)

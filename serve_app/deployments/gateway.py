@@ -121,6 +121,9 @@ class Gateway:
             details["backlog"] = backlog.summary()
         if self._ingest is not None:
             details["broker"] = await self._broker_status()
+            ingest = app.deployments.get("Ingest") if app else None
+            states = ingest.replica_states.items() if ingest else ()
+            details["broker"]["ingest_replicas"] = sum(n for s, n in states if s == "RUNNING")
         return ready, details
 
     async def _broker_status(self) -> dict[str, Any]:
@@ -132,5 +135,6 @@ class Gateway:
         except Exception as exc:
             logger.warning("Ingest status unavailable: %r", exc)
             return {"status": "unknown"}
-        # /health is open: the broker's errors and the replicas' ids stay in the logs.
-        return {"status": status.get("status", "unknown")}
+        # The broker's errors and the replicas' ids stay in the logs. The queues' depths are
+        # the broker's, the same whichever Ingest replica read them.
+        return {"status": status.get("status", "unknown"), "queues": status.get("queues", {})}

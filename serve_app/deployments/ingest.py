@@ -106,6 +106,9 @@ class Ingest:
         )
         self._consuming = asyncio.create_task(self._consumer.run())
         self._housekeeping = asyncio.create_task(self._housekeeper.run())
+        self._watching = asyncio.create_task(
+            self._consumer.watch_queues(settings.amqp_depth_poll_sec)
+        )
 
     async def submit(self, job_id: str) -> None:
         """Queue an accepted HTTP job; the Gateway calls this after recording it."""
@@ -137,4 +140,5 @@ class Ingest:
 
     async def __del__(self) -> None:
         self._housekeeping.cancel()
+        self._watching.cancel()
         await self._consumer.stop()

@@ -100,6 +100,7 @@ class BacklogStore:
         """Unfinished jobs: the running ones by when they started, then the queue in order."""
         columns = (
             jobs.c.id,
+            jobs.c.source,
             jobs.c.status,
             jobs.c.duration,
             jobs.c.processed_s,
@@ -123,6 +124,7 @@ class BacklogStore:
                 remaining_s=max((r["duration"] or typical) - float(r["processed_s"] or 0), 0.0),
                 running=r["status"] == "running",
                 id=r["id"],
+                lane=r["source"],
             )
             for r in ordered
         ]

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, update
 
+from serve_app.capacity.backlog import Snapshot
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.store import BacklogStore, JobStore, open_engine
 from serve_app.store.backlog import UNKNOWN_DURATION_S
@@ -25,8 +26,8 @@ def engine(url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _job(store: JobStore) -> str:
-    new = NewJob(source="http", audio_path="/a.mp3", options=TranscribeOptions(), model="m")
+def _job(store: JobStore, source: str = "http") -> str:
+    new = NewJob(source=source, audio_path="/a.mp3", options=TranscribeOptions(), model="m")  # type: ignore[arg-type]
     job, _ = store.create(new)
     time.sleep(0.002)  # created_at orders the queue: keep them apart on coarse clocks
     return job.id
@@ -55,6 +56,17 @@ def test_unfinished_jobs_come_running_first_then_in_queue_order(engine: Engine) 
     assert [p.remaining_s for p in pending] == [60.0, 30.0, 30.0]
     jobs.cancel(first)
     assert [p.id for p in backlog.pending()] == [third, second]
+
+
+def test_running_jobs_are_counted_by_the_lane_that_brought_them(engine: Engine) -> None:
+    jobs, backlog = JobStore(engine), BacklogStore(engine)
+    running = [_job(jobs, "amqp"), _job(jobs, "amqp"), _job(jobs, "http")]
+    _job(jobs, "amqp")  # queued: not in flight
+    for job in running:
+        jobs.start(job)
+    snapshot = Snapshot(now(), backlog.pending(), {})
+    assert snapshot.summary()["running"] == {"amqp": 2, "http": 1}
+    assert [p.lane for p in snapshot.pending] == ["amqp", "amqp", "http", "amqp"]
 
 
 def test_a_pool_is_as_fast_as_its_replicas_heard_from_lately(engine: Engine) -> None:
