@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
+from serve_app.capacity.intake import IngestReport
 from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
@@ -127,6 +128,14 @@ class Ingest:
         return await transcribe_file(
             request.path, request.options, self._settings, transcribe, self._admission
         )
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What ``serve_app.deployments.autoscaling.ingest_by_queue_depth`` scales on, when
+        the YAML names it; the depth as last read (every AMQP_DEPTH_POLL_SEC)."""
+        status = self._consumer.status
+        depth = sum(sum(lane.values()) for lane in status.queues.values())
+        report = IngestReport(depth, status.in_flight, self._settings.workers_count)
+        return report.as_metrics()
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.
