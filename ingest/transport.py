@@ -45,7 +45,7 @@ class ConsumerStatus:
     connected: bool = False
     consuming: bool = False
     last_error: str | None = None
-    in_flight: int = 0
+    # Deliveries held, by lane (the queue attribute they came from): handled, not yet settled.
     in_flight_by_lane: dict[str, int] = field(default_factory=dict)
     results: int = 0
     retries: int = 0
@@ -60,9 +60,14 @@ class ConsumerStatus:
             up = self.connected and getattr(self, "consuming", False)
             metrics.set_gauge("whisper_broker_connected", float(up))
 
+    @property
+    def in_flight(self) -> int:
+        return sum(self.in_flight_by_lane.values())
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": "up" if self.connected and self.consuming else "down",
+            "in_flight": self.in_flight,
             **self.__dict__,
         }
 
@@ -221,7 +226,6 @@ class AmqpTransport:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = message
-        self.status.in_flight += 1
         self.status.in_flight_by_lane[lane] = self.status.in_flight_by_lane.get(lane, 0) + 1
         # Every delivery ends acked (its outcome is durable) or nacked (it runs again later);
         # only one whose channel died is left to the broker, which redelivers it.
@@ -250,7 +254,6 @@ class AmqpTransport:
                 await _hand_back(message)
             raise
         finally:
-            self.status.in_flight -= 1
             self.status.in_flight_by_lane[lane] -= 1
             self._tasks.pop(task, None)
             self._abandoned.discard(task)

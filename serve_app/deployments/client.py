@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from ray.serve.schema import DeploymentStatusOverview
 
 from serve_app import logcontext
 from serve_app.capacity.pools import SERVING, Pool, PoolRouter
@@ -147,10 +148,7 @@ class ModelClient:
                 deployments = app.deployments if app else {}
                 self.router.observe(
                     {
-                        name: (
-                            str(d.status.value),
-                            sum(n for state, n in d.replica_states.items() if state == "RUNNING"),
-                        )
+                        name: (str(d.status.value), running_replicas(d))
                         for name, d in deployments.items()
                     }
                 )
@@ -197,6 +195,13 @@ class DiarizerClient:
             )
             turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
             return turns
+
+
+def running_replicas(deployment: DeploymentStatusOverview | None) -> int:
+    """Replicas of a deployment, as ``serve.status()`` has it, in the RUNNING state."""
+    if deployment is None:
+        return 0
+    return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
 
 
 async def _cancelling(response: DeploymentResponse[Any]) -> Any:

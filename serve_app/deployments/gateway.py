@@ -15,7 +15,7 @@ from serve_app.api.app import create_api
 from serve_app.capacity.admission import StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.deployments import telemetry
-from serve_app.deployments.client import DiarizerClient, ModelClient
+from serve_app.deployments.client import DiarizerClient, ModelClient, running_replicas
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
@@ -122,8 +122,7 @@ class Gateway:
         if self._ingest is not None:
             details["broker"] = await self._broker_status()
             ingest = app.deployments.get("Ingest") if app else None
-            states = ingest.replica_states.items() if ingest else ()
-            details["broker"]["ingest_replicas"] = sum(n for s, n in states if s == "RUNNING")
+            details["broker"]["ingest_replicas"] = running_replicas(ingest)
         return ready, details
 
     async def _broker_status(self) -> dict[str, Any]:
