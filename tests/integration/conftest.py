@@ -41,7 +41,10 @@ API_KEYS = f"{OTHER_KEY},{API_KEY}"
 ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "webhook-test-secret"
 DEPLOYMENT_OVERRIDES = {
-    "Ingest": {"num_replicas": INGEST_REPLICAS},
+    # Held at two (the shipped policy still runs): tests count their consumers and prefetch.
+    "Ingest": {
+        "autoscaling_config": {"min_replicas": INGEST_REPLICAS, "max_replicas": INGEST_REPLICAS}
+    },
     # The two ingest replicas hold 8 jobs: a target of 2 lets them scale the pool.
     "TranscriberCPU": {
         "autoscaling_config": {

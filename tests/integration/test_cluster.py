@@ -67,8 +67,10 @@ def _config(work: Path, port: int) -> Path:
     config["http_options"].update(host="127.0.0.1", port=port)
     config["proxy_location"] = "HeadOnly"
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] in ("Gateway", "Ingest"):
+        if deployment["name"] == "Gateway":
             deployment["num_replicas"] = 1
+        if deployment["name"] == "Ingest":
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     path = work / "serve_cluster.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
