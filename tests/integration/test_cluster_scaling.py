@@ -1,0 +1,176 @@
+"""A backlog grows the pipeline, on a simulated cluster: a head and two workers offering
+`whisper_cpu`, separate raylets on loopback with one CPU each, running
+`cluster/serve_cluster.yaml` with smaller bounds and delays. A backlog far beyond what one
+Ingest replica takes makes the Ingest (scaled on the queue's depth by its own policy) and the
+CPU pool rise to their maximum, and the jobs in flight (deliveries held, as RabbitMQ counts
+them) with them; once the queue drains, all of them fall back. Every job has one result.
+
+The curve is printed (`-s`); bench/RESULTS.md records one run's."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from ingest import contract as c
+from tests.support import amqp, speech
+from tests.support.ray_cluster import RayCluster
+from tests.support.serve_process import ROOT, free_port
+
+VHOST = "whisper_scaling_test"
+URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+WORKERS_COUNT = 4
+INGEST_MAX = 3
+POOL_MAX = 2
+JOBS = 60
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
+    work = tmp_path_factory.mktemp("scaling")
+    amqp.fresh_vhost(VHOST)
+    env = {
+        "WHISPER_MODEL": "tiny.en",
+        "MODELS_DIR": str(work / "models"),
+        "DATA_DIR": str(work / "data"),
+        "TMP_DIR": str(work / "spool"),
+        "ALLOWED_AUDIO_ROOTS": str(speech_dir),
+        "RABBITMQ_URL": URL,
+        "WORKERS_COUNT": str(WORKERS_COUNT),
+        "AMQP_DEPTH_POLL_SEC": "1",
+    }
+    ray = RayCluster(work, env)
+    try:
+        ray.start_head(num_cpus=1)
+        for name in ("cpu-a", "cpu-b"):
+            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=1)
+        yield ray
+    finally:
+        ray.stop()
+
+
+def _config(work: Path, port: int) -> Path:
+    """The shipped cluster config on loopback, bounded to this machine and quick to react:
+    the Ingest between 1 and 3 replicas, the CPU pool between 1 and 2 (one per worker)."""
+    config: dict[str, Any] = yaml.safe_load((ROOT / "cluster" / "serve_cluster.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["proxy_location"] = "HeadOnly"
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    deployments["Gateway"]["num_replicas"] = 1
+    deployments["Ingest"]["autoscaling_config"].update(
+        min_replicas=1, max_replicas=INGEST_MAX, upscale_delay_s=2, downscale_delay_s=5
+    )
+    deployments["TranscriberCPU"]["autoscaling_config"].update(
+        min_replicas=1, max_replicas=POOL_MAX, upscale_delay_s=2, downscale_delay_s=5
+    )
+    path = work / "serve_scaling.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    depth: int  # waiting on the work queue and its retry queue
+    ingest: int
+    pool: int
+    in_flight: int  # unacknowledged deliveries of the work queue
+
+
+class Curve:
+    """Samples the pipeline about once a second in a thread, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[Sample] = []
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                health = httpx.get(f"{self.url}/health", timeout=10).json()
+                depth = sum(amqp.queue_depth(URL, q)[0] for q in (c.REQUEST_QUEUE, c.RETRY_QUEUE))
+                held = amqp.unacked(c.REQUEST_QUEUE, VHOST)
+            except Exception as exc:  # a slow /health or rabbitmqctl: the next second's
+                print(f"sample skipped: {exc!r}")
+                continue
+            pool = health.get("pools", {}).get("TranscriberCPU", {}).get("replicas", {})
+            self.samples.append(
+                Sample(
+                    round(time.monotonic() - self._start, 1),
+                    depth,
+                    int(health.get("broker", {}).get("ingest_replicas", 0)),
+                    int(pool.get("RUNNING", 0)),
+                    held,
+                )
+            )
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.samples
+
+    def now(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
+    cluster: RayCluster, clip: Any
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cluster.serve_deploy(_config(cluster.work, port))
+    speech.wait_until(lambda: _up(url), 300, "the service on the simulated cluster")
+    audio = clip("en_office", ".mp3")
+    ids = [8 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(JOBS)]
+    results = amqp.ResultCollector(URL)
+    curve = Curve(url)
+    try:
+        speech.wait_until(lambda: curve.now() is not None, 60, "a first sample")
+        amqp.publish(URL, *({"attachment_id": i, "audio_file_path": str(audio)} for i in ids))
+        for attachment_id in ids:
+            assert results.wait(attachment_id, 600)["success"] is True
+        drained = time.monotonic()
+
+        def settled() -> bool:
+            last = curve.now()
+            return last is not None and (last.ingest, last.pool, last.in_flight) == (1, 1, 0)
+
+        speech.wait_until(settled, 180, "the Ingest and the pool back at one replica")
+        fell_back = time.monotonic() - drained
+    finally:
+        samples = curve.stop()
+        results.close()
+    print("\n  t (s) | depth | Ingest | CPU pool | in flight")
+    for s in samples:
+        print(f"{s.t:7.1f} | {s.depth:5d} | {s.ingest:6d} | {s.pool:8d} | {s.in_flight:9d}")
+    assert all(len(results.all(i)) == 1 for i in ids), "a job answered twice or never"
+    peak = max(samples, key=lambda s: s.in_flight)
+    assert max(s.ingest for s in samples) == INGEST_MAX, samples
+    assert max(s.pool for s in samples) == POOL_MAX, samples
+    # The fixed cap before: two Ingest replicas of WORKERS_COUNT deliveries each.
+    assert peak.in_flight > 2 * WORKERS_COUNT, samples
+    assert peak.in_flight <= INGEST_MAX * WORKERS_COUNT, samples
+    print(
+        f"{JOBS} jobs: peak {peak.in_flight} in flight at {peak.t} s with {peak.ingest} Ingest "
+        f"and {peak.pool} CPU replicas; back to one of each {fell_back:.0f} s after the last "
+        "result"
+    )
