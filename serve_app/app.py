@@ -46,7 +46,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     logs = {"encoding": settings.log_format.upper()}
     # serve.deployment turns these classes into Deployments; Ray's stubs do not say so.
     transcriber = cast(Deployment, TranscriberDeployment)
-    gateway = cast(Deployment, Gateway).options(logging_config=logs)
+    # The Gateway and the Ingest decode: Ray counts their decoders' CPUs and audio memory.
+    decoders = {
+        "num_cpus": settings.decode_num_cpus,
+        "memory": int(settings.max_decoded_audio_mb * 1024 * 1024),
+    }
+    gateway = cast(Deployment, Gateway).options(logging_config=logs, ray_actor_options=decoders)
     pools = [
         transcriber.options(name=pool.name, logging_config=logs).bind(device=pool.device)
         for pool in parsed.pools
@@ -68,6 +73,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     ingest = None
     if parsed.ingest:
         ingest = (
-            cast(Deployment, Ingest).options(logging_config=logs).bind(pools, weights, diarizer)
+            cast(Deployment, Ingest)
+            .options(logging_config=logs, ray_actor_options=decoders)
+            .bind(pools, weights, diarizer)
         )
     return gateway.bind(pools, weights, ingest, diarizer)

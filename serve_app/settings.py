@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     # long one call may take (waiting included), and how many calls may wait for a replica
     # before more are told to come back later (503 with Retry-After; jobs wait their turn).
     diarize_device: Literal["cpu", "cuda"] = "cpu"
-    diarize_num_cpus: float = Field(1, ge=0)
+    # Half a core by default: a 2-core node then holds a model replica (1), the Diarizer and
+    # the decoders of the Gateway and an Ingest replica (DECODE_NUM_CPUS each).
+    diarize_num_cpus: float = Field(0.5, ge=0)
     diarize_max_audio_sec: float = Field(3600, gt=0)
     diarize_timeout_sec: float = Field(1800, gt=0)
     diarize_max_queued: int = Field(8, ge=1)
@@ -106,6 +108,12 @@ class Settings(BaseSettings):
     # Decoded audio (float32, 64 kB a second) a Gateway replica holds at once, in decodes and
     # requests waiting for the model; past it new requests get 503 with Retry-After.
     max_decoded_audio_mb: float = Field(1024, gt=0)
+    # What a Gateway or an Ingest replica reserves in Ray for its decoders (FFmpeg children and
+    # the chunk planning, DECODE_CONCURRENCY at once): DECODE_NUM_CPUS CPUs and its
+    # MAX_DECODED_AUDIO_MB of memory, so Ray places no more of them on a node than its CPUs
+    # and memory cover beside the model replicas. A decode takes a few percent of the CPU the
+    # model spends on the same audio: a quarter of a core covers a replica's. 0: uncounted.
+    decode_num_cpus: float = Field(0.25, ge=0, le=64)
 
     # Admission: past MAX_BACKLOG_AUDIO_SEC of audio waiting or in flight (jobs and sync
     # requests), the sync transcription routes answer 429 with Retry-After: how long the pools

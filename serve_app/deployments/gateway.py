@@ -30,10 +30,10 @@ _STATUS_TIMEOUT_S = 3
 logger = logging.getLogger("ray.serve")
 
 
-# Options the same in every installation; the YAML files size the rest (ARCHITECTURE.md).
+# Options the same in every installation; app.py sets what its decoders reserve
+# (DECODE_NUM_CPUS), the YAML files size the rest (ARCHITECTURE.md).
 @serve.deployment(
     name="Gateway",
-    ray_actor_options={"num_cpus": 0},  # it decodes in FFmpeg children; the pools transcribe
     max_ongoing_requests=256,  # SSE subscribers hold a request each while they listen
 )
 @serve.ingress()

@@ -45,11 +45,11 @@ from serve_app.transcription.service import TranscriptionService
 logger = logging.getLogger("ray.serve")
 
 
-# Options the same in every installation; the YAML files size the rest, its shutdown grace
-# included (longer on a cluster, whose slowest pool takes longer over a unit).
+# Options the same in every installation; app.py sets what its decoders reserve
+# (DECODE_NUM_CPUS), the YAML files size the rest, its shutdown grace included (longer on a
+# cluster, whose slowest pool takes longer over a unit).
 @serve.deployment(
     name="Ingest",
-    ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=16,
 )
 class Ingest:

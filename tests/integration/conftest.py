@@ -51,7 +51,8 @@ DEPLOYMENT_OVERRIDES = {
             "upscale_delay_s": 2,
             "downscale_delay_s": 10,
             "target_ongoing_requests": 2,
-        }
+        },
+        "ray_actor_options": {"num_cpus": 0.5},
     },
 }
 
@@ -115,6 +116,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "RABBITMQ_URL": RABBITMQ_URL,
         "WORKERS_COUNT": str(WORKERS_COUNT),
         "MAX_BACKLOG_AUDIO_SEC": str(MAX_BACKLOG_AUDIO_SEC),
+        # With two CPU replicas of half a core (DEPLOYMENT_OVERRIDES), every replica at its
+        # maximum fits the 2-core machine Ray sees: 0.3 for decoders, 1 for the pool, 0.5
+        # for the Diarizer. The cluster tests keep the shipped reservations.
+        "DECODE_NUM_CPUS": "0.1",
         # Units of 30 s: a 4-minute file fans out in about ten, so a kill can land mid-file.
         "FANOUT_UNIT_SEC": str(FANOUT_UNIT_SEC),
         # A dead Ingest replica's claims run out in this long (60 s by default).

@@ -63,9 +63,8 @@ def test_cluster_serve_config_places_pools_by_node_resource() -> None:
     gpu_env = gpu["ray_actor_options"]["runtime_env"]["env_vars"]
     assert gpu_env["WHISPER_DEVICE"] == "cuda" and gpu_env["WHISPER_COMPUTE_TYPE"] == "float16"
     assert gpu["autoscaling_config"]["min_replicas"] == 0  # scale to zero
-    for light in (Gateway, Ingest):  # the classes' options stand: the YAML sets none
+    for light in (Gateway, Ingest):  # what their decoders reserve follows the settings
         assert "ray_actor_options" not in deployments[light.name]
-        assert light.ray_actor_options == {"num_cpus": 0}, f"{light.name} must fit on any node"
     # Longer than the longest work unit on the slowest pool (a 240 s unit: 14-27 s on two
     # cores with base), so a downscale lets it finish.
     for pool in (cpu, gpu):

@@ -18,10 +18,15 @@ from serve_app.deployments.model import TranscriberDeployment
 from tests.unit.test_serve_config import _with_gpu_pool
 
 ROOT = Path(__file__).resolve().parents[2]
-# What app.py sets, from settings: the log encoding (LOG_FORMAT) on every deployment, and
-# the Diarizer's reserved CPUs and queue (DIARIZE_NUM_CPUS, DIARIZE_MAX_QUEUED).
+# What app.py sets, from settings: the log encoding (LOG_FORMAT) on every deployment, what
+# the decoders of the Gateway and the Ingest reserve (DECODE_NUM_CPUS, MAX_DECODED_AUDIO_MB),
+# and the Diarizer's reserved CPUs and queue (DIARIZE_NUM_CPUS, DIARIZE_MAX_QUEUED).
 FROM_SETTINGS = {"logging_config"}
-FROM_SETTINGS_BY_NAME = {"Diarizer": {"ray_actor_options", "max_queued_requests"}}
+FROM_SETTINGS_BY_NAME = {
+    "Gateway": {"ray_actor_options"},
+    "Ingest": {"ray_actor_options"},
+    "Diarizer": {"ray_actor_options", "max_queued_requests"},
+}
 # Serve's own bookkeeping of a bound deployment, not options.
 _BOOKKEEPING = {"name", "_init_args", "_init_kwargs"}
 
@@ -75,3 +80,16 @@ def test_app_py_sets_only_what_the_classes_leave_open(monkeypatch: pytest.Monkey
         # Whatever app.py sets is in the table above, so the YAML check sees it.
         options = set(built._deployment_config.user_configured_option_names) - _BOOKKEEPING
         assert options <= _on_class(decorated) | _from_settings(name), name
+
+
+def test_the_decoders_of_the_gateway_and_the_ingest_are_counted_by_ray(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray places them by the CPUs and memory their decoders take (DECODE_NUM_CPUS,
+    MAX_DECODED_AUDIO_MB), so a node is not oversubscribed by decoders it cannot see."""
+    monkeypatch.setenv("DECODE_NUM_CPUS", "0.5")
+    monkeypatch.setenv("MAX_DECODED_AUDIO_MB", "256")
+    gateway = build_app({"ingest": True, "diarization": False})._bound_deployment
+    ingest = gateway.init_args[2]._bound_deployment
+    for built in (gateway, ingest):
+        assert built.ray_actor_options == {"num_cpus": 0.5, "memory": 256 * 1024 * 1024}
