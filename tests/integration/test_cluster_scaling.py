@@ -1,9 +1,12 @@
 """A backlog grows the pipeline, on a simulated cluster: a head and two workers offering
-`whisper_cpu`, separate raylets on loopback with one CPU each, running
+`whisper_cpu`, separate raylets on loopback (one CPU on the head, two on each worker), running
 `cluster/serve_cluster.yaml` with smaller bounds and delays. A backlog far beyond what one
 Ingest replica takes makes the Ingest (scaled on the queue's depth by its own policy) and the
 CPU pool rise to their maximum, and the jobs in flight (deliveries held, as RabbitMQ counts
 them) with them; once the queue drains, all of them fall back. Every job has one result.
+The decoders of the Gateway and the Ingest are in Ray's accounting: a worker offers a CPU
+for its model replica and one for them (with one in all, an Ingest replica spread there
+left no room for the second model replica: the pool stayed at one).
 
 The curve is printed (`-s`); bench/RESULTS.md records one run's."""
 
@@ -31,6 +34,9 @@ WORKERS_COUNT = 4
 INGEST_MAX = 3
 POOL_MAX = 2
 JOBS = 60
+# What the Gateway and each Ingest replica reserve for their decoders by default
+# (DECODE_NUM_CPUS, MAX_DECODED_AUDIO_MB).
+DECODERS = {"CPU": 0.25, "memory": 1024**3}
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +57,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
     try:
         ray.start_head(num_cpus=1)
         for name in ("cpu-a", "cpu-b"):
-            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=1)
+            # One CPU for its model replica, one for decoders Serve spreads there.
+            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=2)
         yield ray
     finally:
         ray.stop()
 
 
-def _config(work: Path, port: int) -> Path:
+def _config(work: Path, port: int, ingest: tuple[int, int] = (1, INGEST_MAX)) -> Path:
     """The shipped cluster config on loopback, bounded to this machine and quick to react:
-    the Ingest between 1 and 3 replicas, the CPU pool between 1 and 2 (one per worker)."""
+    the Ingest between ``ingest`` replicas, the CPU pool between 1 and 2 (one per worker)."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "cluster" / "serve_cluster.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=port)
     config["proxy_location"] = "HeadOnly"
     deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
     deployments["Gateway"]["num_replicas"] = 1
     deployments["Ingest"]["autoscaling_config"].update(
-        min_replicas=1, max_replicas=INGEST_MAX, upscale_delay_s=2, downscale_delay_s=5
+        min_replicas=ingest[0], max_replicas=ingest[1], upscale_delay_s=2, downscale_delay_s=5
     )
     deployments["TranscriberCPU"]["autoscaling_config"].update(
         min_replicas=1, max_replicas=POOL_MAX, upscale_delay_s=2, downscale_delay_s=5
@@ -99,7 +106,7 @@ class Curve:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                health = httpx.get(f"{self.url}/health", timeout=10).json()
+                health = _health(self.url)
                 depth = sum(amqp.queue_depth(URL, q)[0] for q in (c.REQUEST_QUEUE, c.RETRY_QUEUE))
                 held = amqp.unacked(c.REQUEST_QUEUE, VHOST)
             except Exception as exc:  # a slow /health or rabbitmqctl: the next second's
@@ -125,6 +132,15 @@ class Curve:
         return self.samples[-1] if self.samples else None
 
 
+def _reserved(cluster: RayCluster, deployment: str) -> list[dict[str, float]]:
+    """What each live replica of ``deployment`` reserves, as Ray accounts it."""
+    return [
+        actor["required_resources"]
+        for actor in cluster.state("actors")
+        if actor["state"] == "ALIVE" and actor["class_name"] == f"ServeReplica:whisper:{deployment}"
+    ]
+
+
 def _up(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=5).status_code == 200
@@ -132,13 +148,26 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
-    cluster: RayCluster, clip: Any
-) -> None:
+@pytest.fixture(scope="module")
+def port(cluster: RayCluster) -> int:
+    """The service deployed on the cluster, listening on this port."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     cluster.serve_deploy(_config(cluster.work, port))
-    speech.wait_until(lambda: _up(url), 300, "the service on the simulated cluster")
+    speech.wait_until(lambda: _up(f"http://127.0.0.1:{port}"), 300, "the service")
+    return port
+
+
+def _health(url: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{url}/health", timeout=10).json()
+    return body
+
+
+def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
+    cluster: RayCluster, port: int, clip: Any
+) -> None:
+    url = f"http://127.0.0.1:{port}"
+    for name in ("Gateway", "Ingest"):
+        assert _reserved(cluster, name) == [DECODERS], name
     audio = clip("en_office", ".mp3")
     ids = [8 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(JOBS)]
     results = amqp.ResultCollector(URL)
@@ -174,3 +203,41 @@ def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
         f"and {peak.pool} CPU replicas; back to one of each {fell_back:.0f} s after the last "
         "result"
     )
+
+
+def test_ingest_replicas_scaled_down_mid_backlog_drain_and_lose_nothing(
+    cluster: RayCluster, port: int, clip: Any
+) -> None:
+    """Three Ingest replicas each holding jobs are cut to one: the two going away stop
+    consuming and finish (or hand back) what they hold; every job has one result."""
+    url = f"http://127.0.0.1:{port}"
+    cluster.serve_deploy(_config(cluster.work, port, ingest=(3, 3)))
+    speech.wait_until(
+        lambda: _health(url).get("broker", {}).get("ingest_replicas") == 3, 180, "3 Ingest"
+    )
+    audio = clip("en_office", ".mp3")
+    ids = [7 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(JOBS)]
+    results = amqp.ResultCollector(URL)
+    try:
+        amqp.publish(URL, *({"attachment_id": i, "audio_file_path": str(audio)} for i in ids))
+        # More than two replicas' prefetch held: every replica holds jobs.
+        speech.wait_until(
+            lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) > 2 * WORKERS_COUNT,
+            60,
+            "all three replicas holding jobs",
+            every=0.2,
+        )
+        held = amqp.unacked(c.REQUEST_QUEUE, VHOST)
+        cluster.serve_deploy(_config(cluster.work, port, ingest=(1, 1)))
+        answered = [results.wait(i, 600) for i in ids]
+        speech.wait_until(
+            lambda: _health(url).get("broker", {}).get("ingest_replicas") == 1, 180, "1 Ingest"
+        )
+        speech.wait_until(
+            lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 60, "every delivery settled"
+        )
+    finally:
+        results.close()
+    assert all(result["success"] is True for result in answered), answered
+    assert all(len(results.all(i)) == 1 for i in ids), "a job answered twice or never"
+    print(f"3 -> 1 Ingest replicas with {held} jobs held: {JOBS} jobs, one result each")
