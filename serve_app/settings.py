@@ -135,8 +135,13 @@ class Settings(BaseSettings):
     # answered 503 (a broker under a memory or disk alarm blocks publishers silently).
     amqp_publish_timeout_sec: float = Field(10, gt=0)
     ingest_shutdown_grace_sec: float = Field(90, ge=0)
-    # How often an Ingest replica reads the lanes' depths on RabbitMQ (a passive declare).
+    # How often an Ingest replica reads the lanes' depths on RabbitMQ (a passive declare) and
+    # the backlog's audio seconds in the store, which the autoscaling reads.
     amqp_depth_poll_sec: float = Field(5, gt=0)
+    # The model pools scale so that the backlog (audio seconds of every job not done, and of
+    # the requests still on the broker as typical jobs) drains within this many seconds at
+    # their measured speed, GPU pools first (serve_app/capacity/drain.py).
+    scale_target_drain_sec: float = Field(600, gt=0)
     # A delivery's claim on its job, renewed while it runs: a second copy of the job waits at
     # most this long after its worker dies. Keep it well above clock differences of nodes.
     job_lease_sec: float = Field(60, ge=1)

@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The metric a model replica reports its measured speed under (record_autoscaling_stats).
+SPEED = "speed"
 # A pool never measured (it has not run yet) is taken to transcribe at this many audio
 # seconds per second per unit of its routing weight: real time on a weight-1 CPU replica.
 ASSUMED_SPEED_PER_WEIGHT = 1.0
@@ -82,3 +84,68 @@ class Smoothed:
             self.value = value + (self.value - value) * decay
         self.at = now
         return self.value
+
+
+# A pool whose replicas have waited this long for a node counts only those running.
+PLACEMENT_GRACE_S = 120.0
+# How slowly the backlog the pools act on falls once the work is done.
+BACKLOG_HALF_LIFE_S = 60.0
+
+
+@dataclass(frozen=True)
+class PoolSeen:
+    """One model pool at one look of the autoscaler (Serve's context, made plain)."""
+
+    name: str
+    weight: float
+    min_replicas: int
+    max_replicas: int
+    target: int  # replicas Serve is asked for now
+    running: int
+    speeds: list[float]  # each running replica's measured speed, as it reported it
+    by_requests: float  # what Serve's own policy wants from the requests in flight
+
+
+def plan_pools(
+    backlog_s: float,
+    drain_s: float,
+    seen: Sequence[PoolSeen],
+    states: dict[str, dict[str, float]],
+    now: float,
+) -> dict[str, int]:
+    """Replicas per pool: enough to drain the (smoothed) backlog by the deadline, and never
+    fewer than the requests in flight want (an HTTP client waiting on a connection counts as
+    much as before). ``states`` is each pool's memory between looks (its last measured
+    speed, since when it has been short of replicas, the smoothed backlog); updated here."""
+    views = []
+    for pool in seen:
+        state = states.setdefault(pool.name, {})
+        measured = [s for s in pool.speeds if s > 0]
+        if measured:  # a pool scaled to zero keeps the speed it had
+            state["speed"] = sum(measured) / len(measured)
+        usable = None
+        if pool.running < pool.target:
+            state.setdefault("short_since", now)
+            if now - state["short_since"] >= PLACEMENT_GRACE_S:
+                usable = pool.running
+        else:
+            state.pop("short_since", None)
+        views.append(
+            PoolView(
+                pool.name,
+                pool.min_replicas,
+                pool.max_replicas,
+                state.get("speed"),
+                pool.weight,
+                usable,
+            )
+        )
+    first = states.setdefault(seen[0].name, {}) if seen else {}
+    smoothed = Smoothed(BACKLOG_HALF_LIFE_S, first.get("backlog", 0.0), first.get("backlog_at"))
+    backlog = smoothed.update(backlog_s, now)
+    first["backlog"], first["backlog_at"] = backlog, now
+    targets = drain_targets(backlog, views, drain_s)
+    return {
+        pool.name: min(max(targets[pool.name], math.ceil(pool.by_requests)), pool.max_replicas)
+        for pool in seen
+    }

@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
-from serve_app.capacity.intake import IngestReport
+from serve_app.capacity.intake import IngestReport, queued_audio_s
 from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
@@ -30,6 +30,7 @@ from serve_app.jobs.service import JobService
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import (
+    BacklogStore,
     ClaimStore,
     JobStore,
     Outbox,
@@ -63,6 +64,9 @@ class Ingest:
         share_serve_handlers()
         telemetry.install()
         self._settings = settings = load_settings()
+        # For the model pools' autoscaling: the pools by preference, the backlog as last read.
+        self._pools = [(h.deployment_name, w) for h, w in zip(pools, weights, strict=True)]
+        self._backlog_s: float | None = None
         self._transcription = TranscriptionService(
             ModelClient(pools, weights), settings, DiarizerClient(diarizer) if diarizer else None
         )
@@ -110,6 +114,9 @@ class Ingest:
         self._watching = asyncio.create_task(
             self._consumer.watch_queues(settings.amqp_depth_poll_sec)
         )
+        self._reading = asyncio.create_task(
+            self._read_backlog(BacklogStore(engine), settings.amqp_depth_poll_sec)
+        )
 
     async def submit(self, job_id: str) -> None:
         """Queue an accepted HTTP job; the Gateway calls this after recording it."""
@@ -130,12 +137,34 @@ class Ingest:
         )
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """What ``serve_app.deployments.autoscaling.ingest_by_queue_depth`` scales on, when
-        the YAML names it; the depth as last read (every AMQP_DEPTH_POLL_SEC)."""
+        """What ``serve_app.deployments.autoscaling`` scales the Ingest and the model pools
+        on; the depth and the backlog as last read (every AMQP_DEPTH_POLL_SEC)."""
         status = self._consumer.status
         depth = sum(sum(lane.values()) for lane in status.queues.values())
-        report = IngestReport(depth, status.in_flight, self._settings.workers_count)
+        report = IngestReport(
+            depth,
+            status.in_flight,
+            self._settings.workers_count,
+            self._backlog_s,
+            self._settings.scale_target_drain_sec,
+            self._pools,
+        )
         return report.as_metrics()
+
+    async def _read_backlog(self, store: BacklogStore, every_s: float) -> None:
+        failing = False
+        while True:
+            try:
+                pending = await asyncio.to_thread(store.pending)
+                typical = await asyncio.to_thread(store.typical_duration)
+                waiting = self._consumer.status.queues.get("requests", {}).get("waiting", 0)
+                self._backlog_s = queued_audio_s(pending, waiting, typical)
+                failing = False
+            except Exception as exc:  # the store is down: the pools keep their last figure
+                if not failing:
+                    logger.warning("Could not read the backlog for autoscaling: %r", exc)
+                failing = True
+            await asyncio.sleep(every_s)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.
@@ -150,4 +179,5 @@ class Ingest:
     async def __del__(self) -> None:
         self._housekeeping.cancel()
         self._watching.cancel()
+        self._reading.cancel()
         await self._consumer.stop()

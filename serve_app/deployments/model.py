@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 
 from serve_app import logcontext, metrics
+from serve_app.capacity.drain import SPEED
 from serve_app.capacity.speed import ReplicaId, SpeedMeter, SpeedReporter
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
@@ -187,6 +188,11 @@ class TranscriberDeployment:
             raise InferenceError("Inference failed on this audio") from exc
         self._failures = 0
         return result
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """This replica's measured speed (audio seconds per second), which the pools'
+        autoscaling (``serve_app.deployments.autoscaling``) divides the backlog by."""
+        return {SPEED: self.meter.rate or 0.0}
 
     async def ping(self) -> bool:
         """Nothing to do: a call queued at a pool scaled to zero makes Serve start a replica."""

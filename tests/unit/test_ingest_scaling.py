@@ -10,7 +10,7 @@ import pytest
 
 from serve_app.app import AppArgs
 from serve_app.capacity.intake import IngestReport, replicas_wanted
-from serve_app.deployments.autoscaling import ingest_by_queue_depth
+from serve_app.deployments.autoscaling import ingest_by_queue_depth, pipeline
 from serve_app.settings import Settings
 from tests.unit.test_deployment_options import _installations
 
@@ -63,5 +63,5 @@ def test_the_ingest_at_its_maximum_holds_every_model_replica_at_its_target(
     ingest = deployments["Ingest"]["autoscaling_config"]
     assert ingest["max_replicas"] * WORKERS_COUNT >= busy, installation
     assert ingest["min_replicas"] >= 1  # never none: the queue would wait for nobody
-    module, name = ingest["policy"]["policy_function"].split(":")
-    assert getattr(importlib.import_module(module), name) is ingest_by_queue_depth
+    module, name = app["autoscaling_policy"]["policy_function"].split(":")
+    assert getattr(importlib.import_module(module), name) is pipeline
