@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # the requests still on the broker as typical jobs) drains within this many seconds at
     # their measured speed, GPU pools first (serve_app/capacity/drain.py).
     scale_target_drain_sec: float = Field(600, gt=0)
+    # An HTTP request that finds no model replica running waits this long at most while a
+    # pool is starting one (not while its replicas wait for a node no one has), then 503.
+    pool_start_wait_sec: float = Field(30, ge=0)
     # A delivery's claim on its job, renewed while it runs: a second copy of the job waits at
     # most this long after its worker dies. Keep it well above clock differences of nodes.
     job_lease_sec: float = Field(60, ge=1)

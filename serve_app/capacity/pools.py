@@ -9,10 +9,14 @@ The policy, in order:
    pool serves at all: the burst keeps going to the serving pools while the sleeper starts,
    and it takes its share once it runs.
 3. With no pool serving (all asleep, or down: replicas lost with their node, or unplaceable),
-   ``pick`` raises ``NoReplicaError``: callers that cannot wait (an HTTP client holding a
-   connection) answer 503 with Retry-After; callers that can (queued jobs) wait until some
-   pool serves, then take it, whichever comes back first. Nothing is queued on a pool that
-   may never start (a GPU pool with no GPU node to go to).
+   ``pick`` raises ``NoReplicaError``: callers that can wait (queued jobs) wait until some
+   pool serves, then take it, whichever comes back first; callers that cannot (an HTTP client
+   holding a connection) wait a bounded time while a pool is starting (``starting``), and
+   otherwise answer 503 with Retry-After. A pool whose replicas Serve says it cannot place
+   (no node offers their resources) is not starting. Nothing is queued on a pool that may
+   never start (a GPU pool with no GPU node to go to).
+4. Ready (``would_serve``) means a request would be served now: some pool has a replica
+   running. A pool settled at zero does not count (a request would wake it, not be served).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class PoolState(Enum):
 
 
 SERVING = (PoolState.RUNNING, PoolState.UNKNOWN)
+# Serve's deployment statuses while replicas come up, and the words of its status message
+# for replicas that have waited 30 s for a node with room.
+STARTING_STATUSES = ("UPDATING", "UPSCALING")
+UNPLACEABLE = "to be scheduled"
 
 
 @dataclass
@@ -49,13 +57,16 @@ class Pool(Generic[T]):
     state: PoolState = field(default=PoolState.UNKNOWN, init=False)
     running: int = field(default=0, init=False)
     woken_at: float = field(default=float("-inf"), init=False)
+    # Replicas asked for and none running yet, none of them known to be unplaceable.
+    starting: bool = field(default=False, init=False)
 
     @property
     def load(self) -> float:
         return self.in_flight / self.weight
 
-    def observe(self, status: str | None, running: int) -> None:
-        """What Serve says of the pool's deployment: its status and running replicas."""
+    def observe(self, status: str | None, running: int, message: str = "") -> None:
+        """What Serve says of the pool's deployment: its status, running replicas and status
+        message (which says when replicas wait for resources no node has)."""
         self.running = running
         if running > 0:
             self.state = PoolState.RUNNING
@@ -63,6 +74,7 @@ class Pool(Generic[T]):
             self.state = PoolState.ASLEEP
         else:
             self.state = PoolState.DOWN
+        self.starting = running == 0 and status in STARTING_STATUSES and UNPLACEABLE not in message
 
 
 class PoolRouter(Generic[T]):
@@ -91,10 +103,14 @@ class PoolRouter(Generic[T]):
             retry_after_s=15,
         )
 
-    def observe(self, states: dict[str, tuple[str | None, int]]) -> None:
-        """One look at every pool: name -> (deployment status, running replicas)."""
+    def observe(self, states: dict[str, tuple[str | None, int, str]]) -> None:
+        """One look at every pool: name -> (deployment status, running replicas, message)."""
         for pool in self.pools:
-            pool.observe(*states.get(pool.name, (None, 0)))
+            pool.observe(*states.get(pool.name, (None, 0, "")))
+
+    def starting(self) -> bool:
+        """Some pool is bringing up a replica it can place: worth a bounded wait."""
+        return any(p.starting for p in self.pools)
 
     def to_wake(self, now: float | None = None) -> list[Pool[T]]:
         """Sleeping pools to start now because every serving pool is busy; each is returned
@@ -125,3 +141,9 @@ class PoolRouter(Generic[T]):
     def lease(self) -> Iterator[Pool[T]]:
         with self.hold(self.pick()) as pool:
             yield pool
+
+
+def would_serve(replicas_by_pool: dict[str, dict[str, int]]) -> bool:
+    """Ready: a request sent now would be served, so some pool has a replica running (each
+    pool's replica counts by state, as ``serve.status()`` gives them)."""
+    return any(states.get("RUNNING", 0) > 0 for states in replicas_by_pool.values())

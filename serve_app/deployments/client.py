@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WATCH_EVERY_S = 2.0
+_POLL_S = 0.5
 _FIRST_LOOK_S = 5.0
 
 
@@ -48,6 +50,7 @@ class ModelClient:
         pools: list[DeploymentHandle[Any]],
         weights: list[float],
         can_wait: bool = True,
+        start_wait_s: float = 0.0,
     ) -> None:
         self.router = PoolRouter(
             [
@@ -56,6 +59,8 @@ class ModelClient:
             ]
         )
         self._can_wait = can_wait
+        # How long a caller that cannot wait for good waits for a pool that is starting.
+        self._start_wait_s = start_wait_s
         self._watching: asyncio.Task[None] | None = None
         self._looked = asyncio.Event()
         self._waking: set[asyncio.Task[None]] = set()
@@ -101,7 +106,8 @@ class ModelClient:
     async def _pool(self) -> Pool[DeploymentHandle[Any]]:
         """The pool for the next call, by the policy in ``serve_app.capacity.pools``: with none
         serving, sleeping pools are woken, and a caller that can wait polls until one
-        serves instead of queueing on a pool that may never start."""
+        serves instead of queueing on a pool that may never start; one that cannot polls
+        while a pool is starting, for ``start_wait_s`` at most."""
         if self._watching is None:  # started here: the replica's event loop runs by now
             self._watching = asyncio.create_task(self._watch(), context=logcontext.detached())
         if not self._looked.is_set():
@@ -110,18 +116,21 @@ class ModelClient:
             except TimeoutError:
                 logger.warning("No status of the model pools yet; routing without it")
         waiting = False
+        deadline = time.monotonic() + self._start_wait_s
         while True:
             for sleeper in self.router.to_wake():
                 self._wake(sleeper)
             try:
                 return self.router.pick()
             except NoReplicaError:
-                if not self._can_wait:
+                if not self._can_wait and (
+                    time.monotonic() >= deadline or not self.router.starting()
+                ):
                     raise
                 if not waiting:
                     logger.warning("No model replica is running; waiting for one")
                     waiting = True
-                await asyncio.sleep(_WATCH_EVERY_S)
+                await asyncio.sleep(_POLL_S if not self._can_wait else _WATCH_EVERY_S)
 
     def _wake(self, pool: Pool[DeploymentHandle[Any]]) -> None:
         """A call nobody waits for: queued at a pool scaled to zero, it makes Serve start a
@@ -148,7 +157,7 @@ class ModelClient:
                 deployments = app.deployments if app else {}
                 self.router.observe(
                     {
-                        name: (str(d.status.value), running_replicas(d))
+                        name: (str(d.status.value), running_replicas(d), d.message or "")
                         for name, d in deployments.items()
                     }
                 )

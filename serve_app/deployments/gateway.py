@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.app import create_api
 from serve_app.capacity.admission import StreamLimit
 from serve_app.capacity.backlog import Backlog
+from serve_app.capacity.pools import would_serve
 from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient, running_replicas
 from serve_app.deployments.logs import share_serve_handlers
@@ -52,9 +53,12 @@ class Gateway:
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool here (Starlette uses the default temp dir), not on the root disk.
         tempfile.tempdir = str(self.settings.tmp_dir)
-        # An HTTP client holds a connection: no model replica anywhere is a 503 at once.
+        # An HTTP client holds a connection: with no model replica anywhere it waits only
+        # while a pool is starting, POOL_START_WAIT_SEC at most, and then gets a 503.
         self.diarization = diarizer is not None
-        self._pools = ModelClient(pools, weights, can_wait=False)
+        self._pools = ModelClient(
+            pools, weights, can_wait=False, start_wait_s=self.settings.pool_start_wait_sec
+        )
         self._models = TranscriptionService(
             self._pools, self.settings, DiarizerClient(diarizer) if diarizer else None
         )
@@ -107,12 +111,7 @@ class Gateway:
                 "replicas": dict(deployment.replica_states) if deployment else {},
                 "in_flight": pool.in_flight,
             }
-        # Ready when some pool can take work now: a running replica, or a settled deployment
-        # (scaled to zero, it starts one on the first request).
-        ready = any(
-            info["replicas"].get("RUNNING", 0) > 0 or info["status"] == "HEALTHY"
-            for info in pools.values()
-        )
+        ready = would_serve({name: info["replicas"] for name, info in pools.items()})
         details: dict[str, Any] = {
             "models": self.settings.served_models,
             "pools": pools,

@@ -130,6 +130,9 @@ def test_replicas_follow_whisper_cpu_and_a_lost_node_costs_no_job(
     assert refused.headers.get("retry-after"), refused.headers
     assert "No model replica is running" in refused.json()["error"]["message"]
     assert _replica_nodes(cluster, CPU_POOL) == []
+    # Not ready: the GPU pool sits at zero and the CPU pool cannot start (it said 200).
+    health = httpx.get(f"{url}/health", timeout=10)
+    assert health.status_code == 503 and health.json()["status"] == "down", health.text
 
     worker = cluster.start_worker("cpu-worker", {"whisper_cpu": 1}, num_cpus=1)
     speech.wait_until(lambda: _transcribe(url, short).status_code == 200, 300, "a model replica")

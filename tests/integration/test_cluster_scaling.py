@@ -52,6 +52,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "RABBITMQ_URL": URL,
         "WORKERS_COUNT": str(WORKERS_COUNT),
         "AMQP_DEPTH_POLL_SEC": "1",
+        # Above a model replica's start on a fresh worker here.
+        "POOL_START_WAIT_SEC": "120",
     }
     ray = RayCluster(work, env)
     try:
@@ -149,11 +151,29 @@ def _up(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def port(cluster: RayCluster) -> int:
-    """The service deployed on the cluster, listening on this port."""
+def port(cluster: RayCluster, clip: Any) -> int:
+    """The service deployed on the cluster, listening on this port. The first request, sent
+    as soon as the Gateway answers, is served even if the CPU pool is still loading its
+    model: it waits for the starting pool (it got 503 "No model replica is running")."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     cluster.serve_deploy(_config(cluster.work, port))
-    speech.wait_until(lambda: _up(f"http://127.0.0.1:{port}"), 300, "the service")
+    looks: list[int] = []
+
+    def gateway_answers() -> bool:
+        try:
+            health = httpx.get(f"{url}/health", timeout=10)
+            looks.append(health.status_code)
+            return "status" in health.json()  # the Gateway's, not the proxy's before it
+        except (httpx.TransportError, ValueError):
+            return False
+
+    speech.wait_until(gateway_answers, 300, "the Gateway to answer", every=0.2)
+    with open(clip("en_office", ".mp3"), "rb") as f:
+        first = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": f}, timeout=300)
+    assert first.status_code == 200, first.text
+    print(f"first request: 200 with /health at {looks[-1]} when it was sent")
+    speech.wait_until(lambda: _up(url), 300, "the service")
     return port
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.capacity.pools import Pool, PoolRouter, PoolState
+from serve_app.capacity.pools import Pool, PoolRouter, PoolState, would_serve
 from serve_app.errors import NoReplicaError
 
 
@@ -102,3 +102,24 @@ def test_with_nothing_serving_sleepers_are_woken_and_nobody_is_queued_on_them() 
     router.observe({})  # the app is gone from Serve's status
     assert all(p.state is PoolState.DOWN for p in router.pools)
     assert all(p.in_flight == 0 for p in router.pools)
+
+
+def test_a_pool_is_starting_only_while_it_can_place_what_it_asked_for() -> None:
+    router = PoolRouter([Pool("gpu", "g", weight=8), Pool("cpu", "c")])
+    router.observe({"gpu": ("HEALTHY", 0, ""), "cpu": ("UPSCALING", 0, "")})
+    assert router.starting()  # the CPU replica is loading: an HTTP request may wait
+    waiting_for_a_node = (
+        "Deployment 'TranscriberCPU' in application 'whisper' has 1 replicas that have taken "
+        "more than 30s to be scheduled. This may be due to waiting for the cluster to auto-scale"
+    )
+    router.observe({"gpu": ("HEALTHY", 0, ""), "cpu": ("UPSCALING", 0, waiting_for_a_node)})
+    assert not router.starting()  # no node has room: 503 at once, not after a wait
+    router.observe({"gpu": ("HEALTHY", 0, ""), "cpu": ("HEALTHY", 1, "")})
+    assert not router.starting() and router.pick().name == "cpu"
+
+
+def test_ready_means_a_request_would_be_served_now() -> None:
+    # The GPU pool settled at zero and the CPU pool still starting: not ready (it was).
+    assert not would_serve({"TranscriberGPU": {}, "TranscriberCPU": {"STARTING": 1}})
+    assert would_serve({"TranscriberGPU": {}, "TranscriberCPU": {"RUNNING": 1, "STARTING": 1}})
+    assert not would_serve({})
