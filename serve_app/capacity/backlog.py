@@ -34,10 +34,19 @@ class Snapshot:
     pending: list[Pending]
     pools: dict[str, PoolSpeed]
     taken: float = field(default_factory=time.monotonic)
+    # Replicas each pool runs or is starting (Serve's answer to the autoscaling), when known.
+    asked: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
-        return sum(p.rate for p in self.pools.values())
+        """What the pools get through per second once the replicas Serve is bringing up run:
+        each pool's measured speed per replica times those replicas, the numbers the
+        autoscaling drains the backlog by, so an estimate shows a scale-up at once."""
+        total = 0.0
+        for name, pool in self.pools.items():
+            per_replica = pool.rate / pool.replicas if pool.replicas else 0.0
+            total += per_replica * max(pool.replicas, self.asked.get(name, 0))
+        return total
 
     @cached_property
     def backlog_s(self) -> float:
@@ -71,10 +80,12 @@ class Backlog:
         bound_s: float,
         in_flight: Callable[[], list[float]],
         ttl_s: float = 2.0,
+        asked: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._store = store
         self.bound_s = bound_s
         self._in_flight = in_flight
+        self._asked = asked
         self._ttl_s = ttl_s
         self._last: Snapshot | None = None  # of the store's part only
         self._reading: asyncio.Lock | None = None
@@ -95,9 +106,13 @@ class Backlog:
                 jobs, pools = await asyncio.to_thread(self._read)
                 stored = self._last = Snapshot(now(), jobs, pools)
         requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
-        if not requests:
-            return stored
-        return Snapshot(now(), requests + stored.pending, stored.pools, taken=stored.taken)
+        return Snapshot(
+            now() if requests else stored.at,
+            requests + stored.pending,
+            stored.pools,
+            taken=stored.taken,
+            asked=self._asked(),
+        )
 
     def _read(self) -> tuple[list[Pending], dict[str, PoolSpeed]]:
         return self._store.pending(), self._store.capacity()

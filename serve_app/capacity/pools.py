@@ -59,15 +59,21 @@ class Pool(Generic[T]):
     woken_at: float = field(default=float("-inf"), init=False)
     # Replicas asked for and none running yet, none of them known to be unplaceable.
     starting: bool = field(default=False, init=False)
+    # Replicas running or starting: what Serve is bringing the pool to.
+    asked: int = field(default=0, init=False)
 
     @property
     def load(self) -> float:
         return self.in_flight / self.weight
 
-    def observe(self, status: str | None, running: int, message: str = "") -> None:
-        """What Serve says of the pool's deployment: its status, running replicas and status
-        message (which says when replicas wait for resources no node has)."""
+    def observe(
+        self, status: str | None, running: int, message: str = "", asked: int | None = None
+    ) -> None:
+        """What Serve says of the pool's deployment: its status, running replicas, status
+        message (which says when replicas wait for resources no node has) and the replicas
+        running or starting."""
         self.running = running
+        self.asked = running if asked is None else max(asked, running)
         if running > 0:
             self.state = PoolState.RUNNING
         elif status == "HEALTHY":  # settled at zero replicas: its autoscaling target is 0
@@ -103,10 +109,11 @@ class PoolRouter(Generic[T]):
             retry_after_s=15,
         )
 
-    def observe(self, states: dict[str, tuple[str | None, int, str]]) -> None:
-        """One look at every pool: name -> (deployment status, running replicas, message)."""
+    def observe(self, states: dict[str, tuple[str | None, int, str, int]]) -> None:
+        """One look at every pool: name -> (deployment status, running replicas, message,
+        replicas running or starting)."""
         for pool in self.pools:
-            pool.observe(*states.get(pool.name, (None, 0, "")))
+            pool.observe(*states.get(pool.name, (None, 0, "", 0)))
 
     def starting(self) -> bool:
         """Some pool is bringing up a replica it can place: worth a bounded wait."""

@@ -157,7 +157,12 @@ class ModelClient:
                 deployments = app.deployments if app else {}
                 self.router.observe(
                     {
-                        name: (str(d.status.value), running_replicas(d), d.message or "")
+                        name: (
+                            str(d.status.value),
+                            running_replicas(d),
+                            d.message or "",
+                            coming_replicas(d),
+                        )
                         for name, d in deployments.items()
                     }
                 )
@@ -204,6 +209,12 @@ class DiarizerClient:
             )
             turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
             return turns
+
+
+def coming_replicas(deployment: DeploymentStatusOverview) -> int:
+    """Replicas running or on their way (starting, updating, recovering)."""
+    states = ("STARTING", "UPDATING", "RECOVERING", "RUNNING")
+    return sum(n for state, n in deployment.replica_states.items() if state in states)
 
 
 def running_replicas(deployment: DeploymentStatusOverview | None) -> int:

@@ -69,7 +69,10 @@ class Gateway:
         self.store = JobStore(engine)
         self.owner_secret = await asyncio.to_thread(service_secret, engine)
         self.backlog = Backlog(
-            BacklogStore(engine), self.settings.max_backlog_audio_sec, self._models.in_flight_s
+            BacklogStore(engine),
+            self.settings.max_backlog_audio_sec,
+            self._models.in_flight_s,
+            asked=lambda: {pool.name: pool.asked for pool in self._pools.router.pools},
         )
         self._watching = asyncio.create_task(self.backlog.watch())
 

@@ -151,3 +151,23 @@ async def test_an_estimate_from_a_cached_snapshot_is_never_in_the_past(
     monkeypatch.setattr(backlog_module, "now", lambda: later)
     [cached] = (await backlog.estimates([job["id"]])).values()
     assert cached.start == later and cached.completion == later  # due now
+
+
+async def test_estimates_count_the_replicas_serve_is_bringing_up(
+    backend: StandIn, speeds: BacklogStore
+) -> None:
+    """The autoscaling asked for three CPU replicas; one has reported its speed so far: the
+    estimates use its speed for all three, so a client sees the scale-up at once."""
+    store = backend.store
+    async with client(backend, ADMIN) as c:
+        job = (await c.post("/v1/jobs", json=_path_job(backend))).json()
+    store.start(job["id"])
+    store.record_progress(job["id"], 0.0, 600.0)  # ten minutes of audio, none done
+    asked = {"TranscriberCPU": 1}
+    backlog = Backlog(speeds, bound_s=0, in_flight=list, ttl_s=3600, asked=lambda: dict(asked))
+    [alone] = (await backlog.estimates([job["id"]])).values()
+    asked["TranscriberCPU"] = 3
+    [scaled] = (await backlog.estimates([job["id"]])).values()
+    assert (await backlog.snapshot()).rate == 3 * RATE
+    assert (alone.completion - alone.start).total_seconds() == pytest.approx(60, abs=1)
+    assert (scaled.completion - scaled.start).total_seconds() == pytest.approx(20, abs=1)
