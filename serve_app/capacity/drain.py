@@ -88,8 +88,8 @@ class Smoothed:
 
 # A pool whose replicas have waited this long for a node counts only those running.
 PLACEMENT_GRACE_S = 120.0
-# How slowly the backlog the pools act on falls once the work is done.
-BACKLOG_HALF_LIFE_S = 60.0
+# How slowly the backlog that holds replicas falls once the work is done.
+BACKLOG_HALF_LIFE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,13 @@ def plan_pools(
     states: dict[str, dict[str, float]],
     now: float,
 ) -> dict[str, int]:
-    """Replicas per pool: enough to drain the (smoothed) backlog by the deadline, and never
-    fewer than the requests in flight want (an HTTP client waiting on a connection counts as
-    much as before). ``states`` is each pool's memory between looks (its last measured
-    speed, since when it has been short of replicas, the smoothed backlog); updated here."""
+    """Replicas per pool: enough to drain the backlog by the deadline, and never fewer than
+    the requests in flight want (an HTTP client waiting on a connection counts as much as
+    before). The smoothed backlog only holds replicas a pool has (so they outlast a lull
+    between bursts); it never asks for more (a spike, such as undecoded jobs counted as
+    typical ones for a second, is Serve's upscale delay's to ignore). ``states`` is each
+    pool's memory between looks (its last measured speed, since when it has been short of
+    replicas, the smoothed backlog); updated here."""
     views = []
     for pool in seen:
         state = states.setdefault(pool.name, {})
@@ -144,8 +147,16 @@ def plan_pools(
     smoothed = Smoothed(BACKLOG_HALF_LIFE_S, first.get("backlog", 0.0), first.get("backlog_at"))
     backlog = smoothed.update(backlog_s, now)
     first["backlog"], first["backlog_at"] = backlog, now
-    targets = drain_targets(backlog, views, drain_s)
+    now_wanted = drain_targets(backlog_s, views, drain_s)
+    held = drain_targets(backlog, views, drain_s)
     return {
-        pool.name: min(max(targets[pool.name], math.ceil(pool.by_requests)), pool.max_replicas)
+        pool.name: min(
+            max(
+                now_wanted[pool.name],
+                min(held[pool.name], pool.target),
+                math.ceil(pool.by_requests),
+            ),
+            pool.max_replicas,
+        )
         for pool in seen
     }

@@ -24,8 +24,8 @@ from ingest import contract as c
 from serve_app.schemas import QueuedTranscriptionRequest
 from serve_app.store import JobStore, UnitStore, open_engine
 from tests.support import amqp, speech
-from tests.support.ray_cluster import RayCluster
-from tests.support.serve_process import ROOT, free_port, paused
+from tests.support.ray_cluster import RayCluster, cluster_config, deployments, service_env
+from tests.support.serve_process import free_port, paused
 
 VHOST = "whisper_cluster_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -38,20 +38,17 @@ DECODED = re.compile(r"Decoded part \d+ of (\d+) \(([\d.]+-[\d.]+) s\)")
 def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
     work = tmp_path_factory.mktemp("cluster")
     amqp.fresh_vhost(VHOST)
-    env = {
-        "WHISPER_MODEL": "tiny.en",
-        "MODELS_DIR": str(work / "models"),
-        "DATA_DIR": str(work / "data"),  # one SQLite file: both nodes are on this machine
-        "TMP_DIR": str(work / "spool"),
-        "ALLOWED_AUDIO_ROOTS": str(speech_dir),
-        "RABBITMQ_URL": URL,
-        "FANOUT_UNIT_SEC": "30",
+    env = service_env(
+        work,
+        speech_dir,
+        URL,
+        FANOUT_UNIT_SEC="30",
         # One 30 s decoding window a batch: parts of the job finish one after another, so a
         # node loss or a downscale lands mid-job. Batched together, a replica's parts (a
         # window each here) finished all at once.
-        "WHISPER_BATCH_SIZE": "1",
-        "JOB_LEASE_SEC": "20",
-    }
+        WHISPER_BATCH_SIZE="1",
+        JOB_LEASE_SEC="20",
+    )
     ray = RayCluster(work, env)
     try:
         ray.start_head(num_cpus=1)
@@ -61,16 +58,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
 
 
 def _config(work: Path, port: int) -> Path:
-    """cluster/serve_cluster.yaml as shipped, but for one machine: loopback, the head's proxy
-    only (two proxies cannot share a port), one Gateway and one Ingest."""
-    config: dict[str, Any] = yaml.safe_load((ROOT / "cluster" / "serve_cluster.yaml").read_text())
-    config["http_options"].update(host="127.0.0.1", port=port)
-    config["proxy_location"] = "HeadOnly"
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Gateway":
-            deployment["num_replicas"] = 1
-        if deployment["name"] == "Ingest":
-            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    """The shipped cluster config for one machine (``cluster_config``), with one Ingest."""
+    config = cluster_config(port)
+    deployments(config)["Ingest"]["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     path = work / "serve_cluster.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -203,15 +193,11 @@ def _gateway_up(url: str) -> bool:
 
 def _scaled(config_path: Path, replicas: int) -> Path:
     config = yaml.safe_load(config_path.read_text())
-    pool = _deployments_by_name(config)["TranscriberCPU"]["autoscaling_config"]
+    pool = deployments(config)["TranscriberCPU"]["autoscaling_config"]
     pool.update(min_replicas=replicas, max_replicas=replicas)
     path = config_path.with_name(f"serve_cluster_{replicas}.yaml")
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _deployments_by_name(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {d["name"]: d for d in config["applications"][0]["deployments"]}
 
 
 def _replica_logs(cluster: RayCluster) -> dict[Path, int]:

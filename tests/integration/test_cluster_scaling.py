@@ -12,10 +12,8 @@ The curve is printed (`-s`); bench/RESULTS.md records one run's."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,15 @@ import yaml
 
 from ingest import contract as c
 from tests.support import amqp, speech
-from tests.support.ray_cluster import RayCluster
-from tests.support.serve_process import ROOT, free_port
+from tests.support.curve import Curve, health
+from tests.support.ray_cluster import (
+    RayCluster,
+    cluster_config,
+    deployments,
+    head_and_cpu_workers,
+    service_env,
+)
+from tests.support.serve_process import free_port
 
 VHOST = "whisper_scaling_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -43,95 +48,33 @@ DECODERS = {"CPU": 0.25, "memory": 1024**3}
 def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
     work = tmp_path_factory.mktemp("scaling")
     amqp.fresh_vhost(VHOST)
-    env = {
-        "WHISPER_MODEL": "tiny.en",
-        "MODELS_DIR": str(work / "models"),
-        "DATA_DIR": str(work / "data"),
-        "TMP_DIR": str(work / "spool"),
-        "ALLOWED_AUDIO_ROOTS": str(speech_dir),
-        "RABBITMQ_URL": URL,
-        "WORKERS_COUNT": str(WORKERS_COUNT),
-        "AMQP_DEPTH_POLL_SEC": "1",
+    env = service_env(
+        work,
+        speech_dir,
+        URL,
+        WORKERS_COUNT=str(WORKERS_COUNT),
+        AMQP_DEPTH_POLL_SEC="1",
         # Above a model replica's start on a fresh worker here.
-        "POOL_START_WAIT_SEC": "120",
-    }
-    ray = RayCluster(work, env)
-    try:
-        ray.start_head(num_cpus=1)
-        for name in ("cpu-a", "cpu-b"):
-            # One CPU for its model replica, one for decoders Serve spreads there.
-            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=2)
+        POOL_START_WAIT_SEC="120",
+    )
+    with head_and_cpu_workers(work, env) as ray:
         yield ray
-    finally:
-        ray.stop()
 
 
 def _config(work: Path, port: int, ingest: tuple[int, int] = (1, INGEST_MAX)) -> Path:
     """The shipped cluster config on loopback, bounded to this machine and quick to react:
     the Ingest between ``ingest`` replicas, the CPU pool between 1 and 2 (one per worker)."""
-    config: dict[str, Any] = yaml.safe_load((ROOT / "cluster" / "serve_cluster.yaml").read_text())
-    config["http_options"].update(host="127.0.0.1", port=port)
-    config["proxy_location"] = "HeadOnly"
-    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
-    deployments["Gateway"]["num_replicas"] = 1
-    deployments["Ingest"]["autoscaling_config"].update(
+    config = cluster_config(port)
+    by_name = deployments(config)
+    by_name["Ingest"]["autoscaling_config"].update(
         min_replicas=ingest[0], max_replicas=ingest[1], upscale_delay_s=2, downscale_delay_s=5
     )
-    deployments["TranscriberCPU"]["autoscaling_config"].update(
+    by_name["TranscriberCPU"]["autoscaling_config"].update(
         min_replicas=1, max_replicas=POOL_MAX, upscale_delay_s=2, downscale_delay_s=5
     )
     path = work / "serve_scaling.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@dataclass(frozen=True)
-class Sample:
-    t: float
-    depth: int  # waiting on the work queue and its retry queue
-    ingest: int
-    pool: int
-    in_flight: int  # unacknowledged deliveries of the work queue
-
-
-class Curve:
-    """Samples the pipeline about once a second in a thread, until stopped."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[Sample] = []
-        self._start = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                health = _health(self.url)
-                depth = sum(amqp.queue_depth(URL, q)[0] for q in (c.REQUEST_QUEUE, c.RETRY_QUEUE))
-                held = amqp.unacked(c.REQUEST_QUEUE, VHOST)
-            except Exception as exc:  # a slow /health or rabbitmqctl: the next second's
-                print(f"sample skipped: {exc!r}")
-                continue
-            pool = health.get("pools", {}).get("TranscriberCPU", {}).get("replicas", {})
-            self.samples.append(
-                Sample(
-                    round(time.monotonic() - self._start, 1),
-                    depth,
-                    int(health.get("broker", {}).get("ingest_replicas", 0)),
-                    int(pool.get("RUNNING", 0)),
-                    held,
-                )
-            )
-
-    def stop(self) -> list[Sample]:
-        self._stop.set()
-        self._thread.join(30)
-        return self.samples
-
-    def now(self) -> Sample | None:
-        return self.samples[-1] if self.samples else None
 
 
 def _reserved(cluster: RayCluster, deployment: str) -> list[dict[str, float]]:
@@ -177,11 +120,6 @@ def port(cluster: RayCluster, clip: Any) -> int:
     return port
 
 
-def _health(url: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{url}/health", timeout=10).json()
-    return body
-
-
 def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
     cluster: RayCluster, port: int, clip: Any
 ) -> None:
@@ -191,7 +129,7 @@ def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
     audio = clip("en_office", ".mp3")
     ids = [8 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(JOBS)]
     results = amqp.ResultCollector(URL)
-    curve = Curve(url)
+    curve = Curve(url, URL, VHOST)
     try:
         speech.wait_until(lambda: curve.now() is not None, 60, "a first sample")
         amqp.publish(URL, *({"attachment_id": i, "audio_file_path": str(audio)} for i in ids))
@@ -208,9 +146,7 @@ def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
     finally:
         samples = curve.stop()
         results.close()
-    print("\n  t (s) | depth | Ingest | CPU pool | in flight")
-    for s in samples:
-        print(f"{s.t:7.1f} | {s.depth:5d} | {s.ingest:6d} | {s.pool:8d} | {s.in_flight:9d}")
+    print("\n" + curve.table())
     assert all(len(results.all(i)) == 1 for i in ids), "a job answered twice or never"
     peak = max(samples, key=lambda s: s.in_flight)
     assert max(s.ingest for s in samples) == INGEST_MAX, samples
@@ -233,7 +169,7 @@ def test_ingest_replicas_scaled_down_mid_backlog_drain_and_lose_nothing(
     url = f"http://127.0.0.1:{port}"
     cluster.serve_deploy(_config(cluster.work, port, ingest=(3, 3)))
     speech.wait_until(
-        lambda: _health(url).get("broker", {}).get("ingest_replicas") == 3, 180, "3 Ingest"
+        lambda: health(url).get("broker", {}).get("ingest_replicas") == 3, 180, "3 Ingest"
     )
     audio = clip("en_office", ".mp3")
     ids = [7 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(JOBS)]
@@ -251,7 +187,7 @@ def test_ingest_replicas_scaled_down_mid_backlog_drain_and_lose_nothing(
         cluster.serve_deploy(_config(cluster.work, port, ingest=(1, 1)))
         answered = [results.wait(i, 600) for i in ids]
         speech.wait_until(
-            lambda: _health(url).get("broker", {}).get("ingest_replicas") == 1, 180, "1 Ingest"
+            lambda: health(url).get("broker", {}).get("ingest_replicas") == 1, 180, "1 Ingest"
         )
         speech.wait_until(
             lambda: amqp.unacked(c.REQUEST_QUEUE, VHOST) == 0, 60, "every delivery settled"

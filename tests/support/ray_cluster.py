@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 from tests.support.serve_process import free_port
 
@@ -192,3 +194,51 @@ class RayCluster:
         for node in reversed(self.nodes):
             node.stop()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def service_env(work: Path, audio_root: Path, rabbitmq_url: str, **extra: str) -> dict[str, str]:
+    """Settings every node of a test cluster shares: tiny.en, one SQLite store and spool
+    under ``work`` (all nodes are on this machine), audio under ``audio_root``."""
+    return {
+        "WHISPER_MODEL": "tiny.en",
+        "MODELS_DIR": str(work / "models"),
+        "DATA_DIR": str(work / "data"),
+        "TMP_DIR": str(work / "spool"),
+        "ALLOWED_AUDIO_ROOTS": str(audio_root),
+        "RABBITMQ_URL": rabbitmq_url,
+        **extra,
+    }
+
+
+def cluster_config(port: int) -> dict[str, Any]:
+    """cluster/serve_cluster.yaml as shipped, for one machine: loopback, the head's proxy
+    only (two proxies cannot share a port), one Gateway; callers size the rest."""
+    root = Path(__file__).resolve().parents[2]
+    config: dict[str, Any] = yaml.safe_load((root / "cluster" / "serve_cluster.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["proxy_location"] = "HeadOnly"
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Gateway":
+            deployment["num_replicas"] = 1
+    return config
+
+
+def deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The config's deployments by name (the same dicts: change them in place)."""
+    return {d["name"]: d for d in config["applications"][0]["deployments"]}
+
+
+@contextlib.contextmanager
+def head_and_cpu_workers(
+    work: Path, env: dict[str, str], workers: tuple[str, ...] = ("cpu-a", "cpu-b")
+) -> Iterator[RayCluster]:
+    """A head with one CPU and workers offering `whisper_cpu`, with two CPUs each: one for
+    its model replica, one for the decoders Serve spreads there."""
+    ray = RayCluster(work, env)
+    try:
+        ray.start_head(num_cpus=1)
+        for name in workers:
+            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=2)
+        yield ray
+    finally:
+        ray.stop()

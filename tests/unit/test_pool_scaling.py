@@ -125,7 +125,7 @@ def test_replicas_outlast_a_backlog_that_just_emptied() -> None:
     cpu = _ctx("TranscriberCPU", running=4, metrics=_speeds(10.0, 10.0, 10.0, 10.0))
     busy, states = _decide(Ingest=_ingest(4 * 6000), TranscriberCPU=cpu)
     calm = _ctx(
-        "TranscriberCPU", running=4, metrics=_speeds(10.0), state=states["TranscriberCPU"], now=1060
+        "TranscriberCPU", running=4, metrics=_speeds(10.0), state=states["TranscriberCPU"], now=1030
     )
     after, _ = _decide(Ingest=_ingest(0), TranscriberCPU=calm)
     assert busy["TranscriberCPU"] == 4 and after["TranscriberCPU"] == 2  # half a minute later
@@ -138,3 +138,15 @@ def test_without_an_ingest_report_everything_scales_on_requests() -> None:
     assert decided == {"Ingest": 1, "TranscriberCPU": 6, "Diarizer": 1}
     alone, _ = _decide(TranscriberCPU=cpu)
     assert alone == {"TranscriberCPU": 6}
+
+
+def test_a_one_look_spike_asks_for_replicas_only_while_it_lasts() -> None:
+    # Jobs not decoded yet count as typical ones for a second: Serve's upscale delay sees
+    # the spike gone at the next look, and the smoothed figure does not keep asking.
+    cpu = _ctx("TranscriberCPU", running=1, metrics=_speeds(10.0))
+    spike, states = _decide(Ingest=_ingest(4 * 6000), TranscriberCPU=cpu)
+    after = _ctx(
+        "TranscriberCPU", running=1, metrics=_speeds(10.0), state=states["TranscriberCPU"], now=1001
+    )
+    gone, _ = _decide(Ingest=_ingest(30), TranscriberCPU=after)
+    assert spike["TranscriberCPU"] == 4 and gone["TranscriberCPU"] == 1
