@@ -25,6 +25,7 @@ from serve_app import metrics
 from serve_app.errors import ServiceError
 from serve_app.jobs.runner import Deliver
 from serve_app.jobs.running import Outcome
+from serve_app.periodic import every
 from serve_app.schemas import Job, QueuedTranscriptionRequest, QueuedTranscriptionResult
 
 logger = logging.getLogger(__name__)
@@ -74,18 +75,13 @@ class IngestConsumer:
 
     async def watch_queues(self, every_s: float) -> None:
         """Read each lane's depth on the broker every ``every_s`` into the status and the
-        metrics, for as long as the replica runs."""
-        failing = False
-        while True:
+        metrics, for as long as the replica runs (not while disconnected)."""
+
+        async def read() -> None:
             if self.status.connected:
-                try:
-                    await asyncio.wait_for(self.transport.queue_depths(), every_s)
-                    failing = False
-                except Exception as exc:  # the broker went away mid-read: next time
-                    if not failing:
-                        logger.warning("Could not read the queues' depths: %r", exc)
-                    failing = True
-            await asyncio.sleep(every_s)
+                await asyncio.wait_for(self.transport.queue_depths(), every_s)
+
+        await every(every_s, read, "read the queues' depths", logger)
 
     def _lanes(self, _: topology.Topology) -> dict[str, Handler]:
         lanes: dict[str, Handler] = {"requests": self._on_request}

@@ -27,6 +27,7 @@ from serve_app.errors import QueueUnavailableError
 from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
+from serve_app.periodic import every
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import (
@@ -152,19 +153,18 @@ class Ingest:
         return report.as_metrics()
 
     async def _read_backlog(self, store: BacklogStore, every_s: float) -> None:
-        failing = False
-        while True:
-            try:
-                pending = await asyncio.to_thread(store.pending)
-                typical = await asyncio.to_thread(store.typical_duration)
-                waiting = self._consumer.status.queues.get("requests", {}).get("waiting", 0)
-                self._backlog_s = queued_audio_s(pending, waiting, typical)
-                failing = False
-            except Exception as exc:  # the store is down: the pools keep their last figure
-                if not failing:
-                    logger.warning("Could not read the backlog for autoscaling: %r", exc)
-                failing = True
-            await asyncio.sleep(every_s)
+        """The backlog's audio seconds every ``every_s``; while the store is down the pools
+        keep the last figure."""
+
+        def read(waiting: int) -> float:
+            typical = store.typical_duration()
+            return queued_audio_s(store.pending(typical), waiting, typical)
+
+        async def step() -> None:
+            waiting = self._consumer.status.queues.get("requests", {}).get("waiting", 0)
+            self._backlog_s = await asyncio.to_thread(read, waiting)
+
+        await every(every_s, step, "read the backlog for autoscaling", logger)
 
     async def status(self) -> dict[str, Any]:
         # Counters are this replica's; connection state is shared by all of them.

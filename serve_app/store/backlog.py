@@ -96,8 +96,9 @@ class BacklogStore:
 
     # --- work -----------------------------------------------------------------------------------
 
-    def pending(self) -> list[Pending]:
-        """Unfinished jobs: the running ones by when they started, then the queue in order."""
+    def pending(self, typical_s: float | None = None) -> list[Pending]:
+        """Unfinished jobs: the running ones by when they started, then the queue in order;
+        an undecoded one counts as ``typical_s`` (read here when not given)."""
         columns = (
             jobs.c.id,
             jobs.c.source,
@@ -110,7 +111,7 @@ class BacklogStore:
         query = select(*columns).where(jobs.c.status.in_(("queued", "running")))
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        typical = self.typical_duration()
+        typical = self.typical_duration() if typical_s is None else typical_s
         ordered = sorted(
             rows,
             key=lambda r: (
