@@ -211,17 +211,20 @@ class DiarizerClient:
             return turns
 
 
-def coming_replicas(deployment: DeploymentStatusOverview) -> int:
-    """Replicas running or on their way (starting, updating, recovering)."""
-    states = ("STARTING", "UPDATING", "RECOVERING", "RUNNING")
-    return sum(n for state, n in deployment.replica_states.items() if state in states)
-
-
 def running_replicas(deployment: DeploymentStatusOverview | None) -> int:
     """Replicas of a deployment, as ``serve.status()`` has it, in the RUNNING state."""
+    return _replicas_in(deployment, ("RUNNING",))
+
+
+def coming_replicas(deployment: DeploymentStatusOverview) -> int:
+    """Replicas running or on their way (starting, updating, recovering)."""
+    return _replicas_in(deployment, ("STARTING", "UPDATING", "RECOVERING", "RUNNING"))
+
+
+def _replicas_in(deployment: DeploymentStatusOverview | None, states: tuple[str, ...]) -> int:
     if deployment is None:
         return 0
-    return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+    return sum(n for state, n in deployment.replica_states.items() if state in states)
 
 
 async def _cancelling(response: DeploymentResponse[Any]) -> Any:
