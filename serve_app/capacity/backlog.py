@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -106,12 +106,14 @@ class Backlog:
                 jobs, pools = await asyncio.to_thread(self._read)
                 stored = self._last = Snapshot(now(), jobs, pools)
         requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
+        asked = self._asked()
+        if not requests:
+            # Kept while nothing changes, so its estimates are worked out once per read.
+            if stored.asked != asked:
+                stored = self._last = replace(stored, asked=asked)
+            return stored
         return Snapshot(
-            now() if requests else stored.at,
-            requests + stored.pending,
-            stored.pools,
-            taken=stored.taken,
-            asked=self._asked(),
+            now(), requests + stored.pending, stored.pools, taken=stored.taken, asked=asked
         )
 
     def _read(self) -> tuple[list[Pending], dict[str, PoolSpeed]]:
