@@ -23,7 +23,7 @@ import yaml
 
 from ingest import contract as c
 from tests.support import amqp, speech
-from tests.support.curve import Curve, health
+from tests.support.curve import Curve, health, run_backlog
 from tests.support.ray_cluster import (
     RayCluster,
     cluster_config,
@@ -131,10 +131,7 @@ def test_a_backlog_grows_the_ingest_and_the_pool_and_they_shrink_when_it_drains(
     results = amqp.ResultCollector(URL)
     curve = Curve(url, URL, VHOST)
     try:
-        speech.wait_until(lambda: curve.now() is not None, 60, "a first sample")
-        amqp.publish(URL, *({"attachment_id": i, "audio_file_path": str(audio)} for i in ids))
-        for attachment_id in ids:
-            assert results.wait(attachment_id, 600)["success"] is True
+        run_backlog(curve, URL, results, str(audio), ids)
         drained = time.monotonic()
 
         def settled() -> bool:

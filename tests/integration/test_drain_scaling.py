@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.support import amqp, speech
-from tests.support.curve import Curve, health
+from tests.support.curve import Curve, health, run_backlog
 from tests.support.ray_cluster import (
     RayCluster,
     cluster_config,
@@ -34,7 +34,7 @@ from tests.support.serve_process import free_port
 
 VHOST = "whisper_drain_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-FILES = 4  # 4-minute files a phase: 16 minutes of audio
+FILES = 6  # 4-minute files a phase: 24 minutes of audio
 READING_THE_DEADLINE = ("ServeReplica:whisper:Ingest", "ServeReplica:whisper:TranscriberCPU")
 
 
@@ -54,15 +54,20 @@ def _deploy(cluster: RayCluster, port: int, drain_s: int) -> None:
     app["args"]["pools"] = [p for p in app["args"]["pools"] if p["name"] == "TranscriberCPU"]
     app["deployments"] = [d for d in app["deployments"] if d["name"] != "TranscriberGPU"]
     by_name = deployments(config)
-    by_name["Ingest"]["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    # Serve averages the Ingest's reports (the backlog) over this look-back: a short one, so
+    # the backlog of a phase that takes 20 s at 50x is seen while it lasts.
+    by_name["Ingest"]["autoscaling_config"].update(
+        min_replicas=1, max_replicas=1, look_back_period_s=2
+    )
     pool = by_name["TranscriberCPU"]
     pool["max_ongoing_requests"] = 64
     pool["autoscaling_config"].update(
         min_replicas=1,
         max_replicas=2,
         target_ongoing_requests=64,
-        # Longer than a clip's second counted as a typical (4-minute) job before it decodes.
-        upscale_delay_s=5,
+        # Longer than a clip's second counted as a typical (4-minute) job before it decodes,
+        # averaged over the look-back.
+        upscale_delay_s=8,
         downscale_delay_s=5,
     )
     path = cluster.work / f"serve_drain_{drain_s}.yaml"
@@ -99,10 +104,7 @@ def _phase(url: str, audio: Path, jobs: int, results: amqp.ResultCollector) -> C
     ids = [6 * 10**8 + time.time_ns() % 10**8 * 100 + i for i in range(jobs)]
     curve = Curve(url, URL, VHOST)
     try:
-        speech.wait_until(lambda: curve.now() is not None, 60, "a first sample")
-        amqp.publish(URL, *({"attachment_id": i, "audio_file_path": str(audio)} for i in ids))
-        for attachment_id in ids:
-            assert results.wait(attachment_id, 600)["success"] is True
+        run_backlog(curve, URL, results, str(audio), ids)
         speech.wait_until(
             lambda: (last := curve.now()) is not None and last.pool == 1 and last.in_flight == 0,
             240,

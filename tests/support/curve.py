@@ -80,3 +80,17 @@ class Curve:
             for s in self.samples
         ]
         return "\n".join(lines)
+
+
+def run_backlog(
+    curve: Curve, amqp_url: str, results: amqp.ResultCollector, audio: str, ids: list[int]
+) -> None:
+    """Once the curve has a first sample, publish a Whisper-Local request for ``audio`` per
+    id, and wait for each one's result, a success."""
+    deadline = time.monotonic() + 60
+    while curve.now() is None:
+        assert time.monotonic() < deadline, "no sample of the curve in 60 s"
+        time.sleep(0.2)
+    amqp.publish(amqp_url, *({"attachment_id": i, "audio_file_path": audio} for i in ids))
+    for attachment_id in ids:
+        assert results.wait(attachment_id, 600)["success"] is True
