@@ -51,15 +51,18 @@ def assumed_speeds(pools: Sequence[PoolView]) -> dict[str, float]:
     return {p.name: p.speed if p.speed and p.speed > 0 else per_weight * p.weight for p in pools}
 
 
-def drain_targets(backlog_s: float, pools: Sequence[PoolView], drain_s: float) -> dict[str, int]:
+def drain_targets(
+    backlog_s: float, pools: Sequence[PoolView], drain_s: float, share: float = 0.0
+) -> dict[str, int]:
     """Replicas per pool to get through ``backlog_s`` audio seconds within ``drain_s``
-    seconds, pools filled in the given order; each within its min and max."""
+    seconds, pools filled in the given order; each within its min and max. A replica is
+    wanted for more than ``share`` of its work (0: any audio at all wakes one)."""
     speeds = assumed_speeds(pools)
     left = max(backlog_s, 0.0)
     targets: dict[str, int] = {}
     for pool in pools:
         per_replica = speeds[pool.name] * max(drain_s, 1e-9)
-        wanted = math.ceil(left / per_replica - 1e-9) if left > 0 else 0
+        wanted = max(math.ceil(left / per_replica - share - 1e-9), 0) if left > 0 else 0
         replicas = min(max(wanted, pool.min_replicas), pool.max_replicas)
         targets[pool.name] = replicas
         usable = replicas if pool.usable is None else min(replicas, pool.usable)
@@ -88,8 +91,13 @@ class Smoothed:
 
 # A pool whose replicas have waited this long for a node counts only those running.
 PLACEMENT_GRACE_S = 120.0
-# How slowly the backlog that holds replicas falls once the work is done.
+# How slowly the backlog that holds replicas falls once the work is done: a lull is short
+# against the deadline, so the half-life is at most a quarter of it.
 BACKLOG_HALF_LIFE_S = 30.0
+# A replica is held while the fading backlog still needs at least this share of its work:
+# with any share at all, a pool at zero when idle would keep its last replica for many
+# half-lives after the work is done.
+HELD_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -144,11 +152,12 @@ def plan_pools(
             )
         )
     first = states.setdefault(seen[0].name, {}) if seen else {}
-    smoothed = Smoothed(BACKLOG_HALF_LIFE_S, first.get("backlog", 0.0), first.get("backlog_at"))
+    half_life = min(BACKLOG_HALF_LIFE_S, drain_s / 4)
+    smoothed = Smoothed(half_life, first.get("backlog", 0.0), first.get("backlog_at"))
     backlog = smoothed.update(backlog_s, now)
     first["backlog"], first["backlog_at"] = backlog, now
     now_wanted = drain_targets(backlog_s, views, drain_s)
-    held = drain_targets(backlog, views, drain_s)
+    held = drain_targets(backlog, views, drain_s, share=HELD_SHARE)
     return {
         pool.name: min(
             max(

@@ -53,3 +53,11 @@ def test_the_backlog_rises_at_once_and_falls_by_half_lives() -> None:
     assert backlog.update(0, now=60) == pytest.approx(500)
     assert backlog.update(0, now=120) == pytest.approx(250)
     assert backlog.update(4000, now=121) == 4000
+
+
+def test_a_replica_is_held_only_for_a_real_share_of_its_work() -> None:
+    # 6,000 s is one CPU replica's work in 10 minutes: 40% of it holds none past the minimum.
+    gpu_at_zero = PoolView("TranscriberGPU", 0, 4, speed=10.0)
+    assert drain_targets(2400, [gpu_at_zero], 600, share=0.5) == {"TranscriberGPU": 0}
+    assert drain_targets(3600, [gpu_at_zero], 600, share=0.5) == {"TranscriberGPU": 1}
+    assert drain_targets(2400, [gpu_at_zero], 600) == {"TranscriberGPU": 1}

@@ -150,3 +150,35 @@ def test_a_one_look_spike_asks_for_replicas_only_while_it_lasts() -> None:
     )
     gone, _ = _decide(Ingest=_ingest(30), TranscriberCPU=after)
     assert spike["TranscriberCPU"] == 4 and gone["TranscriberCPU"] == 1
+
+
+def test_a_pool_at_zero_when_idle_lets_its_last_replica_go_soon_after_the_work() -> None:
+    gpu = _ctx("TranscriberGPU", running=1, bounds=(0, 4), metrics=_speeds(100.0))
+    busy, states = _decide(Ingest=_ingest(60_000), TranscriberGPU=gpu)
+    idle = [
+        _decide(
+            Ingest=_ingest(0),
+            TranscriberGPU=_ctx(
+                "TranscriberGPU",
+                running=1,
+                bounds=(0, 4),
+                metrics=_speeds(100.0),
+                state=states["TranscriberGPU"],
+                now=1000 + later,
+            ),
+        )[0]["TranscriberGPU"]
+        for later in (10, 31)
+    ]
+    # Held a while (the backlog fades with a 30 s half-life), gone once it is under half.
+    assert busy["TranscriberGPU"] == 1 and idle == [1, 0]
+
+
+def test_a_short_deadline_holds_replicas_for_a_short_while() -> None:
+    cpu = _ctx("TranscriberCPU", running=4, metrics=_speeds(10.0, 10.0, 10.0, 10.0))
+    busy, states = _decide(Ingest=_ingest(400, drain_s=10), TranscriberCPU=cpu)
+    calm = _ctx(
+        "TranscriberCPU", running=4, metrics=_speeds(10.0), state=states["TranscriberCPU"], now=1005
+    )
+    after, _ = _decide(Ingest=_ingest(0, drain_s=10), TranscriberCPU=calm)
+    # Half-lives of 2.5 s (a quarter of the deadline): 5 s later, a quarter of the backlog.
+    assert busy["TranscriberCPU"] == 4 and after["TranscriberCPU"] == 1
