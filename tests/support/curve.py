@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,10 +27,12 @@ class Sample:
     ingest: int
     pool: int
     in_flight: int  # unacknowledged deliveries of the work queue
+    # Every model pool's replicas RUNNING, ``pool`` among them.
+    pools: dict[str, int] = field(default_factory=dict)
 
 
 class Curve:
-    """Samples in a thread until stopped; ``pool`` is the model pool counted."""
+    """Samples in a thread until stopped; ``pool`` is the model pool counted as ``pool``."""
 
     def __init__(self, url: str, amqp_url: str, vhost: str, pool: str = "TranscriberCPU") -> None:
         self.url = url
@@ -38,7 +40,7 @@ class Curve:
         self._vhost = vhost
         self._pool = pool
         self.samples: list[Sample] = []
-        self._start = time.monotonic()
+        self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -54,14 +56,18 @@ class Curve:
             except Exception as exc:  # a slow /health or rabbitmqctl: the next second's
                 print(f"sample skipped: {exc!r}")
                 continue
-            pool = seen.get("pools", {}).get(self._pool, {}).get("replicas", {})
+            pools = {
+                name: int(pool.get("replicas", {}).get("RUNNING", 0))
+                for name, pool in seen.get("pools", {}).items()
+            }
             self.samples.append(
                 Sample(
-                    round(time.monotonic() - self._start, 1),
+                    round(time.monotonic() - self.started, 1),
                     depth,
                     int(seen.get("broker", {}).get("ingest_replicas", 0)),
-                    int(pool.get("RUNNING", 0)),
+                    pools.get(self._pool, 0),
                     held,
+                    pools,
                 )
             )
 
@@ -73,10 +79,16 @@ class Curve:
     def now(self) -> Sample | None:
         return self.samples[-1] if self.samples else None
 
+    def peak(self, pool: str) -> int:
+        return max((s.pools.get(pool, 0) for s in self.samples), default=0)
+
     def table(self) -> str:
-        lines = ["  t (s) | depth | Ingest | pool | in flight"]
+        names = sorted({name for s in self.samples for name in s.pools})
+        lines = ["  t (s) | depth | Ingest | " + " | ".join(names) + " | in flight"]
         lines += [
-            f"{s.t:7.1f} | {s.depth:5d} | {s.ingest:6d} | {s.pool:4d} | {s.in_flight:9d}"
+            f"{s.t:7.1f} | {s.depth:5d} | {s.ingest:6d} | "
+            + " | ".join(f"{s.pools.get(n, 0):{len(n)}d}" for n in names)
+            + f" | {s.in_flight:9d}"
             for s in self.samples
         ]
         return "\n".join(lines)
