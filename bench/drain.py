@@ -58,13 +58,13 @@ def replica_seconds(samples: list[Sample], start: float, end: float) -> float:
 
 def run(
     cluster: RayCluster,
+    port: int,
     name: str,
     bounds: tuple[int, int],
     deadline: int,
     jobs: list[Path],
     results: amqp.ResultCollector,
 ) -> Drained:
-    port = free_port()
     url = f"http://127.0.0.1:{port}"
     low, high = bounds
     pool = {"min_replicas": low, "max_replicas": high, "downscale_delay_s": 30}
@@ -125,9 +125,10 @@ def main() -> None:
     drained = []
     with head_and_cpu_workers(work, env) as cluster:
         results = amqp.ResultCollector(URL)
+        port = free_port()  # one for every run: Serve's proxy keeps the port it started on
         try:
             for name, low, high in RUNS:
-                done = run(cluster, name, (low, high), args.deadline, jobs, results)
+                done = run(cluster, port, name, (low, high), args.deadline, jobs, results)
                 print(f"\n{name}:\n{done.curve}", flush=True)
                 drained.append(done)
         finally:
