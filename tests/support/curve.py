@@ -32,7 +32,8 @@ class Sample:
 
 
 class Curve:
-    """Samples in a thread until stopped; ``pool`` is the model pool counted as ``pool``."""
+    """Samples in a thread until stopped; ``pool`` names the model pool each sample counts
+    as its ``pool`` (every pool is in its ``pools``)."""
 
     def __init__(self, url: str, amqp_url: str, vhost: str, pool: str = "TranscriberCPU") -> None:
         self.url = url
