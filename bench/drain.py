@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import duration, short_clips
+from bench.common import duration, publish_burst, short_clips
 from tests.support import amqp, speech
 from tests.support.curve import Curve, Sample
 from tests.support.drain_deploy import deploy, drain_config, rolled_out
@@ -72,19 +72,11 @@ def run(
     deploy(cluster, config, f"bench_{low}_{high}")
     speech.wait_until(lambda: rolled_out(cluster, url, deadline, {POOL: low}), 600, name)
     curve = Curve(url, URL, VHOST)
-    speech.wait_until(lambda: curve.now() is not None, 60, "a first sample")
+    curve.first_sample()
     first = 5 * 10**8 + time.time_ns() % 10**7 * 100
-    ids = list(range(first, first + len(jobs)))
     start = time.monotonic() - curve.started
-    amqp.publish(
-        URL,
-        *(
-            {"attachment_id": i, "audio_file_path": str(path), "language": "en"}
-            for i, path in zip(ids, jobs, strict=True)
-        ),
-    )
-    answers = [results.wait(i, 1800) for i in ids]
-    end = time.monotonic() - curve.started
+    drain_s, answers = publish_burst(URL, results, jobs, first)
+    end = start + drain_s
     assert all(a["success"] for a in answers), [a for a in answers if not a["success"]]
     speech.wait_until(
         lambda: (last := curve.now()) is not None and last.pools.get(POOL) == low, 300, "min"

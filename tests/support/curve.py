@@ -80,6 +80,13 @@ class Curve:
     def now(self) -> Sample | None:
         return self.samples[-1] if self.samples else None
 
+    def first_sample(self, timeout: float = 60) -> None:
+        """Wait until the curve has a sample: the state before any work is on it."""
+        deadline = time.monotonic() + timeout
+        while self.now() is None:
+            assert time.monotonic() < deadline, f"no sample of the curve in {timeout} s"
+            time.sleep(0.2)
+
     def peak(self, pool: str) -> int:
         return max((s.pools.get(pool, 0) for s in self.samples), default=0)
 
@@ -100,10 +107,7 @@ def run_backlog(
 ) -> None:
     """Once the curve has a first sample, publish a Whisper-Local request for ``audio`` per
     id, and wait for each one's result, a success."""
-    deadline = time.monotonic() + 60
-    while curve.now() is None:
-        assert time.monotonic() < deadline, "no sample of the curve in 60 s"
-        time.sleep(0.2)
+    curve.first_sample()
     amqp.publish(amqp_url, *({"attachment_id": i, "audio_file_path": audio} for i in ids))
     for attachment_id in ids:
         assert results.wait(attachment_id, 600)["success"] is True
