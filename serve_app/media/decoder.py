@@ -156,7 +156,9 @@ def decode_pcm(fd: int, sample_rate: int, max_duration_s: float, sandbox: Sandbo
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-    if returncode != 0 and not pcm:
+    # A file cut short still yields what decoded (FFmpeg exits 1), but a decoder killed by a
+    # signal stopped at an arbitrary point: its audio is a silent truncation, not a result.
+    if returncode != 0 and (not pcm or _killed(returncode)):
         raise _failure(returncode, stderr, sandbox)
     if len(pcm) < 2:
         raise EmptyAudioError("File contains no audio samples")
@@ -217,7 +219,7 @@ def _failure(returncode: int, stderr: bytes, sandbox: Sandbox) -> Exception:
         # Killed before its first (debug) line: a static build that cannot map itself within
         # the address-space limit dies in exec, where a dynamic one says its libraries failed.
         return _over_memory()
-    if returncode < 0 or returncode == 128 + signal.SIGKILL:
+    if _killed(returncode):
         name = signal.Signals(-returncode).name if returncode < 0 else "SIGKILL"
         if returncode == -signal.SIGXCPU:
             return _timed_out(sandbox)
@@ -225,6 +227,11 @@ def _failure(returncode: int, stderr: bytes, sandbox: Sandbox) -> Exception:
     if _LOADER_FAILED.search(stderr):
         return _over_memory()
     return UndecodableAudioError(f"Cannot decode audio: {_reason(stderr)}")
+
+
+def _killed(returncode: int) -> bool:
+    # prlimit, which execs into FFmpeg, can also report a kill as 128 + SIGKILL.
+    return returncode < 0 or returncode == 128 + signal.SIGKILL
 
 
 def _over_memory() -> UndecodableAudioError:

@@ -90,6 +90,18 @@ def test_a_crashed_decoder_fails_its_file_and_the_process_goes_on(clip, speech_d
         assert audio.decode(f, LIMITS).duration > 12
 
 
+def test_audio_written_before_a_crash_is_not_a_result(clip, tmp_path: Path) -> None:
+    """A decoder killed after it wrote its audio: what it wrote may be any prefix of the file,
+    so the file fails (a file cut short, where FFmpeg exits 1, keeps what decoded)."""
+    crashing = tmp_path / "ffmpeg"
+    crashing.write_text(f'#!/bin/sh\n"{decoder.bundled_ffmpeg()}" "$@"\nkill -SEGV $$\n')
+    crashing.chmod(0o755)
+    limits = audio.AudioLimits(LIMITS.max_bytes, 120, sandbox=Sandbox(ffmpeg=str(crashing)))
+    with open(clip("en_office", ".ogg"), "rb") as f, pytest.raises(UndecodableAudioError) as err:
+        audio.decode(f, limits)
+    assert "crashed" in err.value.message and "SIGSEGV" in err.value.message
+
+
 def test_the_decoder_sees_none_of_the_replicas_environment(
     speech_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
