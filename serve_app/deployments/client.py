@@ -43,7 +43,8 @@ class ModelClient:
     """The model port (``serve_app.transcription.port``) over the model pools' handles.
 
     ``can_wait``: whether a caller may wait for a pool that is down to come back (queued
-    jobs) or must be told at once (HTTP requests); see ``serve_app.capacity.pools``."""
+    jobs, which wake one sleeping pool at a time: the drain policy sizes the pools for them)
+    or must be told at once (HTTP requests); see ``serve_app.capacity.pools``."""
 
     def __init__(
         self,
@@ -56,7 +57,8 @@ class ModelClient:
             [
                 Pool(handle.deployment_name, handle, weight)
                 for handle, weight in zip(pools, weights, strict=True)
-            ]
+            ],
+            one_wake_at_a_time=can_wait,
         )
         self._can_wait = can_wait
         # How long a caller that cannot wait for good waits for a pool that is starting.

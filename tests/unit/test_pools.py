@@ -104,6 +104,23 @@ def test_with_nothing_serving_sleepers_are_woken_and_nobody_is_queued_on_them() 
     assert all(p.in_flight == 0 for p in router.pools)
 
 
+def test_queued_jobs_wake_the_preferred_sleeper_and_the_next_only_if_it_never_serves() -> None:
+    router = PoolRouter(
+        [Pool("gpu", "g", weight=8), Pool("cpu", "c")], wake_every_s=30, one_wake_at_a_time=True
+    )
+    gpu, cpu = router.pools
+    router.observe({"gpu": ("HEALTHY", 0), "cpu": ("HEALTHY", 0)})  # both at zero when idle
+    assert router.to_wake(now=100) == [gpu]  # not the CPU pool: the GPU pool takes the work
+    router.observe({"gpu": ("UPSCALING", 0, ""), "cpu": ("HEALTHY", 0, "")})
+    assert router.to_wake(now=110) == []
+    assert router.to_wake(now=200) == []  # a slow start is still a start
+    # Serve says no node has room for it (no GPU node): the next pool is woken.
+    waits = "Deployment 'gpu' has 1 replicas that have taken more than 30s to be scheduled."
+    router.observe({"gpu": ("UPSCALING", 0, waits), "cpu": ("HEALTHY", 0, "")})
+    assert router.to_wake(now=210) == [cpu]
+    assert router.to_wake(now=230) == []
+
+
 def test_a_pool_is_starting_only_while_it_can_place_what_it_asked_for() -> None:
     router = PoolRouter([Pool("gpu", "g", weight=8), Pool("cpu", "c")])
     router.observe({"gpu": ("HEALTHY", 0, ""), "cpu": ("UPSCALING", 0, "")})
