@@ -9,9 +9,10 @@ The policy, in order:
    pool serves at all: the burst keeps going to the serving pools while the sleeper starts,
    and it takes its share once it runs. For queued jobs (``one_wake_at_a_time``) only the
    first sleeper in order of preference is woken, and the next one only once no pool is
-   starting a replica it can place, ``wake_every_s`` later at the earliest: the drain policy (``serve_app.capacity.drain``) sizes the pools on the
-   backlog's audio, so a wake is only a nudge, and waking every pool at once would start a
-   CPU replica for work the GPU pool takes.
+   starting a replica it can place, ``wake_every_s`` later at the earliest: the drain
+   policy (``serve_app.capacity.drain``) sizes the pools on the backlog's audio, so a wake
+   is only a nudge, and waking every pool at once would start a CPU replica for work the
+   GPU pool takes.
 3. With no pool serving (all asleep, or down: replicas lost with their node, or unplaceable),
    ``pick`` raises ``NoReplicaError``: callers that can wait (queued jobs) wait until some
    pool serves, then take it, whichever comes back first; callers that cannot (an HTTP client
