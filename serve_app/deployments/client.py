@@ -36,7 +36,12 @@ T = TypeVar("T")
 
 _WATCH_EVERY_S = 2.0
 _POLL_S = 0.5
+# How long a call waits for the first look at the pools before routing without it (every
+# pool taken as serving). Queued jobs wait longer: sent blind, they land on pools at zero,
+# and each such request makes Serve start a replica there, whichever pool the drain policy
+# prefers; a fresh replica's first `serve.status()` can take seconds on a busy node.
 _FIRST_LOOK_S = 5.0
+_FIRST_LOOK_QUEUED_S = 60.0
 
 
 class ModelClient:
@@ -114,7 +119,9 @@ class ModelClient:
             self._watching = asyncio.create_task(self._watch(), context=logcontext.detached())
         if not self._looked.is_set():
             try:
-                await asyncio.wait_for(self._looked.wait(), _FIRST_LOOK_S)
+                await asyncio.wait_for(
+                    self._looked.wait(), _FIRST_LOOK_QUEUED_S if self._can_wait else _FIRST_LOOK_S
+                )
             except TimeoutError:
                 logger.warning("No status of the model pools yet; routing without it")
         waiting = False

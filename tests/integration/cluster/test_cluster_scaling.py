@@ -1,19 +1,19 @@
-"""A backlog grows the pipeline, on a simulated cluster: a head and two workers offering
-`whisper_cpu`, separate raylets on loopback (one CPU on the head, two on each worker), running
-`cluster/serve_cluster.yaml` with smaller bounds and delays. A backlog far beyond what one
-Ingest replica takes makes the Ingest (scaled on the queue's depth by its own policy) and the
-CPU pool rise to their maximum, and the jobs in flight (deliveries held, as RabbitMQ counts
-them) with them; once the queue drains, all of them fall back. Every job has one result.
-The decoders of the Gateway and the Ingest are in Ray's accounting: a worker offers a CPU
-for its model replica and one for them (with one in all, an Ingest replica spread there
-left no room for the second model replica: the pool stayed at one).
+"""A backlog grows the pipeline, on the simulated cluster of this package (a head and two
+workers offering `whisper_cpu`, separate raylets on loopback; one CPU on the head, two on each
+worker; the worker offering `whisper_gpu` has no GPU, so the shipped GPU pool cannot start
+there), running `cluster/serve_cluster.yaml` with smaller bounds and delays. A backlog far
+beyond what one Ingest replica takes makes the Ingest (scaled on the queue's depth by its own
+policy) and the CPU pool rise to their maximum, and the jobs in flight (deliveries held, as
+RabbitMQ counts them) with them; once the queue drains, all of them fall back. Every job has
+one result. The decoders of the Gateway and the Ingest are in Ray's accounting: a worker
+offers a CPU for its model replica and one for them (with one in all, an Ingest replica
+spread there left no room for the second model replica: the pool stayed at one).
 
 The curve is printed (`-s`); bench/RESULTS.md records one run's."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,7 @@ import yaml
 from ingest import contract as c
 from tests.support import amqp, speech
 from tests.support.curve import Curve, health, run_backlog
-from tests.support.ray_cluster import (
-    RayCluster,
-    cluster_config,
-    deployments,
-    head_and_cpu_workers,
-    service_env,
-)
-from tests.support.serve_process import free_port
+from tests.support.ray_cluster import RayCluster, cluster_config, deployments
 
 VHOST = "whisper_scaling_test"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -46,23 +39,6 @@ CUT_JOBS = 30
 DECODERS = {"CPU": 0.25, "memory": 1024**3}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
-    work = tmp_path_factory.mktemp("scaling")
-    amqp.fresh_vhost(VHOST)
-    env = service_env(
-        work,
-        speech_dir,
-        URL,
-        WORKERS_COUNT=str(WORKERS_COUNT),
-        AMQP_DEPTH_POLL_SEC="1",
-        # Above a model replica's start on a fresh worker here.
-        POOL_START_WAIT_SEC="120",
-    )
-    with head_and_cpu_workers(work, env) as ray:
-        yield ray
-
-
 def _config(work: Path, port: int, ingest: tuple[int, int] = (1, INGEST_MAX)) -> Path:
     """The shipped cluster config on loopback, bounded to this machine and quick to react:
     the Ingest between ``ingest`` replicas, the CPU pool between 1 and 2 (one per worker)."""
@@ -74,6 +50,14 @@ def _config(work: Path, port: int, ingest: tuple[int, int] = (1, INGEST_MAX)) ->
     by_name["TranscriberCPU"]["autoscaling_config"].update(
         min_replicas=1, max_replicas=POOL_MAX, upscale_delay_s=2, downscale_delay_s=5
     )
+    config["applications"][0]["runtime_env"] = {
+        "env_vars": {
+            "RABBITMQ_URL": URL,
+            "WORKERS_COUNT": str(WORKERS_COUNT),
+            # Above a model replica's start on a fresh worker here.
+            "POOL_START_WAIT_SEC": "120",
+        }
+    }
     path = work / "serve_scaling.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -96,11 +80,17 @@ def _up(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def port(cluster: RayCluster, clip: Any) -> int:
+def cluster(sim_cluster: RayCluster) -> RayCluster:
+    return sim_cluster
+
+
+@pytest.fixture(scope="module")
+def port(cluster: RayCluster, sim_port: int, clip: Any) -> int:
     """The service deployed on the cluster, listening on this port. The first request, sent
     as soon as the Gateway answers, is served even if the CPU pool is still loading its
     model: it waits for the starting pool (it got 503 "No model replica is running")."""
-    port = free_port()
+    amqp.fresh_vhost(VHOST)
+    port = sim_port
     url = f"http://127.0.0.1:{port}"
     cluster.serve_deploy(_config(cluster.work, port))
     looks: list[int] = []
