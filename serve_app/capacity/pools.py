@@ -7,12 +7,12 @@ The policy, in order:
 2. A pool scaled to zero (asleep) is woken, without making anyone wait for it, once every
    serving pool has ``busy_per_replica`` requests in flight per running replica, or when no
    pool serves at all: the burst keeps going to the serving pools while the sleeper starts,
-   and it takes its share once it runs. For queued jobs (``one_wake_at_a_time``) only the
-   first sleeper in order of preference is woken, and the next one only once no pool is
-   starting a replica it can place, ``wake_every_s`` later at the earliest: the drain
-   policy (``serve_app.capacity.drain``) sizes the pools on the backlog's audio, so a wake
-   is only a nudge, and waking every pool at once would start a CPU replica for work the
-   GPU pool takes.
+   and it takes its share once it runs. Queued jobs (``one_wake_at_a_time``) wake a pool
+   only while none serves, the first sleeper in order of preference, and the next one only
+   once no pool is starting a replica it can place, ``wake_every_s`` later at the earliest:
+   the drain policy (``serve_app.capacity.drain``) sizes the pools on the backlog's audio,
+   so a wake is only a nudge. Waking on busy pools, or every pool at once, started a CPU
+   replica for work the GPU pool was taking by the deadline.
 3. With no pool serving (all asleep, or down: replicas lost with their node, or unplaceable),
    ``pick`` raises ``NoReplicaError``: callers that can wait (queued jobs) wait until some
    pool serves, then take it, whichever comes back first; callers that cannot (an HTTP client
@@ -132,14 +132,14 @@ class PoolRouter(Generic[T]):
     def to_wake(self, now: float | None = None) -> list[Pool[T]]:
         """Sleeping pools to start now because every serving pool is busy; each is returned
         at most once per ``wake_every_s`` (a start takes that long to show), and with
-        ``one_wake_at_a_time`` only the first, when no pool is starting and the last wake
-        is that long ago."""
+        ``one_wake_at_a_time`` only the first while none serves, when no pool is starting
+        and the last wake is that long ago."""
         now = time.monotonic() if now is None else now
         serving = [p for p in self.pools if p.state in SERVING]
         if any(p.in_flight < max(p.running, 1) * self._busy_per_replica for p in serving):
             return []
-        if self._one_wake_at_a_time and any(
-            p.starting or now - p.woken_at < self._wake_every_s for p in self.pools
+        if self._one_wake_at_a_time and (
+            serving or any(p.starting or now - p.woken_at < self._wake_every_s for p in self.pools)
         ):
             return []
         waking = [

@@ -39,6 +39,7 @@ class Node:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    terminated: bool = False
 
     def pids(self, part: str) -> list[int]:
         """This node's processes whose command line contains ``part`` (raylet, a replica)."""
@@ -55,13 +56,18 @@ class Node:
                 continue
         return found
 
-    def stop(self) -> None:
-        """`ray start --block` stops its node's processes on SIGTERM; whatever is left of
-        the process group it leads (it was started in a session of its own) is killed."""
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """Ask the node to stop: `ray start --block` stops its node's processes on SIGTERM."""
+        if self.process.poll() is None and not self.terminated:
             self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, then
-                self.process.wait(timeout=15)
+            self.terminated = True
+
+    def stop(self, timeout: float = 15) -> None:
+        """Terminate, wait up to ``timeout``, then kill whatever is left of the process
+        group it leads (it was started in a session of its own)."""
+        self.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, then
+            self.process.wait(timeout=timeout)
         with contextlib.suppress(ProcessLookupError):  # the group is gone already
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -191,8 +197,16 @@ class RayCluster:
         return Path(found[1])
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            node.stop()
+        """The workers together, then the head, each given 5 s before its process group is
+        killed: an idle node stops in 1-2 s, but one running model replicas waited out the
+        15 s it was given, so a cluster took 20-25 s of every module that used one."""
+        workers = [node for node in self.nodes if node.name != "head"]
+        for group in (workers, [node for node in self.nodes if node.name == "head"]):
+            for node in group:
+                node.terminate()
+            deadline = time.monotonic() + 5
+            for node in group:
+                node.stop(timeout=max(deadline - time.monotonic(), 0.1))
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -230,15 +244,20 @@ def deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def head_and_cpu_workers(
-    work: Path, env: dict[str, str], workers: tuple[str, ...] = ("cpu-a", "cpu-b")
+    work: Path,
+    env: dict[str, str],
+    workers: tuple[str, ...] = ("cpu-a", "cpu-b"),
+    gpu_workers: tuple[str, ...] = (),
 ) -> Iterator[RayCluster]:
-    """A head with one CPU and workers offering `whisper_cpu`, with two CPUs each: one for
-    its model replica, one for the decoders Serve spreads there."""
+    """A head with one CPU and workers offering `whisper_cpu` (``gpu_workers``: `whisper_gpu`,
+    and no GPU), with two CPUs each: one for its model replica, one for the decoders Serve
+    spreads there. One after another: started together, none joined within 120 s."""
     ray = RayCluster(work, env)
     try:
         ray.start_head(num_cpus=1)
-        for name in workers:
-            ray.start_worker(name, {"whisper_cpu": 1}, num_cpus=2)
+        for names, resource in ((workers, "whisper_cpu"), (gpu_workers, "whisper_gpu")):
+            for name in names:
+                ray.start_worker(name, {resource: 1}, num_cpus=2)
         yield ray
     finally:
         ray.stop()

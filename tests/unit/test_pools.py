@@ -114,6 +114,13 @@ def test_queued_jobs_wake_the_preferred_sleeper_and_the_next_only_if_it_never_se
     router.observe({"gpu": ("UPSCALING", 0, ""), "cpu": ("HEALTHY", 0, "")})
     assert router.to_wake(now=110) == []
     assert router.to_wake(now=200) == []  # a slow start is still a start
+    router.observe({"gpu": ("UPSCALING", 1, ""), "cpu": ("HEALTHY", 0, "")})
+    leases = [router.lease() for _ in range(8)]
+    assert {lease.__enter__().name for lease in leases} == {"gpu"}
+    assert router.to_wake(now=300) == []  # busy, but whether it needs help is the policy's
+    for lease in leases:
+        lease.__exit__(None, None, None)
+    router.observe({"gpu": ("UPSCALING", 0, ""), "cpu": ("HEALTHY", 0, "")})
     # Serve says no node has room for it (no GPU node): the next pool is woken.
     waits = "Deployment 'gpu' has 1 replicas that have taken more than 30s to be scheduled."
     router.observe({"gpu": ("UPSCALING", 0, waits), "cpu": ("HEALTHY", 0, "")})

@@ -26,8 +26,7 @@ UNSET_BROKER = "amqp://guest:guest@127.0.0.1:5672/no_vhost_named_by_the_deploy"
 def sim_cluster(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[RayCluster]:
     work = tmp_path_factory.mktemp("sim_cluster")
     env = service_env(work, speech_dir, UNSET_BROKER, AMQP_DEPTH_POLL_SEC="1")
-    with head_and_cpu_workers(work, env) as ray:
-        ray.start_worker("gpu-a", {"whisper_gpu": 1}, num_cpus=2)
+    with head_and_cpu_workers(work, env, gpu_workers=("gpu-a",)) as ray:
         yield ray
 
 

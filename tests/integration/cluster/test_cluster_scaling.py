@@ -41,14 +41,17 @@ DECODERS = {"CPU": 0.25, "memory": 1024**3}
 
 def _config(work: Path, port: int, ingest: tuple[int, int] = (1, INGEST_MAX)) -> Path:
     """The shipped cluster config on loopback, bounded to this machine and quick to react:
-    the Ingest between ``ingest`` replicas, the CPU pool between 1 and 2 (one per worker)."""
+    the Ingest between ``ingest`` replicas, the CPU pool between 1 and 2 (one per worker),
+    each averaging what it scales on over 5 s (30 s by default: the pipeline fell back half
+    a minute after the last result)."""
     config = cluster_config(port)
     by_name = deployments(config)
+    quick = {"upscale_delay_s": 2, "downscale_delay_s": 5, "look_back_period_s": 5}
     by_name["Ingest"]["autoscaling_config"].update(
-        min_replicas=ingest[0], max_replicas=ingest[1], upscale_delay_s=2, downscale_delay_s=5
+        min_replicas=ingest[0], max_replicas=ingest[1], **quick
     )
     by_name["TranscriberCPU"]["autoscaling_config"].update(
-        min_replicas=1, max_replicas=POOL_MAX, upscale_delay_s=2, downscale_delay_s=5
+        min_replicas=1, max_replicas=POOL_MAX, **quick
     )
     config["applications"][0]["runtime_env"] = {
         "env_vars": {
