@@ -146,8 +146,10 @@ class IngestConsumer:
             await self._jobs.answered(key, result, await self._publish_result(message, result, key))
             return
 
-        async def deliver(job: Job) -> None:
-            if await self._jobs.was_answered(key):
+        async def deliver(job: Job, again: bool) -> None:
+            # Answered before only if it was finished before this delivery: only then can a
+            # result have gone out (or a duplicate's, under one key).
+            if again and await self._jobs.was_answered(key):
                 return
             if job.status == "completed" and job.result is not None:
                 result = c.success_result(request, job.result, attempt + 1)

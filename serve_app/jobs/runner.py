@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Hands a finished job's outcome to whoever waits for it; raising leaves it to be handed on
-# by the next delivery of the job (from the store, never by transcribing again).
-Deliver = Callable[[Job], Awaitable[None]]
+# by the next delivery of the job (from the store, never by transcribing again). The flag says
+# whether it may have been handed on before (the job was finished when this delivery came):
+# only then is there a record of it worth reading first.
+Deliver = Callable[[Job, bool], Awaitable[None]]
 # Why an orderly stop hands a job back; its attempt is not counted.
 _STOPPED = "the delivery was stopped (shutdown, or its channel closed) before the job ended"
 
@@ -74,6 +76,8 @@ class JobRunner:
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: dict[str, int] = field(default_factory=dict)  # by source, for the gauge
+    # Jobs as last read when their outcome was handed on, for the run's log line.
+    _handed_on: dict[str, Job] = field(default_factory=dict)
     # Renewals through connections of their own (an engine with a pool of its own), so that
     # blocking work holding every connection of the shared pool cannot hold them up either.
     renewals: ClaimStore | None = None
@@ -133,12 +137,14 @@ class JobRunner:
     ) -> None:
         """One line per run with its timings (keys of their own in JSON logs). It comes
         after the outcome was handed on, so a store error only thins the line: raising would
-        fail the delivery, and its redelivery would hand the outcome on again."""
-        try:
-            job = await asyncio.to_thread(self.store.find, job_id)
-        except Exception:
-            logger.exception("Could not read job %s for its outcome line", job_id)
-            job = None
+        fail the delivery, and its redelivery would hand the outcome on again. A job handed
+        on was read then; only the others are read here."""
+        job = self._handed_on.pop(job_id, None)
+        if job is None and outcome not in (Outcome.SKIPPED,):
+            try:
+                job = await asyncio.to_thread(self.store.find, job_id)
+            except Exception:
+                logger.exception("Could not read job %s for its outcome line", job_id)
         timings: dict[str, object] = {"outcome": outcome.value, "run_s": round(run_s, 3)}
         if job is not None:
             if (waited := _queue_wait_s(job)) is not None:
@@ -182,19 +188,26 @@ class JobRunner:
         # A suspect keeps the lock until its outcome is handed on: another suspect that kills
         # the worker must not run between this job's result going out and being recorded.
         async with self._suspects if suspect else contextlib.nullcontext():
-            outcome, reason = await self._attempt(claim, attempt, final)
+            checkpoint = UnitCheckpoint(self.units, job_id, 0, claim.holder)
+            outcome, reason = await self._attempt(claim, attempt, final, checkpoint)
             if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
-                await self._hand_on(job_id, deliver)
+                await self._hand_on(job_id, deliver, checkpoint=checkpoint)
         return outcome, reason
 
-    async def _attempt(self, claim: Claim, attempt: int, final: bool) -> tuple[Outcome, str | None]:
+    async def _attempt(
+        self, claim: Claim, attempt: int, final: bool, checkpoint: UnitCheckpoint
+    ) -> tuple[Outcome, str | None]:
         job_id, holder = claim.job_id, claim.holder
         starting = asyncio.ensure_future(asyncio.to_thread(self.store.start, job_id, holder))
         try:
             job = await asyncio.shield(starting)
             if job is None:
+                # Finished meanwhile (cancelled, or by an earlier delivery): its units may stay.
+                checkpoint.stored = True
                 return Outcome.SKIPPED, None
-            return await self._work(claim, job, attempt, final)
+            # An earlier attempt may have left finished units behind, to go once it is over.
+            checkpoint.attempt, checkpoint.stored = job.attempts, job.attempts > 1
+            return await self._work(claim, job, attempt, final, checkpoint)
         except asyncio.CancelledError:
             # An orderly stop, or the channel went: the job comes again, and this delivery
             # neither used an attempt nor died. A start still under way may yet commit: it is
@@ -210,13 +223,12 @@ class JobRunner:
             raise
 
     async def _work(
-        self, claim: Claim, job: Job, attempt: int, final: bool
+        self, claim: Claim, job: Job, attempt: int, final: bool, checkpoint: UnitCheckpoint
     ) -> tuple[Outcome, str | None]:
         job_id, holder = claim.job_id, claim.holder
         if job.attempts == 1 and (waited := _queue_wait_s(job)) is not None:
             metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
         events = EventWriter(self.store, job_id, holder).start()
-        checkpoint = UnitCheckpoint(self.units, job_id, job.attempts, holder)
         request = FileRequest(
             job.audio_path, job.options, events.progress, events.segments, checkpoint
         )
@@ -267,18 +279,28 @@ class JobRunner:
         if not await self.leases.still_held(claim):
             raise LeaseLostError(f"claim on job {claim.job_id} lost")
 
-    async def _hand_on(self, job_id: str, deliver: Deliver | None, again: bool = False) -> None:
+    async def _hand_on(
+        self,
+        job_id: str,
+        deliver: Deliver | None,
+        again: bool = False,
+        checkpoint: UnitCheckpoint | None = None,
+    ) -> None:
+        """``checkpoint``: this delivery's, which knows whether any units are stored (without
+        it, as for a job finished before, they may be)."""
         job = await asyncio.to_thread(self.store.find, job_id)
         if job is None or job.status not in FINISHED:
             return
+        self._handed_on[job_id] = job
         if again:  # named by the caller's id (an AMQP job's attachment_id) for its logs
             logger.info("Job %s answered from its stored result", job.external_id or job.id)
         if deliver is not None:
-            await deliver(job)
+            await deliver(job, again)
         # The outcome is out: from here nothing may fail the delivery, or its redelivery would
         # hand the outcome on a second time. What is left is tidying; retention redoes it.
         try:
-            await asyncio.to_thread(self.units.drop_results, job_id)
+            if checkpoint is None or checkpoint.stored:
+                await asyncio.to_thread(self.units.drop_results, job_id)
             if job.spooled:
                 await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
         except Exception:
@@ -293,12 +315,15 @@ class UnitCheckpoint:
     job_id: str
     attempt: int
     holder: str | None = None
+    # Whether the store may hold units of this job (saved now, or by an earlier attempt).
+    stored: bool = False
 
     async def load(self) -> dict[Span, Transcript]:
         return await asyncio.to_thread(self.units.done, self.job_id)
 
     async def save(self, span: Span, transcript: Transcript) -> None:
         try:
+            self.stored = True  # before the write: it may land though it raises
             await asyncio.to_thread(
                 self.units.save, self.job_id, span, self.attempt, transcript, self.holder
             )

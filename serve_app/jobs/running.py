@@ -13,6 +13,7 @@ from typing import Any
 from serve_app.errors import JobCancelledError
 from serve_app.schemas import Segment, Transcript
 from serve_app.store import JobStore
+from serve_app.store.events import EventItem
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EventWriter:
     store: JobStore
     job_id: str
     holder: str | None = None  # the delivery's claim: once another holds it, nothing is written
-    _queue: asyncio.Queue[tuple[str, Any] | None] = field(default_factory=asyncio.Queue)
+    _queue: asyncio.Queue[EventItem | None] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> EventWriter:
@@ -55,20 +56,23 @@ class EventWriter:
             await self._task
 
     async def _write(self) -> None:
+        # What has queued up meanwhile goes in one transaction (a short job's last segments
+        # and its 100% come together).
         while (item := await self._queue.get()) is not None:
-            kind, payload = item
+            items = [item]
+            closing = False
+            while not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    closing = True
+                    break
+                items.append(more)
             try:
-                if kind == "progress":
-                    done_s, total_s = payload
-                    await asyncio.to_thread(
-                        self.store.record_progress, self.job_id, done_s, total_s, self.holder
-                    )
-                else:
-                    await asyncio.to_thread(
-                        self.store.record_segments, self.job_id, payload, self.holder
-                    )
+                await asyncio.to_thread(self.store.record_events, self.job_id, items, self.holder)
             except Exception:  # events are best effort; the job's outcome is not
-                logger.exception("Could not record %s for job %s", kind, self.job_id)
+                logger.exception("Could not record %d events for job %s", len(items), self.job_id)
+            if closing:
+                return
 
 
 CANCELLED_MESSAGE = "Cancelled by request"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,17 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
+
+logger = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x5748_4953  # any constant shared by every replica
+# A pooled connection idle this long is pinged before use (a server restart or a firewall may
+# have dropped it meanwhile). Pinging on every checkout, as pool_pre_ping does, doubled the
+# round trips and transactions of each store call; a connection that was used moments ago is
+# trusted, and if the server went away since, its error invalidates the whole pool.
+PING_IDLE_S = 10.0
 
 
 def make_engine(url: str, pool_size: int | None = None) -> Engine:
@@ -42,7 +52,28 @@ def make_engine(url: str, pool_size: int | None = None) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **options)
+    engine = create_engine(url, **options)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_S:
+            return  # new, or used moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out another (SQLAlchemy's documented
+            # way to refuse a stale connection at checkout).
+            logger.info("A pooled database connection was dead (%s); reconnecting", exc)
+            raise DisconnectionError() from exc
 
 
 def open_engine(url: str) -> Engine:

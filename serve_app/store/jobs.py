@@ -19,7 +19,6 @@ from serve_app.errors import JobNotFoundError, JobStateError
 from serve_app.schemas import (
     FINISHED,
     Job,
-    JobEvent,
     JobSource,
     JobStatus,
     TranscribeOptions,
@@ -27,6 +26,7 @@ from serve_app.schemas import (
 )
 from serve_app.store.claims import held_by
 from serve_app.store.clock import DbClock
+from serve_app.store.events import EventLog
 from serve_app.store.rows import decode_cursor, encode_cursor, now, to_job
 from serve_app.store.tables import job_events, jobs
 
@@ -60,7 +60,7 @@ class Viewer:
 EVERYONE = Viewer()
 
 
-class JobStore:
+class JobStore(EventLog):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._clock = DbClock(engine)
@@ -74,12 +74,7 @@ class JobStore:
 
     def create(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a job; with an idempotency key already used, return that job instead.
-
-        Returns (job, created)."""
-        if new.idempotency_key is not None:
-            existing = self.find_by_idempotency_key(new.idempotency_key)
-            if existing is not None:
-                return existing, False
+        One transaction either way. Returns (job, created)."""
         job_id = new.id or uuid.uuid4().hex
         stamp = now()
         # The outbox compares acceptance with the database's clock: record it by that clock.
@@ -111,8 +106,13 @@ class JobStore:
         }
         try:
             with self._engine.begin() as conn:
+                if new.idempotency_key is not None:
+                    existing = self._by_key(conn, new.idempotency_key)
+                    if existing is not None:
+                        return existing, False
                 conn.execute(insert(jobs).values(**values))
                 self._event(conn, job_id, new.status, {"status": new.status})
+                return self._read(conn, job_id), True
         except IntegrityError:
             # Two submissions with one key raced: the other one won.
             if new.idempotency_key is None:
@@ -121,18 +121,12 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
-        return self.get(job_id), True
 
     def get(self, job_id: str, with_result: bool = True, viewer: Viewer = EVERYONE) -> Job:
         """The job; JobNotFoundError also when it belongs to another key (its id is not
         confirmed to exist)."""
-        query = select(jobs).where(jobs.c.id == job_id, *_visible(viewer))
         with self._engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-            if row is None:
-                raise JobNotFoundError(f"No job with id '{job_id}'")
-            position = self._queue_position(conn, row)
-        return to_job(row, with_result, position)
+            return self._read(conn, job_id, with_result, viewer)
 
     def find(self, job_id: str) -> Job | None:
         try:
@@ -169,16 +163,6 @@ class JobStore:
         more = len(rows) > limit
         return page, encode_cursor(page[-1]) if more and page else None
 
-    def events_after(self, job_id: str, after: int = 0) -> list[JobEvent]:
-        query = (
-            select(job_events)
-            .where(job_events.c.job_id == job_id, job_events.c.id > after)
-            .order_by(job_events.c.id)
-        )
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        return [JobEvent(id=r["id"], type=r["type"], data=r["data"]) for r in rows]
-
     # --- the life of a job ----------------------------------------------------------------------
 
     # Writes after a claim name its ``holder``: they change nothing once another delivery has
@@ -205,50 +189,12 @@ class JobStore:
                     updated_at=now(),
                 )
             ).rowcount
-            if changed:
-                # A new attempt streams its segments again, numbered from 0.
-                attempt = conn.execute(select(jobs.c.attempts).where(jobs.c.id == job_id)).scalar()
-                self._event(conn, job_id, "running", {"status": "running", "attempt": attempt})
-        return self.find(job_id) if changed else None
-
-    def record_progress(
-        self, job_id: str, done_s: float, total_s: float, holder: str | None = None
-    ) -> None:
-        """With nothing done yet, only the duration is recorded (for the backlog): no event."""
-        with self._engine.begin() as conn:
-            changed = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
-                .values(processed_s=done_s, duration=total_s, updated_at=now())
-            ).rowcount
-            if changed and done_s > 0:
-                progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
-                self._event(
-                    conn,
-                    job_id,
-                    "progress",
-                    {
-                        "processed_seconds": round(done_s, 3),
-                        "duration": total_s,
-                        "progress": progress,
-                    },
-                )
-
-    def record_segments(
-        self, job_id: str, segments: list[dict[str, Any]], holder: str | None = None
-    ) -> None:
-        """Segment events of a running job; late ones from cancelled work (or from a delivery
-        that lost the job) are dropped, so a finished job's last event stays its last."""
-        with self._engine.begin() as conn:
-            running = conn.execute(
-                select(jobs.c.id)
-                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
-                .with_for_update()
-            ).first()
-            if running is None:
-                return
-            for segment in segments:
-                self._event(conn, job_id, "segment", segment)
+            if not changed:
+                return None
+            job = self._read(conn, job_id)
+            # A new attempt streams its segments again, numbered from 0.
+            self._event(conn, job_id, "running", {"status": "running", "attempt": job.attempts})
+        return job
 
     def complete(self, job_id: str, transcript: Transcript, holder: str | None = None) -> bool:
         result = transcript.model_dump(mode="json")
@@ -262,7 +208,8 @@ class JobStore:
                 "processed_s": transcript.duration,
                 "error": None,
             },
-            {"status": "completed", "result": result},
+            # The transcript stays on the row only; events_after adds it to this event.
+            {"status": "completed"},
             holder=holder,
         )
 
@@ -372,14 +319,20 @@ class JobStore:
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
         with self._engine.connect() as conn:
-            job_id = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar()
-        return None if job_id is None else self.find(job_id)
+            return self._by_key(conn, key)
 
-    @staticmethod
-    def _event(conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        conn.execute(
-            insert(job_events).values(job_id=job_id, type=kind, data=data, created_at=now())
-        )
+    def _by_key(self, conn: Connection, key: str) -> Job | None:
+        job_id = conn.execute(select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar()
+        return None if job_id is None else self._read(conn, job_id)
+
+    def _read(
+        self, conn: Connection, job_id: str, with_result: bool = True, viewer: Viewer = EVERYONE
+    ) -> Job:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id, *_visible(viewer)))
+        found = row.mappings().first()
+        if found is None:
+            raise JobNotFoundError(f"No job with id '{job_id}'")
+        return to_job(found, with_result, self._queue_position(conn, found))
 
     @staticmethod
     def _queue_position(conn: Connection, row: RowMapping) -> int | None:

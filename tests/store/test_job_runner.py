@@ -6,14 +6,23 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from serve_app.errors import InferenceError, UndecodableAudioError
 from serve_app.jobs.running import Outcome
-from serve_app.schemas import Job
+from serve_app.schemas import Job, Transcript
 from serve_app.store import ClaimStore, JobStore
+from serve_app.store.tables import job_events
+from serve_app.transcription.pipeline import FileRequest
 from tests.support.recorded_metrics import recording
-from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job
+from tests.support.runner_standin import (
+    Delivered,
+    StandIn,
+    make_runner,
+    new_job,
+    three_parts,
+)
 
 
 async def test_success_records_events_in_order_and_frees_the_audio(
@@ -31,6 +40,48 @@ async def test_success_records_events_in_order_and_frees_the_audio(
     types = [e.type for e in store.events_after(job_id)]
     assert types == ["queued", "running"] + ["segment", "progress"] * 3 + ["completed"]
     assert store.get(job_id).progress == 1.0 and not audio.exists()
+
+
+async def test_a_short_job_takes_seven_transactions_and_keeps_its_transcript_once(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Issue 39: claim, start, its length, its segments with its 100%, completion, the read
+    that hands it on, release. The completed event is stored without the transcript (it is on
+    the job's row) and read back with it."""
+    job_id, _ = new_job(store, tmp_path)
+    done = three_parts()
+
+    async def short(request: FileRequest) -> Transcript:
+        # As the transcription service reports a short file: its length, then all at the end.
+        request.on_progress(0.0, 3.0)
+        await asyncio.sleep(0.05)
+        request.on_segments(done.segments)
+        request.on_progress(3.0, 3.0)
+        return done
+
+    begun: list[object] = []
+
+    def count(connection: object) -> None:
+        begun.append(connection)
+
+    event.listen(store.engine, "begin", count)
+    try:
+        runner = make_runner(store, tmp_path, short, cancel_poll=60)
+        outcome, _ = await runner.run(job_id, 0, final=False, deliver=Delivered())
+    finally:
+        event.remove(store.engine, "begin", count)
+    assert outcome is Outcome.COMPLETED
+    assert len(begun) == 7
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            select(job_events.c.data).where(
+                job_events.c.job_id == job_id, job_events.c.type == "completed"
+            )
+        ).scalar_one()
+    assert stored == {"status": "completed"}
+    [completed] = [e for e in store.events_after(job_id) if e.type == "completed"]
+    assert completed.data["result"] == done.model_dump(mode="json")
+    assert completed.data["result"] == store.get(job_id).model_dump(mode="json")["result"]
 
 
 async def test_retryable_failure_requeues_until_the_final_attempt(
@@ -98,6 +149,7 @@ async def test_two_deliveries_at_once_run_the_job_once(store: JobStore, tmp_path
     assert sorted(o.value for o, _ in outcomes) == ["completed", "skipped"]
     assert stand_in.calls == 1 and store.get(job_id).attempts == 1
     assert [j.status for j in delivered.jobs] == ["completed", "completed"]
+    assert delivered.again == [False, True]  # the copy's outcome may have gone out before
 
 
 async def test_a_dead_holders_claim_runs_out_then_the_job_runs(
@@ -159,8 +211,8 @@ async def test_a_store_outage_after_the_outcome_is_handed_on_settles_the_deliver
     def down(*_: object) -> None:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    async def deliver_then_outage(job: Job) -> None:
-        await delivered(job)
+    async def deliver_then_outage(job: Job, again: bool) -> None:
+        await delivered(job, again)
         for target, name in [
             (store, "find"),
             (runner.claims, "release"),

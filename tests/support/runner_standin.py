@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from serve_app.jobs.runner import JobRunner, RunPolicy
@@ -52,14 +53,19 @@ class StandIn:
             self.running -= 1
         if self.error:
             raise self.error
-        return Transcript(
-            text="part 0 part 1 part 2",
-            language="en",
-            language_probability=1,
-            duration=3,
-            segments=[segment(i) for i in range(3)],
-            model="tiny.en",
-        )
+        return three_parts()
+
+
+def three_parts() -> Transcript:
+    """What the stand-in transcribes every job to: 3 s, three segments."""
+    return Transcript(
+        text="part 0 part 1 part 2",
+        language="en",
+        language_probability=1,
+        duration=3,
+        segments=[segment(i) for i in range(3)],
+        model="tiny.en",
+    )
 
 
 def new_job(store: JobStore, tmp_path: Path) -> tuple[str, Path]:
@@ -80,9 +86,16 @@ def new_job(store: JobStore, tmp_path: Path) -> tuple[str, Path]:
 
 
 def make_runner(
-    store: JobStore, tmp_path: Path, stand_in: StandIn, timeout: float = 30, lease: float = 5
+    store: JobStore,
+    tmp_path: Path,
+    stand_in: Callable[[FileRequest], Awaitable[Transcript]],
+    timeout: float = 30,
+    lease: float = 5,
+    cancel_poll: float = 0.05,
 ) -> JobRunner:
-    policy = RunPolicy(timeout_s=timeout, lease_s=lease, cancel_poll_s=0.05, busy_poll_s=0.05)
+    policy = RunPolicy(
+        timeout_s=timeout, lease_s=lease, cancel_poll_s=cancel_poll, busy_poll_s=0.05
+    )
     engine = store.engine
     return JobRunner(
         store, ClaimStore(engine), UnitStore(engine), stand_in, tmp_path / "spool", policy
@@ -92,6 +105,8 @@ def make_runner(
 class Delivered:
     def __init__(self) -> None:
         self.jobs: list[Job] = []
+        self.again: list[bool] = []  # whether each may have been handed on before
 
-    async def __call__(self, job: Job) -> None:
+    async def __call__(self, job: Job, again: bool) -> None:
         self.jobs.append(job)
+        self.again.append(again)

@@ -1,0 +1,94 @@
+"""A job's events (queued, running, progress, segment, then its ending): what SSE streams.
+
+The transcript is kept once, on the job's row: a ``completed`` event is stored without it and
+handed out with it (``events_after``), so streams still carry the result. Events of a running
+job that come together are written in one transaction (``record_events``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.engine import Connection
+
+from serve_app.schemas import JobEvent
+from serve_app.store.claims import held_by
+from serve_app.store.rows import now
+from serve_app.store.tables import job_events, jobs
+
+# ("progress", (done_s, total_s)) or ("segments", [segment event data, ...])
+EventItem = tuple[Literal["progress", "segments"], Any]
+
+
+class EventLog:
+    """The job store's events; ``JobStore`` is one (it shares its engine)."""
+
+    _engine: Engine
+
+    def events_after(self, job_id: str, after: int = 0) -> list[JobEvent]:
+        query = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after)
+            .order_by(job_events.c.id)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+            events = [JobEvent(id=r["id"], type=r["type"], data=r["data"]) for r in rows]
+            if any(e.type == "completed" and "result" not in e.data for e in events):
+                result = conn.execute(select(jobs.c.result).where(jobs.c.id == job_id)).scalar()
+                for event in events:
+                    if event.type == "completed" and "result" not in event.data:
+                        event.data = {**event.data, "result": result}
+        return events
+
+    def record_progress(
+        self, job_id: str, done_s: float, total_s: float, holder: str | None = None
+    ) -> None:
+        """With nothing done yet, only the duration is recorded (for the backlog): no event."""
+        self.record_events(job_id, [("progress", (done_s, total_s))], holder)
+
+    def record_segments(
+        self, job_id: str, segments: list[dict[str, Any]], holder: str | None = None
+    ) -> None:
+        self.record_events(job_id, [("segments", segments)], holder)
+
+    def record_events(
+        self, job_id: str, items: Sequence[EventItem], holder: str | None = None
+    ) -> None:
+        """Progress and segments of a running job, in order, in one transaction. Late ones
+        from cancelled work (or from a delivery that lost the job) are dropped, so a finished
+        job's last event stays its last."""
+        with self._engine.begin() as conn:
+            # The row lock orders these events before a concurrent ending's.
+            running = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
+                .with_for_update()
+            ).first()
+            if running is None:
+                return
+            for kind, payload in items:
+                if kind == "segments":
+                    for segment in payload:
+                        self._event(conn, job_id, "segment", segment)
+                else:
+                    self._progress(conn, job_id, *payload)
+
+    def _progress(self, conn: Connection, job_id: str, done_s: float, total_s: float) -> None:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(processed_s=done_s, duration=total_s, updated_at=now())
+        )
+        if done_s > 0:
+            progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
+            data = {"processed_seconds": round(done_s, 3), "duration": total_s}
+            self._event(conn, job_id, "progress", {**data, "progress": progress})
+
+    @staticmethod
+    def _event(conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        conn.execute(
+            insert(job_events).values(job_id=job_id, type=kind, data=data, created_at=now())
+        )
