@@ -209,16 +209,19 @@ async def job_events(
     loop = asyncio.get_running_loop()
     # Clients resume with Last-Event-ID, so a bounded stream loses nothing.
     closes_at = loop.time() + backend.settings.sse_max_lifetime_sec
-    while loop.time() < closes_at:
-        events = await asyncio.to_thread(backend.store.events_after, job_id, cursor)
-        for event in events:
-            yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
-            cursor = event.id
-            if event.type in FINISHED:
-                return
-        if not events and await asyncio.to_thread(backend.store.status, job_id) is None:
-            return  # deleted by retention while someone was listening
-        await asyncio.sleep(EVENT_POLL_S)
+    changes = backend.store.changes
+    with changes.watch(job_id) as changed:
+        while loop.time() < closes_at:
+            events = await asyncio.to_thread(backend.store.events_after, job_id, cursor)
+            for event in events:
+                yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
+                cursor = event.id
+                if event.type in FINISHED:
+                    return
+            if not events and await asyncio.to_thread(backend.store.status, job_id) is None:
+                return  # deleted by retention while someone was listening
+            # Woken by the job's next event (see store.changes), or reading anyway.
+            await changed.wait(min(changes.fallback(EVENT_POLL_S), closes_at - loop.time()))
 
 
 # --- helpers ------------------------------------------------------------------------------------

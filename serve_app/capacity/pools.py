@@ -125,6 +125,14 @@ class PoolRouter(Generic[T]):
         for pool in self.pools:
             pool.observe(*states.get(pool.name, (None, 0, "", 0)))
 
+    def settled(self) -> bool:
+        """Some pool serves, and no pool is changing: each runs all it asked for, or sleeps.
+        Until Serve changes something (the drain policy, a node lost) the view stays true."""
+        return any(p.state is PoolState.RUNNING for p in self.pools) and all(
+            p.state in (PoolState.RUNNING, PoolState.ASLEEP) and p.asked == p.running
+            for p in self.pools
+        )
+
     def starting(self) -> bool:
         """Some pool is bringing up a replica it can place: worth a bounded wait."""
         return any(p.starting for p in self.pools)

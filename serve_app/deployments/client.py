@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WATCH_EVERY_S = 2.0
+# A queued job's client looks less often while the pools are settled: each `serve.status()`
+# costs its caller and Serve's controller about 0.1 s of CPU (it builds every deployment's
+# full details). A change it misses meanwhile (a sleeping pool woken by the drain policy) only
+# sends a few more jobs to a pool that serves; with no pool serving it looks every 2 s.
+_SETTLED_WATCH_S = 10.0
 _POLL_S = 0.5
 # How long a call waits for the first look at the pools before routing without it (every
 # pool taken as serving). Queued jobs wait longer: sent blind, they land on pools at zero,
@@ -178,7 +183,8 @@ class ModelClient:
                 self._looked.set()
             except Exception as exc:  # the controller is restarting: keep the last view
                 logger.warning("Could not read the model pools' status: %r", exc)
-            await asyncio.sleep(_WATCH_EVERY_S)
+            settled = self._can_wait and self.router.settled()
+            await asyncio.sleep(_SETTLED_WATCH_S if settled else _WATCH_EVERY_S)
 
     async def stream(self, call: FileCall, on_segments: SegmentsFn) -> Transcript:
         result: Transcript | None = None

@@ -22,7 +22,13 @@ from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
-from serve_app.store import BacklogStore, JobStore, open_engine, service_secret
+from serve_app.store import (
+    BacklogStore,
+    JobStore,
+    listening_changes,
+    open_engine,
+    service_secret,
+)
 from serve_app.transcription.pipeline import admission_for
 from serve_app.transcription.port import SegmentsFn
 from serve_app.transcription.service import TranscriptionService
@@ -66,7 +72,8 @@ class Gateway:
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
         engine = await asyncio.to_thread(open_engine, self.settings.database)
-        self.store = JobStore(engine)
+        # SSE streams are woken by job changes from every replica (PostgreSQL NOTIFY).
+        self.store = JobStore(engine, listening_changes(engine))
         self.owner_secret = await asyncio.to_thread(service_secret, engine)
         self.backlog = Backlog(
             BacklogStore(engine),

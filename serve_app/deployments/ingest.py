@@ -38,6 +38,7 @@ from serve_app.store import (
     ResultLedger,
     UnitStore,
     WebhookStore,
+    listening_changes,
     make_engine,
     open_engine,
 )
@@ -75,7 +76,8 @@ class Ingest:
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = await asyncio.to_thread(open_engine, settings.database)
-        store = JobStore(engine)
+        # A running job's cancel, and webhooks, are woken by changes (PostgreSQL NOTIFY).
+        store = JobStore(engine, listening_changes(engine))
         runner = JobRunner(
             store,
             ClaimStore(engine),

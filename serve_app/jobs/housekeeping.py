@@ -86,14 +86,21 @@ class Housekeeper:
         """Keep up to max_deliveries deliveries going, claiming more as slots free up; jobs
         are claimed only when a slot is free, so no lease runs down while it waits."""
         in_flight: dict[str, asyncio.Task[None]] = {}
+        changes = self._store.changes
         async with asyncio.TaskGroup() as deliveries:
-            while True:
-                for job_id in [j for j, task in in_flight.items() if task.done()]:
-                    del in_flight[job_id]
-                free = self._max_deliveries - len(in_flight)
-                for claim in await self._claim(free, list(in_flight)):
-                    in_flight[claim.job.id] = deliveries.create_task(self._deliver(client, claim))
-                await asyncio.sleep(WEBHOOK_POLL_S)
+            # Woken by an ending with a webhook (see store.changes); retries fall due by the
+            # clock, and are claimed at the next look (every WEBHOOK_POLL_S without notices).
+            with changes.watch() as finished:
+                while True:
+                    for job_id in [j for j, task in in_flight.items() if task.done()]:
+                        del in_flight[job_id]
+                    free = self._max_deliveries - len(in_flight)
+                    for claim in await self._claim(free, list(in_flight)):
+                        task = deliveries.create_task(self._deliver(client, claim))
+                        in_flight[claim.job.id] = task
+                    # At most one look per WEBHOOK_POLL_S, however many jobs end.
+                    await asyncio.sleep(WEBHOOK_POLL_S)
+                    await finished.wait(changes.fallback(WEBHOOK_POLL_S) - WEBHOOK_POLL_S)
 
     async def deliver_webhooks(self, client: httpx.AsyncClient) -> int:
         """One round: claim what is due now, deliver it all, and return how many."""

@@ -82,7 +82,8 @@ async def run_cancellable(
     store: JobStore, job_id: str, work: Awaitable[Transcript], poll_s: float = 1.0
 ) -> Transcript:
     """Await the work; when the job is cancelled in the store meanwhile (by any replica's
-    DELETE), stop it and raise JobCancelledError. Requests still queued at replicas are
+    DELETE: a notification, or a look every ``poll_s`` where there are none), stop it and
+    raise JobCancelledError. Requests still queued at replicas are
     cancelled with it, a window being decoded finishes first. Both lanes, HTTP jobs and
     Whisper-Local jobs, run through this."""
     task = asyncio.ensure_future(work)
@@ -107,17 +108,19 @@ async def _watch(
     cancelled: asyncio.Event,
     poll_s: float,
 ) -> None:
-    while not work.done():
-        await asyncio.sleep(poll_s)
-        try:
-            status = await asyncio.to_thread(store.status, job_id)
-        except Exception:  # the store may be back at the next poll
-            logger.exception("Could not check whether job %s was cancelled", job_id)
-            continue
-        if status == "cancelled":
-            cancelled.set()
-            work.cancel()
-            return
+    # Woken by the job's ending (a cancel from any replica); its own events do not wake it.
+    with store.changes.watch(job_id, finishes_only=True) as ended:
+        while not work.done():
+            await ended.wait(store.changes.fallback(poll_s))
+            try:
+                status = await asyncio.to_thread(store.status, job_id)
+            except Exception:  # the store may be back at the next look
+                logger.exception("Could not check whether job %s was cancelled", job_id)
+                continue
+            if status == "cancelled":
+                cancelled.set()
+                work.cancel()
+                return
 
 
 def segment_event(segment: Segment) -> dict[str, Any]:

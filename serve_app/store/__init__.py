@@ -4,6 +4,7 @@ SQLite under DATA_DIR by default (one node); DATABASE_URL pointing to PostgreSQL
 """
 
 from serve_app.store.backlog import BacklogStore, PoolSpeed
+from serve_app.store.changes import JobChanges, listening_changes
 from serve_app.store.claims import Busy, Claim, ClaimStore
 from serve_app.store.db import make_engine, migrate, open_engine
 from serve_app.store.jobs import JobStore
@@ -20,6 +21,7 @@ __all__ = [
     "Claim",
     "ClaimStore",
     "FinishedJob",
+    "JobChanges",
     "JobStore",
     "Outbox",
     "PoolSpeed",
@@ -28,6 +30,7 @@ __all__ = [
     "UnitStore",
     "WebhookClaim",
     "WebhookStore",
+    "listening_changes",
     "make_engine",
     "migrate",
     "open_engine",

@@ -7,25 +7,29 @@ job that come together are written in one transaction (``record_events``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
-from serve_app.schemas import JobEvent
+from serve_app.schemas import FINISHED, JobEvent
+from serve_app.store.changes import JobChanges, Kind, notify
 from serve_app.store.claims import held_by
 from serve_app.store.rows import now
 from serve_app.store.tables import job_events, jobs
 
 # ("progress", (done_s, total_s)) or ("segments", [segment event data, ...])
 EventItem = tuple[Literal["progress", "segments"], Any]
+_PENDING = "job_changes"  # on a connection's info: the changes its transaction made
 
 
 class EventLog:
     """The job store's events; ``JobStore`` is one (it shares its engine)."""
 
     _engine: Engine
+    changes: JobChanges
 
     def events_after(self, job_id: str, after: int = 0) -> list[JobEvent]:
         query = (
@@ -60,7 +64,7 @@ class EventLog:
         """Progress and segments of a running job, in order, in one transaction. Late ones
         from cancelled work (or from a delivery that lost the job) are dropped, so a finished
         job's last event stays its last."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             # The row lock orders these events before a concurrent ending's.
             running = conn.execute(
                 select(jobs.c.id)
@@ -87,8 +91,30 @@ class EventLog:
             data = {"processed_seconds": round(done_s, 3), "duration": total_s}
             self._event(conn, job_id, "progress", {**data, "progress": progress})
 
-    @staticmethod
-    def _event(conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A transaction whose changes wake this process's waiters once it has committed
+        (and, through NOTIFY, every other process's)."""
+        with self._engine.begin() as conn:
+            try:
+                yield conn
+            finally:
+                pending: set[tuple[str, Kind]] = conn.info.pop(_PENDING, set())
+        for job_id, kind in pending:
+            self.changes.changed(job_id, kind)
+
+    @classmethod
+    def _event(cls, conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
         conn.execute(
             insert(job_events).values(job_id=job_id, type=kind, data=data, created_at=now())
         )
+        cls._changed(conn, job_id, "finished" if kind in FINISHED else "changed")
+
+    @staticmethod
+    def _changed(conn: Connection, job_id: str, kind: Kind) -> None:
+        """Within ``_writing``: tell the waiters on ``job_id`` once this commits (once per
+        transaction for each kind of change)."""
+        pending = conn.info.setdefault(_PENDING, set())
+        if (job_id, kind) not in pending:
+            notify(conn, kind, job_id)
+            pending.add((job_id, kind))

@@ -24,6 +24,7 @@ from serve_app.schemas import (
     TranscribeOptions,
     Transcript,
 )
+from serve_app.store.changes import JobChanges
 from serve_app.store.claims import held_by
 from serve_app.store.clock import DbClock
 from serve_app.store.events import EventLog
@@ -61,9 +62,11 @@ EVERYONE = Viewer()
 
 
 class JobStore(EventLog):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, changes: JobChanges | None = None) -> None:
         self._engine = engine
         self._clock = DbClock(engine)
+        # Without a listener of the process's own, its waiters poll as before.
+        self.changes = changes or JobChanges()
 
     @property
     def engine(self) -> Engine:
@@ -105,7 +108,7 @@ class JobStore(EventLog):
             "updated_at": stamp,
         }
         try:
-            with self._engine.begin() as conn:
+            with self._writing() as conn:
                 if new.idempotency_key is not None:
                     existing = self._by_key(conn, new.idempotency_key)
                     if existing is not None:
@@ -172,7 +175,7 @@ class JobStore(EventLog):
         """queued -> running, counting the attempt, and the delivery as unfinished until an
         ending is recorded. None if the job is gone or finished (cancelled while queued, or
         already answered before a redelivery), or no longer ``holder``'s."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             changed = conn.execute(
                 update(jobs)
                 .where(
@@ -225,7 +228,7 @@ class JobStore(EventLog):
 
     def requeue(self, job_id: str, error: str, holder: str | None = None) -> bool:
         """A retryable failure: back to queued until the retry arrives."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
@@ -239,7 +242,7 @@ class JobStore(EventLog):
         """A delivery stopped in order (shutdown, a lost channel, a wait for room) before the
         job ended: back to queued, and the attempt it started is not counted, neither as an
         attempt nor as a delivery whose worker died."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status == "running", *held_by(holder))
@@ -298,16 +301,19 @@ class JobStore(EventLog):
         stamp = now()
         # Due at once by the database's clock, which the webhook claims compare with.
         due = self._clock.now()
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             changed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *held_by(holder))
                 .values(status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values)
                 .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), due), else_=None))
-            ).rowcount
-            if changed:
+                .returning(jobs.c.callback_url)
+            ).first()
+            if changed is not None:
                 self._event(conn, job_id, status, event)
-        return bool(changed)
+                if changed.callback_url is not None:
+                    self._changed(conn, job_id, "callback")  # a webhook is due
+        return changed is not None
 
     def delete(self, job_id: str) -> None:
         """Forget a job that was never queued (the broker refused it)."""

@@ -60,6 +60,21 @@ def test_what_serve_says_becomes_a_pool_state() -> None:
         assert pool.state is PoolState.DOWN, status
 
 
+def test_settled_while_some_pool_runs_all_it_asked_for_and_the_rest_sleep() -> None:
+    router = PoolRouter([Pool("gpu", "g"), Pool("cpu", "c")])
+    assert not router.settled()  # nothing seen yet
+    router.observe({"gpu": ("HEALTHY", 0, "", 0), "cpu": ("HEALTHY", 2, "", 2)})
+    assert router.settled()
+    router.observe({"gpu": ("UPSCALING", 0, "", 1), "cpu": ("HEALTHY", 2, "", 2)})
+    assert not router.settled()  # a sleeper is waking
+    router.observe({"gpu": ("HEALTHY", 1, "", 1), "cpu": ("UPSCALING", 2, "", 3)})
+    assert not router.settled()  # a replica is coming
+    router.observe({"gpu": ("HEALTHY", 0, "", 0), "cpu": ("HEALTHY", 0, "", 0)})
+    assert not router.settled()  # nothing serves: the client looks often
+    router.observe({"gpu": ("UNHEALTHY", 0, "", 1), "cpu": ("HEALTHY", 1, "", 1)})
+    assert not router.settled()  # a pool is down
+
+
 def test_a_sleeping_pool_is_woken_by_a_busy_cluster_not_by_one_request() -> None:
     router = _cluster()
     gpu, cpu = router.pools
