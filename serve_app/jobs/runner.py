@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from serve_app import logcontext, metrics
 from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
@@ -175,8 +175,8 @@ class JobRunner:
                 "the worker stopped while running this job each time"
             )
             logger.error("Job %s: %s", job_id, abandoned)
-            await self._written(claim, self.store.fail, job_id, abandoned, claim.holder)
-            await self._hand_on(job_id, deliver)
+            failed = await self._written(claim, self.store.fail, job_id, abandoned, claim.holder)
+            await self._hand_on(job_id, deliver, job=failed)
             return Outcome.FAILED, abandoned
         suspect = claim.unfinished > 0
         if suspect:
@@ -189,14 +189,14 @@ class JobRunner:
         # the worker must not run between this job's result going out and being recorded.
         async with self._suspects if suspect else contextlib.nullcontext():
             checkpoint = UnitCheckpoint(self.units, job_id, 0, claim.holder)
-            outcome, reason = await self._attempt(claim, attempt, final, checkpoint)
-            if outcome not in (Outcome.RETRY, Outcome.DEFERRED):
-                await self._hand_on(job_id, deliver, checkpoint=checkpoint)
-        return outcome, reason
+            ended = await self._attempt(claim, attempt, final, checkpoint)
+            if ended.outcome not in (Outcome.RETRY, Outcome.DEFERRED):
+                await self._hand_on(job_id, deliver, checkpoint=checkpoint, job=ended.job)
+        return ended.outcome, ended.reason
 
     async def _attempt(
         self, claim: Claim, attempt: int, final: bool, checkpoint: UnitCheckpoint
-    ) -> tuple[Outcome, str | None]:
+    ) -> _Ended:
         job_id, holder = claim.job_id, claim.holder
         starting = asyncio.ensure_future(asyncio.to_thread(self.store.start, job_id, holder))
         try:
@@ -204,7 +204,7 @@ class JobRunner:
             if job is None:
                 # Finished meanwhile (cancelled, or by an earlier delivery): its units may stay.
                 checkpoint.stored = True
-                return Outcome.SKIPPED, None
+                return _Ended(Outcome.SKIPPED)
             # An earlier attempt may have left finished units behind, to go once it is over.
             checkpoint.attempt, checkpoint.stored = job.attempts, job.attempts > 1
             return await self._work(claim, job, attempt, final, checkpoint)
@@ -224,7 +224,7 @@ class JobRunner:
 
     async def _work(
         self, claim: Claim, job: Job, attempt: int, final: bool, checkpoint: UnitCheckpoint
-    ) -> tuple[Outcome, str | None]:
+    ) -> _Ended:
         job_id, holder = claim.job_id, claim.holder
         if job.attempts == 1 and (waited := _queue_wait_s(job)) is not None:
             metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
@@ -253,31 +253,31 @@ class JobRunner:
             await events.close()
         if cancelled:
             logger.info("Job %s cancelled while running", job_id)
-            return Outcome.CANCELLED, None
+            return _Ended(Outcome.CANCELLED)
         if transcript is not None:
-            await self._written(claim, self.store.complete, job_id, transcript, holder)
-            return Outcome.COMPLETED, None
+            done = await self._written(claim, self.store.complete, job_id, transcript, holder)
+            return _Ended(Outcome.COMPLETED, job=done)
         assert reason is not None
         if busy:
             # Waiting for room is not an attempt: the job comes back with its count unchanged.
             await self._written(claim, self.store.give_back, job_id, holder, reason)
-            return Outcome.DEFERRED, reason
+            return _Ended(Outcome.DEFERRED, reason)
         if retryable and not final:
             await self._written(claim, self.store.requeue, job_id, reason, holder)
-            return Outcome.RETRY, reason
+            return _Ended(Outcome.RETRY, reason)
         if retryable:
             reason = f"Failed after {attempt + 1} attempts: {reason}"
-        await self._written(claim, self.store.fail, job_id, reason, holder)
-        return Outcome.FAILED, reason
+        failed = await self._written(claim, self.store.fail, job_id, reason, holder)
+        return _Ended(Outcome.FAILED, reason, failed)
 
-    async def _written(self, claim: Claim, write: Callable[..., bool], *args: object) -> None:
-        """A fenced write; when it changed nothing because the claim went to another
-        delivery, LeaseLostError. (It may also change nothing for a job cancelled meanwhile:
-        the stored outcome stands, and is handed on.)"""
-        if await asyncio.to_thread(write, *args):
-            return
-        if not await self.leases.still_held(claim):
+    async def _written(self, claim: Claim, write: Callable[..., T], *args: object) -> T:
+        """A fenced write, and what it returned; when it changed nothing because the claim
+        went to another delivery, LeaseLostError. (It may also change nothing for a job
+        cancelled meanwhile: the stored outcome stands, and is handed on.)"""
+        written = await asyncio.to_thread(write, *args)
+        if not written and not await self.leases.still_held(claim):
             raise LeaseLostError(f"claim on job {claim.job_id} lost")
+        return written
 
     async def _hand_on(
         self,
@@ -285,10 +285,13 @@ class JobRunner:
         deliver: Deliver | None,
         again: bool = False,
         checkpoint: UnitCheckpoint | None = None,
+        job: Job | None = None,
     ) -> None:
         """``checkpoint``: this delivery's, which knows whether any units are stored (without
-        it, as for a job finished before, they may be)."""
-        job = await asyncio.to_thread(self.store.find, job_id)
+        it, as for a job finished before, they may be). ``job``: as this delivery's last
+        write left it, if that write ended it (else it is read)."""
+        if job is None:
+            job = await asyncio.to_thread(self.store.find, job_id)
         if job is None or job.status not in FINISHED:
             return
         self._handed_on[job_id] = job
@@ -305,6 +308,15 @@ class JobRunner:
                 await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
         except Exception:
             logger.exception("Could not tidy up after job %s; retention will", job_id)
+
+
+class _Ended(NamedTuple):
+    """How one attempt ended, and the job as its ending left it (when it was this
+    delivery's write that ended it)."""
+
+    outcome: Outcome
+    reason: str | None = None
+    job: Job | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ it is cancelled from any replica. The runner (``serve_app.jobs.runner``) puts th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable
@@ -36,8 +37,11 @@ class EventWriter:
     store: JobStore
     job_id: str
     holder: str | None = None  # the delivery's claim: once another holds it, nothing is written
+    # How long the first report (the job's length, no event) may wait for the next ones.
+    hold_start_s: float = 5.0
     _queue: asyncio.Queue[EventItem | None] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> EventWriter:
         self._task = asyncio.create_task(self._write())
@@ -45,13 +49,16 @@ class EventWriter:
 
     def progress(self, done_s: float, total_s: float) -> None:
         self._queue.put_nowait(("progress", (done_s, total_s)))
+        self._arrived.set()
 
     def segments(self, segments: list[Segment]) -> None:
         self._queue.put_nowait(("segments", [segment_event(s) for s in segments]))
+        self._arrived.set()
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
         self._queue.put_nowait(None)
+        self._arrived.set()
         if self._task is not None:
             await self._task
 
@@ -61,6 +68,12 @@ class EventWriter:
         while (item := await self._queue.get()) is not None:
             items = [item]
             closing = False
+            if item[0] == "progress" and item[1][0] == 0 and self._queue.empty():
+                # Only the job's length, which shows in no event: a short job's next events
+                # come within the wait, and all go in one transaction.
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), self.hold_start_s)
             while not self._queue.empty():
                 more = self._queue.get_nowait()
                 if more is None:

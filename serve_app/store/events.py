@@ -73,23 +73,26 @@ class EventLog:
             ).first()
             if running is None:
                 return
+            rows: list[dict[str, Any]] = []
+            length: tuple[float, float] | None = None  # (done, total) as last reported
             for kind, payload in items:
                 if kind == "segments":
-                    for segment in payload:
-                        self._event(conn, job_id, "segment", segment)
-                else:
-                    self._progress(conn, job_id, *payload)
-
-    def _progress(self, conn: Connection, job_id: str, done_s: float, total_s: float) -> None:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(processed_s=done_s, duration=total_s, updated_at=now())
-        )
-        if done_s > 0:
-            progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
-            data = {"processed_seconds": round(done_s, 3), "duration": total_s}
-            self._event(conn, job_id, "progress", {**data, "progress": progress})
+                    rows += [_row(job_id, "segment", segment) for segment in payload]
+                    continue
+                length = done_s, total_s = payload
+                if done_s > 0:
+                    progress = round(min(done_s / total_s, 1.0), 4) if total_s > 0 else 0.0
+                    data = {"processed_seconds": round(done_s, 3), "duration": total_s}
+                    rows.append(_row(job_id, "progress", {**data, "progress": progress}))
+            if length is not None:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(processed_s=length[0], duration=length[1], updated_at=now())
+                )
+            if rows:
+                conn.execute(insert(job_events), rows)  # one statement, in order
+                self._changed(conn, job_id, "changed")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
@@ -105,9 +108,7 @@ class EventLog:
 
     @classmethod
     def _event(cls, conn: Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        conn.execute(
-            insert(job_events).values(job_id=job_id, type=kind, data=data, created_at=now())
-        )
+        conn.execute(insert(job_events).values(**_row(job_id, kind, data)))
         cls._changed(conn, job_id, "finished" if kind in FINISHED else "changed")
 
     @staticmethod
@@ -118,3 +119,7 @@ class EventLog:
         if (job_id, kind) not in pending:
             notify(conn, kind, job_id)
             pending.add((job_id, kind))
+
+
+def _row(job_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"job_id": job_id, "type": kind, "data": data, "created_at": now()}

@@ -199,7 +199,11 @@ class JobStore(EventLog):
             self._event(conn, job_id, "running", {"status": "running", "attempt": job.attempts})
         return job
 
-    def complete(self, job_id: str, transcript: Transcript, holder: str | None = None) -> bool:
+    def complete(
+        self, job_id: str, transcript: Transcript, holder: str | None = None
+    ) -> Job | None:
+        """The completed job, or None if it changed nothing (no longer ``holder``'s, or no
+        longer running: cancelled meanwhile)."""
         result = transcript.model_dump(mode="json")
         return self._finish(
             job_id,
@@ -216,7 +220,7 @@ class JobStore(EventLog):
             holder=holder,
         )
 
-    def fail(self, job_id: str, error: str, holder: str | None = None) -> bool:
+    def fail(self, job_id: str, error: str, holder: str | None = None) -> Job | None:
         return self._finish(
             job_id,
             "failed",
@@ -297,23 +301,33 @@ class JobStore(EventLog):
         event: dict[str, Any],
         from_states: tuple[str, ...] = ("running",),
         holder: str | None = None,
-    ) -> bool:
+    ) -> Job | None:
+        """The job as it ended, or None if it changed nothing."""
         stamp = now()
         # Due at once by the database's clock, which the webhook claims compare with.
         due = self._clock.now()
         with self._writing() as conn:
-            changed = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *held_by(holder))
-                .values(status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values)
-                .values(webhook_next_at=case((jobs.c.callback_url.is_not(None), due), else_=None))
-                .returning(jobs.c.callback_url)
-            ).first()
-            if changed is not None:
-                self._event(conn, job_id, status, event)
-                if changed.callback_url is not None:
-                    self._changed(conn, job_id, "callback")  # a webhook is due
-        return changed is not None
+            row = (
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status.in_(from_states), *held_by(holder))
+                    .values(
+                        status=status, finished_at=stamp, updated_at=stamp, unfinished=0, **values
+                    )
+                    .values(
+                        webhook_next_at=case((jobs.c.callback_url.is_not(None), due), else_=None)
+                    )
+                    .returning(*jobs.c)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            self._event(conn, job_id, status, event)
+            if row["callback_url"] is not None:
+                self._changed(conn, job_id, "callback")  # a webhook is due
+        return to_job(row, True, None)
 
     def delete(self, job_id: str) -> None:
         """Forget a job that was never queued (the broker refused it)."""

@@ -42,12 +42,12 @@ async def test_success_records_events_in_order_and_frees_the_audio(
     assert store.get(job_id).progress == 1.0 and not audio.exists()
 
 
-async def test_a_short_job_takes_seven_transactions_and_keeps_its_transcript_once(
+async def test_a_short_job_takes_five_transactions_and_keeps_its_transcript_once(
     store: JobStore, tmp_path: Path
 ) -> None:
-    """Issue 39: claim, start, its length, its segments with its 100%, completion, the read
-    that hands it on, release. The completed event is stored without the transcript (it is on
-    the job's row) and read back with it."""
+    """Issue 39: claim, start, its length with its segments and its 100%, completion (which
+    hands back the job to hand on), release. The completed event is stored without the
+    transcript (it is on the job's row) and read back with it."""
     job_id, _ = new_job(store, tmp_path)
     done = three_parts()
 
@@ -71,7 +71,7 @@ async def test_a_short_job_takes_seven_transactions_and_keeps_its_transcript_onc
     finally:
         event.remove(store.engine, "begin", count)
     assert outcome is Outcome.COMPLETED
-    assert len(begun) == 7
+    assert len(begun) == 5
     with store.engine.connect() as conn:
         stored = conn.execute(
             select(job_events.c.data).where(
