@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import psutil
 from sqlalchemy import create_engine, text
 
 from bench.common import deployment_overrides, duration, plain_sequential, sentences
+from serve_app.model.weights import resolve_model_path
+from serve_app.model_options import cpu_threads
+from serve_app.settings import Settings
 from tests.support import amqp, speech
 from tests.support.databases import POSTGRES_ADMIN_URL, postgres_database
 from tests.support.serve_process import serve_run
@@ -121,13 +126,45 @@ def transactions(database: str) -> int:
         admin.dispose()
 
 
-def plain(model: str, clips: list[tuple[Path, str]], jobs: int, models: Path) -> float:
+def own_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def plain(
+    model: str, clips: list[tuple[Path, str]], jobs: int, models: Path
+) -> tuple[float, float]:
+    """Seconds for the loop, and its CPU seconds per job."""
     transcribe = plain_sequential(model, models)
     transcribe(clips[0][0])  # warm-up, as the service gets one
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), own_cpu_s()
     for i in range(jobs):
         transcribe(clips[i % len(clips)][0])
-    return time.perf_counter() - started
+    return time.perf_counter() - started, (own_cpu_s() - cpu) / jobs
+
+
+def encoder_cpu_s(model: str, models: Path, runs: int = 5) -> float:
+    """CPU seconds of one encoder pass over a 30 s window, as a replica's model runs it. Every
+    short job costs at least this: Whisper encodes 30 s whatever a window holds, and a
+    request's audio never shares a window with another's."""
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    settings = Settings()
+    whisper = WhisperModel(
+        resolve_model_path(model, models),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=cpu_threads(settings),
+    )
+    noise = np.random.default_rng(0).normal(0, 0.05, 16000 * 30).astype(np.float32)
+    features = np.ascontiguousarray(whisper.feature_extractor(noise)[None, :, :3000])
+    window = ctranslate2.StorageView.from_array(features)
+    whisper.model.encode(window, to_cpu=False)  # warm-up
+    cpu = own_cpu_s()
+    for _ in range(runs):
+        whisper.model.encode(window, to_cpu=False)
+    return (own_cpu_s() - cpu) / runs
 
 
 def service(
@@ -218,7 +255,8 @@ def main() -> None:
         work = Path(tmp)
         clips = short_clips(work / "audio", args.clips)
         audio_s = statistics.mean(duration(p) for p, _ in clips)
-        plain_s = plain(args.model, clips, args.jobs, work / "models")
+        plain_s, plain_cpu = plain(args.model, clips, args.jobs, work / "models")
+        encoder = encoder_cpu_s(args.model, work / "models")
         overrides = deployment_overrides(args.deployment)
         extra_env = dict(item.split("=", 1) for item in args.env)
         got = service(args.model, clips, args.jobs, work, overrides, extra_env)
@@ -227,7 +265,9 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; model {args.model} int8 CPU; {n} jobs over "
         f"{len(clips)} distinct clips of {audio_s:.1f} s on average (mp3)"
     )
-    print(f"plain faster-whisper loop: {n / plain_s:.2f} jobs/s")
+    print(
+        f"plain faster-whisper loop: {n / plain_s:.2f} jobs/s, {plain_cpu * 1000:.0f} ms CPU each"
+    )
     print(
         f"service over AMQP, first publish to last result: {n / got['elapsed_s']:.2f} jobs/s "
         f"(mean WER {got['wer']:.3f})"
@@ -250,6 +290,12 @@ def main() -> None:
     print(
         f"CPU per job outside the model replicas (RabbitMQ aside): {outside:.1f} ms "
         f"({beyond:.1f} ms beyond the idle draw)"
+    )
+    cores = os.cpu_count() or 1
+    print(
+        f"the encoder alone: {encoder * 1000:.0f} ms of CPU per 30 s window, one per short job: "
+        f"at most {cores / encoder:.2f} jobs/s on {cores} cores "
+        f"({plain_s / n * cores / encoder:.2f}x the loop) were nothing else to run"
     )
     print(
         f"store transactions per job: {got['xact_per_job']:.1f} "

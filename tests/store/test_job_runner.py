@@ -10,7 +10,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from serve_app.errors import InferenceError, UndecodableAudioError
-from serve_app.jobs.running import Outcome
+from serve_app.jobs.running import EventWriter, Outcome
 from serve_app.schemas import Job, Transcript
 from serve_app.store import ClaimStore, JobStore
 from serve_app.store.tables import job_events
@@ -223,3 +223,21 @@ async def test_a_store_outage_after_the_outcome_is_handed_on_settles_the_deliver
     outcome, _ = await runner.run(job_id, 0, final=False, deliver=deliver_then_outage)
     assert outcome is Outcome.COMPLETED
     assert [j.status for j in delivered.jobs] == ["completed"]
+
+
+async def test_a_jobs_length_alone_is_written_once_the_hold_is_over(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The first report waits for company (issue 39), but not for ever: a long job's length
+    reaches the store, and the backlog, while nothing else has come."""
+    job_id, _ = new_job(store, tmp_path)
+    store.start(job_id)
+    events = EventWriter(store, job_id, hold_start_s=0.3).start()
+    events.progress(0.0, 600.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while store.get(job_id).duration != 600.0:
+        assert loop.time() < deadline, "the length was never written"
+        await asyncio.sleep(0.05)
+    await events.close()
+    assert [e.type for e in store.events_after(job_id)] == ["queued", "running"]
