@@ -76,8 +76,6 @@ class JobRunner:
     # worker again, the jobs beside it were not running and are not blamed for it.
     _suspects: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: dict[str, int] = field(default_factory=dict)  # by source, for the gauge
-    # Jobs as last read when their outcome was handed on, for the run's log line.
-    _handed_on: dict[str, Job] = field(default_factory=dict)
     # Renewals through connections of their own (an engine with a pool of its own), so that
     # blocking work holding every connection of the shared pool cannot hold them up either.
     renewals: ClaimStore | None = None
@@ -121,26 +119,24 @@ class JobRunner:
             metrics.set_gauge("whisper_jobs_in_flight", self._count(source, +1), source=source)
             try:
                 async with self.leases.held(claim):
-                    outcome, reason = await self._run_claimed(claim, attempt, final, deliver)
+                    ended = await self._run_claimed(claim, attempt, final, deliver)
             except LeaseLostError:
                 # Another delivery runs the job now and answers it; this one only settles.
-                outcome, reason = Outcome.SKIPPED, "lost the claim to another delivery"
+                ended = _Ended(Outcome.SKIPPED, "lost the claim to another delivery")
             finally:
                 count = self._count(source, -1)
                 metrics.set_gauge("whisper_jobs_in_flight", count, source=source)
-            metrics.inc("whisper_jobs_total", source=source, outcome=outcome.value)
-            await self._log_outcome(job_id, outcome, reason, time.monotonic() - started)
-        return outcome, reason
+            metrics.inc("whisper_jobs_total", source=source, outcome=ended.outcome.value)
+            await self._log_outcome(job_id, ended, time.monotonic() - started)
+        return ended.outcome, ended.reason
 
-    async def _log_outcome(
-        self, job_id: str, outcome: Outcome, reason: str | None, run_s: float
-    ) -> None:
+    async def _log_outcome(self, job_id: str, ended: _Ended, run_s: float) -> None:
         """One line per run with its timings (keys of their own in JSON logs). It comes
         after the outcome was handed on, so a store error only thins the line: raising would
         fail the delivery, and its redelivery would hand the outcome on again. A job handed
         on was read then; only the others are read here."""
-        job = self._handed_on.pop(job_id, None)
-        if job is None and outcome not in (Outcome.SKIPPED,):
+        outcome, reason, job = ended
+        if job is None and outcome is not Outcome.SKIPPED:
             try:
                 job = await asyncio.to_thread(self.store.find, job_id)
             except Exception:
@@ -162,13 +158,13 @@ class JobRunner:
 
     async def _run_claimed(
         self, claim: Claim, attempt: int, final: bool, deliver: Deliver | None
-    ) -> tuple[Outcome, str | None]:
+    ) -> _Ended:
+        """How the delivery ended, with the job as handed on (None if it was not)."""
         job_id = claim.job_id
         if claim.status in FINISHED:
             # Answered before (a duplicate, a retry copy, or a redelivery after the outcome
             # was recorded): hand on the stored outcome, never transcribe again.
-            await self._hand_on(job_id, deliver, again=True)
-            return Outcome.SKIPPED, None
+            return _Ended(Outcome.SKIPPED, job=await self._hand_on(job_id, deliver, again=True))
         if claim.unfinished >= self.policy.max_unfinished:
             abandoned = (
                 f"Abandoned after {claim.unfinished} deliveries that never finished: "
@@ -176,8 +172,9 @@ class JobRunner:
             )
             logger.error("Job %s: %s", job_id, abandoned)
             failed = await self._written(claim, self.store.fail, job_id, abandoned, claim.holder)
-            await self._hand_on(job_id, deliver, job=failed)
-            return Outcome.FAILED, abandoned
+            return _Ended(
+                Outcome.FAILED, abandoned, await self._hand_on(job_id, deliver, job=failed)
+            )
         suspect = claim.unfinished > 0
         if suspect:
             logger.warning(
@@ -190,9 +187,10 @@ class JobRunner:
         async with self._suspects if suspect else contextlib.nullcontext():
             checkpoint = UnitCheckpoint(self.units, job_id, 0, claim.holder)
             ended = await self._attempt(claim, attempt, final, checkpoint)
-            if ended.outcome not in (Outcome.RETRY, Outcome.DEFERRED):
-                await self._hand_on(job_id, deliver, checkpoint=checkpoint, job=ended.job)
-        return ended.outcome, ended.reason
+            if ended.outcome in (Outcome.RETRY, Outcome.DEFERRED):
+                return ended
+            handed = await self._hand_on(job_id, deliver, checkpoint=checkpoint, job=ended.job)
+        return ended._replace(job=handed)
 
     async def _attempt(
         self, claim: Claim, attempt: int, final: bool, checkpoint: UnitCheckpoint
@@ -286,15 +284,15 @@ class JobRunner:
         again: bool = False,
         checkpoint: UnitCheckpoint | None = None,
         job: Job | None = None,
-    ) -> None:
-        """``checkpoint``: this delivery's, which knows whether any units are stored (without
-        it, as for a job finished before, they may be). ``job``: as this delivery's last
-        write left it, if that write ended it (else it is read)."""
+    ) -> Job | None:
+        """The finished job handed on (None: it is not finished, or gone). ``checkpoint``:
+        this delivery's, which knows whether any units are stored (without it, as for a job
+        finished before, they may be). ``job``: as this delivery's last write left it, if
+        that write ended it (else it is read)."""
         if job is None:
             job = await asyncio.to_thread(self.store.find, job_id)
         if job is None or job.status not in FINISHED:
-            return
-        self._handed_on[job_id] = job
+            return None
         if again:  # named by the caller's id (an AMQP job's attachment_id) for its logs
             logger.info("Job %s answered from its stored result", job.external_id or job.id)
         if deliver is not None:
@@ -308,6 +306,7 @@ class JobRunner:
                 await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
         except Exception:
             logger.exception("Could not tidy up after job %s; retention will", job_id)
+        return job
 
 
 class _Ended(NamedTuple):
