@@ -119,6 +119,12 @@ def alternating_args(parser: argparse.ArgumentParser, runs: int) -> argparse.Nam
     """The options of the benchmarks that run the service and plain faster-whisper in turns."""
     parser.add_argument("--model", default="base")
     parser.add_argument("--runs", type=int, default=runs)
+    service_options(parser)
+    return parser.parse_args()
+
+
+def service_options(parser: argparse.ArgumentParser) -> None:
+    """--env and --deployment: what a benchmark changes in the service it starts."""
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
     )
@@ -129,7 +135,6 @@ def alternating_args(parser: argparse.ArgumentParser, runs: int) -> argparse.Nam
         help="DEPLOYMENT.OPTION=YAML over serve_config.yaml, e.g. "
         "TranscriberCPU.autoscaling_config.target_ongoing_requests=16",
     )
-    return parser.parse_args()
 
 
 def deployment_overrides(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -37,7 +37,13 @@ import numpy as np
 import psutil
 from sqlalchemy import create_engine, text
 
-from bench.common import deployment_overrides, duration, plain_sequential, sentences
+from bench.common import (
+    deployment_overrides,
+    duration,
+    plain_sequential,
+    sentences,
+    service_options,
+)
 from serve_app.model.weights import resolve_model_path
 from serve_app.model_options import cpu_threads
 from serve_app.settings import Settings
@@ -241,15 +247,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--clips", type=int, default=40, help="distinct clips, cycled")
     parser.add_argument("--model", default="tiny.en")
-    parser.add_argument(
-        "--env", action="append", default=[], help="NAME=VALUE for the service's replicas"
-    )
-    parser.add_argument(
-        "--deployment",
-        action="append",
-        default=[],
-        help="DEPLOYMENT.OPTION=YAML over serve_config.yaml (and the pinned replicas)",
-    )
+    service_options(parser)  # --deployment goes over the pinned replicas too
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
