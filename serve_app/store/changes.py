@@ -142,6 +142,8 @@ class JobChanges:
             try:
                 with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if delay > _RECONNECT_S[0]:
+                        logger.info("Listening for job changes again")
                     self._listening.set()
                     delay = _RECONNECT_S[0]
                     self._wake_all()  # what changed while nobody listened is read now
