@@ -330,7 +330,11 @@ class UnitCheckpoint:
     stored: bool = False
 
     async def load(self) -> dict[Span, Transcript]:
-        return await asyncio.to_thread(self.units.done, self.job_id)
+        done = await asyncio.to_thread(self.units.done, self.job_id)
+        # Units of an earlier delivery (one stopped in order gives its attempt back, so the
+        # attempt count alone does not tell) go once the job is over.
+        self.stored = self.stored or bool(done)
+        return done
 
     async def save(self, span: Span, transcript: Transcript) -> None:
         try:

@@ -17,9 +17,17 @@ from sqlalchemy import select, update
 from serve_app.errors import ServiceBusyError
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.running import Outcome
+from serve_app.schemas import Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine
 from serve_app.store.tables import jobs
-from tests.support.runner_standin import Delivered, StandIn, make_runner, new_job
+from serve_app.transcription.pipeline import FileRequest
+from tests.support.runner_standin import (
+    Delivered,
+    StandIn,
+    make_runner,
+    new_job,
+    three_parts,
+)
 from tests.support.waiting import until
 
 
@@ -124,6 +132,39 @@ async def test_an_orderly_stop_gives_its_attempt_back(store: JobStore, tmp_path:
         assert (job.status, job.attempts, _owner(store, job_id)) == ("queued", 0, None)
     outcome, _ = await make_runner(store, tmp_path, StandIn()).run(job_id, 0, final=False)
     assert outcome is Outcome.COMPLETED and store.get(job_id).attempts == 1
+
+
+async def test_units_kept_by_a_stopped_delivery_go_once_the_job_is_done(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A long job stopped in order after a unit was saved gives its attempt back, so the next
+    delivery is attempt 1 again: the units it resumed from must still be dropped when the job
+    ends (its result holds the text)."""
+    job_id, _ = new_job(store, tmp_path)
+    span, unit = (0, 16000), three_parts()
+    saved = asyncio.Event()
+
+    async def stopped_after_a_unit(request: FileRequest) -> Transcript:
+        await request.checkpoint.save(span, unit)
+        saved.set()
+        await asyncio.sleep(60)  # stopped here
+        raise AssertionError("not stopped")
+
+    async def resumes(request: FileRequest) -> Transcript:
+        assert await request.checkpoint.load() == {span: unit}
+        return unit
+
+    running = asyncio.create_task(
+        make_runner(store, tmp_path, stopped_after_a_unit).run(job_id, 0, final=False)
+    )
+    await asyncio.wait_for(saved.wait(), 5)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert store.get(job_id).attempts == 0
+    outcome, _ = await make_runner(store, tmp_path, resumes).run(job_id, 0, final=False)
+    assert outcome is Outcome.COMPLETED and store.get(job_id).attempts == 1
+    assert UnitStore(store.engine).done(job_id) == {}
 
 
 async def test_no_room_for_the_audio_defers_without_using_an_attempt(
