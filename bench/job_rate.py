@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -63,7 +64,7 @@ KINDS = ("model replicas", "Ingest", "Gateway", "Ray's own", "PostgreSQL", "Rabb
 STATS_SETTLE_S = 12.0
 
 
-def short_clips(out: Path, count: int) -> list[tuple[Path, str]]:
+def phrase_clips(out: Path, count: int) -> list[tuple[Path, str]]:
     """``count`` distinct clips of 1-3 s: three to seven words of the reference texts each."""
     clips: list[tuple[Path, str]] = []
     for sentence in sentences():
@@ -99,7 +100,7 @@ def cpu_by_kind(serve_pid: int) -> dict[str, float]:
             continue  # an Ingest's decoder, counted with it once reaped
         else:
             kind = "Ray's own"
-        totals[kind] += times.user + times.system + times.children_user + times.children_system
+        totals[kind] += _cpu_s(times)
     for proc in psutil.process_iter(["name"]):
         name = proc.info["name"] or ""
         kind = "PostgreSQL" if name.startswith("postgres") else ""
@@ -109,8 +110,13 @@ def cpu_by_kind(serve_pid: int) -> dict[str, float]:
                 times = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            totals[kind] += times.user + times.system + times.children_user + times.children_system
+            totals[kind] += _cpu_s(times)
     return totals
+
+
+def _cpu_s(times: Any) -> float:
+    """User and system time, with that of children reaped."""
+    return float(times.user + times.system + times.children_user + times.children_system)
 
 
 def transactions(database: str) -> int:
@@ -251,7 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        clips = short_clips(work / "audio", args.clips)
+        clips = phrase_clips(work / "audio", args.clips)
         audio_s = statistics.mean(duration(p) for p, _ in clips)
         plain_s, plain_cpu = plain(args.model, clips, args.jobs, work / "models")
         encoder = encoder_cpu_s(args.model, work / "models")
