@@ -191,6 +191,15 @@ class Settings(BaseSettings):
     # closed after SSE_MAX_LIFETIME_SEC (clients resume with Last-Event-ID).
     sse_max_subscribers: int = Field(64, ge=1)
     sse_max_lifetime_sec: float = Field(3600, gt=0)
+    # Live sessions (/v1/realtime): at most REALTIME_MAX_SESSIONS open per Gateway replica;
+    # one ends after REALTIME_IDLE_TIMEOUT_SEC without a client event or REALTIME_MAX_SESSION_SEC
+    # in all; a client event (JSON text) may be REALTIME_MAX_EVENT_KB long; audio may arrive at
+    # REALTIME_MAX_AUDIO_RATE times real time, after a first minute at any speed.
+    realtime_max_sessions: int = Field(32, ge=1)
+    realtime_idle_timeout_sec: float = Field(60, gt=0)
+    realtime_max_session_sec: float = Field(3600, gt=0)
+    realtime_max_event_kb: int = Field(1024, ge=16)
+    realtime_max_audio_rate: float = Field(4.0, gt=0)
 
     @field_validator(
         "whisper_extra_models",

@@ -1,0 +1,1 @@
+"""Live audio: OpenAI's realtime transcription protocol over a WebSocket."""

@@ -1,0 +1,93 @@
+"""Which words of a growing turn are safe to send: a local-agreement policy.
+
+A live turn is decoded again each time more of it has arrived. The last words of each decode
+are guesses (a word cut off mid-syllable, a sentence Whisper will punctuate differently once
+it hears the end), so a word is committed only when two consecutive decodes agree on it and on
+everything before it (LocalAgreement-2, Macháček et al., "Turning Whisper into Real-Time
+Transcription System", 2023). Committed words are sent as deltas and never taken back: the
+turn's final text is the committed words plus whatever the final decode has beyond them.
+Plain logic: the session feeds it each decode's words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# A word that starts this much before the committed end is still taken as new: Whisper's word
+# timestamps move by a few tens of ms between decodes of the same audio.
+_OVERLAP_S = 0.1
+# A decode after the audio was trimmed may repeat the last committed words; up to this many are
+# recognised and dropped.
+_MAX_REPEAT = 5
+_NOT_WORD = re.compile(r"[^\w']+")
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    """A word as Whisper wrote it (with its leading space), timed from the turn's start."""
+
+    start: float
+    end: float
+    text: str
+
+    @property
+    def key(self) -> str:
+        """What two decodes must agree on: case and punctuation may still change."""
+        return _NOT_WORD.sub("", self.text.lower())
+
+
+def join(words: Sequence[TimedWord]) -> str:
+    return "".join(word.text for word in words)
+
+
+@dataclass
+class Agreement:
+    committed: list[TimedWord] = field(default_factory=list)
+    _pending: list[TimedWord] = field(default_factory=list)
+
+    @property
+    def committed_end(self) -> float:
+        return self.committed[-1].end if self.committed else 0.0
+
+    @property
+    def pending(self) -> list[TimedWord]:
+        """The latest decode's words beyond the committed ones: not agreed on yet."""
+        return list(self._pending)
+
+    def update(self, hypothesis: Sequence[TimedWord]) -> list[TimedWord]:
+        """Take a decode of the turn so far; returns the words it newly commits."""
+        fresh = self.beyond_committed(hypothesis)
+        agreed = 0
+        for old, new in zip(self._pending, fresh, strict=False):
+            if old.key != new.key:
+                break
+            agreed += 1
+        newly = fresh[:agreed]
+        self.committed.extend(newly)
+        self._pending = fresh[agreed:]
+        return newly
+
+    def force(self, before_s: float) -> list[TimedWord]:
+        """Commit the pending words that end before ``before_s``: the audio before that point is
+        about to be dropped, and what was heard in it must not be lost with it."""
+        cut = 0
+        while cut < len(self._pending) and self._pending[cut].end <= before_s:
+            cut += 1
+        newly, self._pending = self._pending[:cut], self._pending[cut:]
+        self.committed.extend(newly)
+        return newly
+
+    def beyond_committed(self, hypothesis: Sequence[TimedWord]) -> list[TimedWord]:
+        """The words of a decode that come after the committed ones."""
+        if not self.committed:
+            return list(hypothesis)
+        fresh = [w for w in hypothesis if w.start > self.committed_end - _OVERLAP_S]
+        # A committed word Whisper timed a little later this time: drop repeats of the
+        # committed tail at the start of what is left.
+        for size in range(min(_MAX_REPEAT, len(fresh), len(self.committed)), 0, -1):
+            tail = [w.key for w in self.committed[-size:]]
+            if [w.key for w in fresh[:size]] == tail:
+                return fresh[size:]
+        return fresh

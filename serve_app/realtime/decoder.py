@@ -1,0 +1,221 @@
+"""The decoding side of a live session: a growing turn decoded again and again for deltas, and
+each ended turn decoded once more for the rest of its text, in order, one decode at a time.
+
+Each decode is an ordinary request to the model pools (``Decode``), so a session's audio is
+isolated from other requests as every request's is, and batches with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from serve_app.errors import ServiceError
+from serve_app.media.audio import SAMPLE_RATE, AudioArray
+from serve_app.realtime import protocol
+from serve_app.realtime.agreement import Agreement, TimedWord, join
+from serve_app.realtime.buffer import LiveBuffer
+from serve_app.realtime.protocol import Event
+from serve_app.schemas import MAX_PROMPT_CHARS, TranscribeOptions, Transcript
+
+logger = logging.getLogger("ray.serve")
+
+Send = Callable[[Event], Awaitable[None]]
+Decode = Callable[[AudioArray, TranscribeOptions], Awaitable[Transcript]]
+# The session's current transcription options, with this prompt (None: the turn is not
+# transcribed: the client set transcription to null).
+Options = Callable[[str | None], TranscribeOptions | None]
+
+MIN_AUDIO = SAMPLE_RATE // 10  # 100 ms: less is neither committed nor decoded
+
+
+@dataclass(frozen=True)
+class LivePacing:
+    step_s: float = 1.0  # new audio in a growing turn before it is decoded again
+    window_s: float = 25.0  # longest audio one decode gets: Whisper hears 30 s at a time
+    keep_s: float = 10.0  # what a trimmed turn keeps when no word marks a better place
+    burst_s: float = 60.0  # audio a client may send at any speed before the rate applies
+    max_rate: float = 4.0  # audio seconds per wall-clock second after that
+
+
+@dataclass
+class Turn:
+    item_id: str
+    start: int  # samples from the session's start, padding included
+    offset: int  # where its next decode starts: later than ``start`` once trimmed
+    decoded_to: int = 0
+    end: int | None = None
+    agreement: Agreement = field(default_factory=Agreement)
+    emitted: str = ""
+    audio: AudioArray | None = None  # what the final decode hears, cut out when it ends
+    dropped: bool = False  # cleared by the client: nothing more is sent for it
+    unsent: list[TimedWord] = field(default_factory=list)  # committed by a trim, not yet sent
+
+    def trim(self, now: int, pacing: LivePacing) -> None:
+        """Start later decodes further on: Whisper hears 30 s at most, and a long turn (a client
+        that never commits, a speaker who never pauses) must not grow without end. The cut goes
+        where the committed words end; words heard before it are committed first (sent with the
+        next delta), since the audio they were heard in is gone after it."""
+        if (now - self.offset) / SAMPLE_RATE <= pacing.window_s:
+            return
+        cut = now - int(pacing.keep_s * SAMPLE_RATE)
+        self.unsent += self.agreement.force((cut - self.start) / SAMPLE_RATE)
+        committed_end = self.start + int(self.agreement.committed_end * SAMPLE_RATE)
+        usable = (now - committed_end) / SAMPLE_RATE <= pacing.window_s - pacing.step_s
+        self.offset = max(self.offset, committed_end if usable else cut)
+
+
+class TurnDecoder:
+    def __init__(
+        self,
+        session_id: str,
+        send: Send,
+        decode: Decode,
+        options: Options,
+        buffer: LiveBuffer,
+        pacing: LivePacing,
+    ) -> None:
+        self._id, self._send, self._decode, self._options = session_id, send, decode, options
+        self._buffer, self._pacing = buffer, pacing
+        self.open: Turn | None = None  # the turn still growing, set by the session
+        self._ended: deque[Turn] = deque()
+        self._wake = asyncio.Event()
+        self._decoding: tuple[Turn, asyncio.Future[Transcript]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work())
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ended(self, turn: Turn) -> None:
+        """``turn`` was committed: its final decode comes after every earlier turn's."""
+        if self._decoding is not None and self._decoding[0] is turn:
+            self._decoding[1].cancel()  # the final decode hears more; this one is moot
+        self._ended.append(turn)
+        self._wake.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ended:
+                turn = self._ended.popleft()
+                if not turn.dropped:
+                    await self._guarded(self._finish(turn), turn)
+            growing = self.open
+            if growing is not None and self._due(growing):
+                await self._guarded(self._interim(growing), None)
+                self._wake.set()  # more may have arrived meanwhile
+
+    async def _guarded(self, work: Awaitable[None], turn: Turn | None) -> None:
+        """A failed final decode ends its turn with ``.failed``, a failed interim decode is
+        skipped; the session goes on either way."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise
+        except Exception as exc:
+            known = isinstance(exc, ServiceError)
+            if known:
+                logger.warning("Live session %s: decoding failed: %s", self._id, exc)
+            else:
+                logger.exception("Live session %s: decoding failed", self._id)
+            if turn is not None:
+                error = {
+                    "type": "server_error",
+                    "code": type(exc).__name__ if known else None,
+                    "message": str(exc) if known else "Transcription failed on the server",
+                    "param": None,
+                }
+                await self._send(
+                    protocol.event(
+                        "conversation.item.input_audio_transcription.failed",
+                        item_id=turn.item_id,
+                        content_index=0,
+                        error=error,
+                    )
+                )
+
+    def _due(self, turn: Turn) -> bool:
+        fresh = self._buffer.end - turn.decoded_to
+        return fresh >= self._pacing.step_s * SAMPLE_RATE and not turn.dropped
+
+    async def _interim(self, turn: Turn) -> None:
+        now = self._buffer.end
+        turn.trim(now, self._pacing)
+        turn.decoded_to = now
+        words = await self._words(turn, self._buffer.slice(turn.offset, now), turn.offset)
+        newly = []
+        if words is not None and turn.end is None and not turn.dropped:
+            newly = turn.agreement.update(words)
+        await self._delta(turn, newly)
+
+    async def _finish(self, turn: Turn) -> None:
+        assert turn.audio is not None and turn.end is not None
+        words = await self._words(turn, turn.audio, turn.offset)
+        if words is None:
+            return
+        await self._delta(turn, turn.agreement.beyond_committed(words))
+        seconds = round((turn.end - turn.start) / SAMPLE_RATE, 3)
+        await self._send(
+            protocol.event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=turn.item_id,
+                content_index=0,
+                transcript=turn.emitted,
+                usage={"type": "duration", "seconds": seconds},
+            )
+        )
+
+    async def _delta(self, turn: Turn, words: list[TimedWord]) -> None:
+        text = join([*turn.unsent, *words])
+        turn.unsent = []
+        if not turn.emitted:
+            text = text.lstrip()
+        if not text:
+            return
+        turn.emitted += text
+        await self._send(
+            protocol.event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=turn.item_id,
+                content_index=0,
+                delta=text,
+            )
+        )
+
+    async def _words(self, turn: Turn, audio: AudioArray, offset: int) -> list[TimedWord] | None:
+        """The words of one decode of ``audio`` (which starts at sample ``offset``), timed from
+        the turn's start; None when the session does not transcribe."""
+        prompt = None
+        if offset > turn.start and turn.emitted:
+            # The turn's earlier audio is gone; its text carries the context instead.
+            prompt = turn.emitted[-MAX_PROMPT_CHARS:]
+        options = self._options(prompt)
+        if options is None:
+            return None
+        if len(audio) < MIN_AUDIO:
+            return []
+        decoding = asyncio.ensure_future(self._decode(audio, options))
+        self._decoding = (turn, decoding)
+        try:
+            transcript = await decoding
+        finally:
+            self._decoding = None
+        shift = (offset - turn.start) / SAMPLE_RATE
+        return [
+            TimedWord(word.start + shift, word.end + shift, word.word)
+            for segment in transcript.segments
+            for word in segment.words or []
+        ]

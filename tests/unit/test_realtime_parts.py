@@ -1,0 +1,177 @@
+"""The plain parts of live sessions: input formats, speech probabilities in pieces, turn edges,
+the agreement policy and session settings."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.realtime.agreement import Agreement, TimedWord, join
+from serve_app.realtime.pcm import LiveAudio, _alaw_table, _ulaw_table
+from serve_app.realtime.protocol import ProtocolError, SessionConfig
+from serve_app.realtime.turns import WINDOW, ServerVad, SpeechStream, TurnDetector, silero
+from tests.support.speech import synthesize
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # the standard library's G.711, gone in 3.13: a reference while it lasts
+
+
+def test_g711_tables_match_the_standard_library() -> None:
+    every_byte = bytes(range(256))
+    assert (_ulaw_table() == np.frombuffer(audioop.ulaw2lin(every_byte, 2), "<i2")).all()
+    assert (_alaw_table() == np.frombuffer(audioop.alaw2lin(every_byte, 2), "<i2")).all()
+
+
+@pytest.mark.parametrize("audio_format", ["audio/pcm", "audio/pcmu", "audio/pcma"])
+def test_audio_sent_in_odd_pieces_resamples_to_the_same_samples(audio_format: str) -> None:
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, size=24000, dtype=np.uint8).tobytes()
+    whole = LiveAudio(audio_format).push(data)
+    pieces, live = [], LiveAudio(audio_format)
+    for cut in range(0, len(data), 997):  # odd sizes: PCM16 samples split across appends
+        pieces.append(live.push(data[cut : cut + 997]))
+    joined = np.concatenate(pieces)
+    assert abs(len(joined) - len(whole)) <= 32
+    common = min(len(joined), len(whole))
+    assert np.allclose(joined[:common], whole[:common], atol=1e-6)
+    seconds = len(data) / live.bytes_per_second()
+    assert len(whole) == pytest.approx(seconds * 16000, abs=64)
+
+
+def test_speech_probabilities_in_pieces_match_the_whole_file(tmp_path: Path) -> None:
+    from faster_whisper.audio import decode_audio
+
+    audio = decode_audio(str(synthesize("en_office", tmp_path)), sampling_rate=16000)
+    audio = audio[: len(audio) // WINDOW * WINDOW]
+    model = silero()
+    whole, _ = model(audio, None)
+    stream = SpeechStream(model)
+    pieces = [stream.push(audio[cut : cut + 1600]) for cut in range(0, len(audio), 1600)]
+    assert np.allclose(np.concatenate(pieces), whole, atol=1e-5)
+    assert whole.max() > 0.9 and whole[-3:].max() < 0.5  # speech found, and silence after it
+
+
+def test_turn_edges_follow_threshold_padding_and_silence() -> None:
+    vad = ServerVad(threshold=0.5, prefix_padding_ms=64, silence_duration_ms=96)  # 2 and 3 windows
+    detector = TurnDetector(vad)
+    quiet, loud, trailing = [0.1] * 10, [0.9] * 5, [0.4] * 2  # 0.4: under 0.5, over 0.35
+    edges = detector.feed(np.array(quiet + loud + trailing + [0.1] * 3))
+    assert [(e.kind, e.sample) for e in edges] == [
+        ("started", (10 - 2) * WINDOW),
+        ("stopped", (10 + 5 + 2 + 3) * WINDOW),  # the 0.4 windows still count as speech
+    ]
+    # Speech right after a stop: the next turn's padding never reaches back into the last one.
+    again = detector.feed(np.array([0.9]))
+    assert again[0].kind == "started" and again[0].sample == 20 * WINDOW
+
+
+def words(*spoken: tuple[str, float]) -> list[TimedWord]:
+    return [TimedWord(start, start + 0.3, f" {text}") for text, start in spoken]
+
+
+def test_words_are_committed_when_two_decodes_agree_and_never_taken_back() -> None:
+    agreement = Agreement()
+    assert agreement.update(words(("the", 0.0), ("cat", 0.4))) == []
+    newly = agreement.update(words(("The", 0.0), ("cat,", 0.4), ("sat", 0.8)))
+    assert [w.key for w in newly] == ["the", "cat"]  # case and punctuation do not matter
+    # A later decode that hears "cat" differently cannot change what was sent: only what
+    # follows the committed words is compared.
+    newly = agreement.update(words(("A", 0.0), ("hat", 0.4), ("sat", 0.8), ("in", 1.2)))
+    assert join(newly) == " sat"
+    assert agreement.update(words(("the", 0.0), ("cat", 0.4), ("sat", 0.8), ("on", 1.2))) == []
+    assert join(agreement.committed) == " The cat, sat"
+    assert join(agreement.pending) == " on"
+
+
+def test_what_follows_the_committed_words_drops_a_repeat_of_their_tail() -> None:
+    agreement = Agreement()
+    agreement.update(words(("one", 0.0), ("two", 0.5)))
+    agreement.update(words(("one", 0.0), ("two", 0.5), ("three", 1.0)))
+    assert join(agreement.committed) == " one two"
+    # Timed a little later than before (after a trim), "two" is not taken for a new word.
+    later = words(("two", 0.75), ("three", 1.0), ("four", 1.5))
+    assert join(agreement.beyond_committed(later)) == " three four"
+
+
+def test_a_trim_commits_the_pending_words_it_would_cut_off() -> None:
+    agreement = Agreement()
+    agreement.update(words(("alpha", 0.0), ("beta", 5.0), ("gamma", 9.0)))
+    assert join(agreement.force(before_s=6.0)) == " alpha beta"
+    assert join(agreement.pending) == " gamma"
+
+
+def test_a_session_update_changes_only_what_it_sends() -> None:
+    config = SessionConfig()
+    update = {
+        "type": "session.update",
+        "session": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"language": "en"}, "turn_detection": None}},
+        },
+    }
+    changed = config.updated(update)
+    assert changed.language == "en" and changed.turn_detection is None
+    assert changed.format == "audio/pcm" and changed.transcribe
+    again = changed.updated(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "transcription",
+                "audio": {"input": {"format": {"type": "audio/pcmu"}}},
+            },
+        }
+    )
+    assert again.format == "audio/pcmu" and again.language == "en" and again.turn_detection is None
+
+
+def test_the_beta_update_maps_onto_the_same_settings() -> None:
+    config = SessionConfig().updated(
+        {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_format": "g711_alaw",
+                "input_audio_transcription": {"model": "whisper-1", "prompt": "Acme"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 800},
+            },
+        }
+    )
+    assert config.format == "audio/pcma" and config.prompt == "Acme"
+    assert config.turn_detection == ServerVad(silence_duration_ms=800)
+
+
+@pytest.mark.parametrize(
+    ("session", "code", "param"),
+    [
+        ({"type": "realtime"}, "invalid_value", "session.type"),
+        ({"type": "transcription", "voice": "alloy"}, "unknown_parameter", "session.voice"),
+        (
+            {"type": "transcription", "audio": {"input": {"format": {"type": "audio/flac"}}}},
+            "invalid_value",
+            "session.audio.input.format.type",
+        ),
+        (
+            {
+                "type": "transcription",
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}},
+            },
+            "invalid_value",
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            {
+                "type": "transcription",
+                "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}},
+            },
+            "invalid_value",
+            "session.audio.input.turn_detection.type",
+        ),
+    ],
+)
+def test_a_bad_update_names_the_parameter(session: dict, code: str, param: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ProtocolError) as raised:
+        SessionConfig().updated({"type": "session.update", "session": session})
+    assert (raised.value.code, raised.value.param) == (code, param)
