@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from serve_app.api import errors, health, jobs, openai
+from serve_app.api import errors, health, jobs, openai, realtime
 from serve_app.api.auth import ApiKeyAuth, KeyRing, get_viewer
 from serve_app.api.deps import Backend
 from serve_app.api.limits import BodySizeLimit
@@ -22,6 +22,7 @@ def create_api(backend: Backend) -> FastAPI:
     app.state.backend = backend
     settings = backend.settings
     app.state.keys = keys = KeyRing(settings, backend.owner_secret)
+    app.state.live_sessions = realtime.LiveSessions(settings.realtime_max_sessions)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_file_size_bytes + _MULTIPART_OVERHEAD)
     # Added last, so it runs first: no body is read for a request without a valid key.
     app.add_middleware(ApiKeyAuth, keys=keys)
@@ -30,5 +31,6 @@ def create_api(backend: Backend) -> FastAPI:
     authenticated = [Depends(get_viewer)]
     app.include_router(openai.router, dependencies=authenticated)
     app.include_router(jobs.router, dependencies=authenticated)
+    app.include_router(realtime.router)  # a WebSocket: ApiKeyAuth checks its handshake
     app.include_router(health.router)
     return app

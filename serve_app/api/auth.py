@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from serve_app.api.errors import error_response
 from serve_app.settings import Settings
@@ -76,6 +77,9 @@ class ApiKeyAuth:
         self._keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -94,6 +98,25 @@ class ApiKeyAuth:
             # Connection: close, so the unread body is not taken for the next request.
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["viewer"] = viewer
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket's handshake carries the key as an HTTP request does; without a valid
+        one the handshake is answered 401 (403 where the server cannot send a body)."""
+        viewer = self._keys.viewer(_bearer_token(scope))
+        if viewer is None and scope["path"].startswith(PROTECTED_PREFIX):
+            denial = error_response(
+                401,
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+            )
+            socket = WebSocket(scope, receive, send)
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await socket.send_denial_response(denial)
+            else:
+                await socket.close(1008, "Missing or invalid API key")
             return
         scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send)

@@ -66,11 +66,11 @@ class LiveSession:
         self.config = SessionConfig()
         self._audio = LiveAudio(self.config.format)
         self._buffer = LiveBuffer()
-        self._vad_mode()
         self._previous_item: str | None = None
         self._decoder = TurnDecoder(
             self.id, send, decode, self._options, self._buffer, self._pacing
         )
+        self._vad_mode()
 
     async def start(self) -> None:
         session = protocol.session_object(self.id, self.config, self._expires_at)

@@ -1,0 +1,72 @@
+"""Live audio for realtime tests and benchmarks: the diarization conversation's first turns as
+24 kHz PCM16 (OpenAI's realtime input format), cut into appends of a fixed length, and what a
+client makes of the server's events."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydub import AudioSegment
+
+from tests.support.conversation import SpokenTurn, conversation
+
+RATE = 24000
+
+
+@dataclass(frozen=True)
+class LiveAudioClip:
+    pcm: bytes  # 24 kHz mono PCM16
+    turns: list[SpokenTurn]
+    trailing_s: float  # silence after the last turn, enough for server VAD to end it
+
+    def appends(self, chunk_ms: int = 100) -> Iterator[str]:
+        """Base64 payloads of ``chunk_ms`` each, as a microphone client sends them."""
+        size = RATE * 2 * chunk_ms // 1000
+        for start in range(0, len(self.pcm), size):
+            yield base64.b64encode(self.pcm[start : start + size]).decode()
+
+
+def first_turns(out_dir: Path, count: int = 2, trailing_s: float = 1.5) -> LiveAudioClip:
+    wav, turns = conversation(out_dir)
+    kept = turns[:count]
+    audio = AudioSegment.from_wav(wav)[: int(kept[-1].end * 1000)]
+    audio += AudioSegment.silent(duration=int(trailing_s * 1000), frame_rate=audio.frame_rate)
+    pcm = audio.set_frame_rate(RATE).set_channels(1).set_sample_width(2).raw_data
+    return LiveAudioClip(pcm, kept, trailing_s)
+
+
+@dataclass
+class Transcripts:
+    """Per item: deltas in order, the final transcript, and which events came for it when."""
+
+    order: list[tuple[str, str | None]] = field(default_factory=list)  # (type, item_id)
+    deltas: dict[str, list[str]] = field(default_factory=dict)
+    completed: dict[str, str] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self, event: dict[str, Any]) -> None:
+        kind, item = event["type"], event.get("item_id") or event.get("item", {}).get("id")
+        self.order.append((kind, item))
+        if kind == "conversation.item.input_audio_transcription.delta":
+            self.deltas.setdefault(item, []).append(event["delta"])
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.completed[item] = event["transcript"]
+        elif kind in ("error", "conversation.item.input_audio_transcription.failed"):
+            self.errors.append(event)
+
+    def items(self) -> list[str]:
+        return [item for kind, item in self.order if kind == "input_audio_buffer.committed"]
+
+    def deltas_before_stop(self, item: str) -> int:
+        count = 0
+        for kind, at in self.order:
+            if at != item:
+                continue
+            if kind == "input_audio_buffer.speech_stopped":
+                return count
+            count += kind.endswith(".delta")
+        return count

@@ -1,0 +1,165 @@
+"""A live session without the network: client events in, server events out, decoded by the
+real tiny.en model and the real Silero VAD (or, for the protocol's error paths, by a decoder
+that hears nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serve_app.media.audio import AudioArray
+from serve_app.model.transcriber import Transcriber
+from serve_app.realtime.decoder import LivePacing
+from serve_app.realtime.pcm import LiveAudio
+from serve_app.realtime.session import LiveSession
+from serve_app.realtime.turns import silero
+from serve_app.schemas import TranscribeOptions, Transcript
+from serve_app.settings import Settings
+from tests.support.live import Transcripts, first_turns
+from tests.support.speech import word_error_rate
+
+MANUAL = {"type": "session.update", "session": {"type": "transcription"}}
+MANUAL["session"]["audio"] = {"input": {"turn_detection": None}}  # type: ignore[index]
+
+
+class Client:
+    def __init__(self, decode: Any, pacing: LivePacing | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.seen = Transcripts()
+        self.session = LiveSession(
+            self._send, decode, Settings(whisper_model="tiny.en"), silero(), pacing
+        )
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        json.dumps(event)  # what the route will do with it
+        self.events.append(event)
+        self.seen.take(event)
+
+    async def say(self, **event: Any) -> dict[str, Any]:
+        before = len(self.events)
+        await self.session.handle(json.dumps(event))
+        return self.events[before] if len(self.events) > before else {}
+
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(e["type"] == kind for e in self.events) < count:
+            assert time.monotonic() < deadline, f"no {count} x {kind} within {timeout}s"
+            await asyncio.sleep(0.05)
+
+
+async def hears_nothing(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+    return Transcript(
+        text="", language="en", language_probability=1, duration=0, segments=[], model="tiny.en"
+    )
+
+
+def pcm(seconds: float) -> str:
+    tone = (np.sin(np.arange(int(24000 * seconds)) / 10) * 3000).astype("<i2")
+    return base64.b64encode(tone.tobytes()).decode()
+
+
+async def test_bad_events_get_errors_and_the_session_stays_usable() -> None:
+    client = Client(hears_nothing)
+    await client.session.start()
+    try:
+        assert client.events[0]["type"] == "session.created"
+        assert (await client.say(**MANUAL))["type"] == "session.updated"
+        await client.session.handle("{not json")
+        assert client.events[-1]["error"]["code"] == "invalid_json"
+        unknown = await client.say(type="response.create", event_id="evt_1")
+        assert unknown["type"] == "error"
+        assert unknown["error"]["event_id"] == "evt_1" and unknown["error"]["param"] == "type"
+        bad = await client.say(type="input_audio_buffer.append", audio="%%%", event_id="evt_2")
+        assert bad["error"]["param"] == "audio" and bad["error"]["event_id"] == "evt_2"
+        empty = await client.say(type="input_audio_buffer.commit")
+        assert empty["error"]["code"] == "input_audio_buffer_commit_empty"
+        model = await client.say(
+            type="session.update",
+            session={
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": "x"}}},
+            },
+        )
+        assert model["type"] == "error" and "not served" in model["error"]["message"]
+        # Still usable: audio in, a commit, and the turn completes.
+        assert await client.say(type="input_audio_buffer.append", audio=pcm(0.5)) == {}
+        assert (await client.say(type="input_audio_buffer.commit"))["type"] == (
+            "input_audio_buffer.committed"
+        )
+        await client.wait_for("conversation.item.input_audio_transcription.completed")
+        kinds = [e["type"] for e in client.events[-3:]]
+        assert kinds == [
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.input_audio_transcription.completed",
+        ]
+        assert client.events[-1]["usage"] == {
+            "type": "duration",
+            "seconds": pytest.approx(0.5, abs=0.01),
+        }
+    finally:
+        await client.session.close()
+
+
+async def test_audio_faster_than_the_rate_allows_is_refused() -> None:
+    client = Client(hears_nothing, LivePacing(burst_s=2, max_rate=1))
+    await client.session.start()
+    try:
+        assert await client.say(type="input_audio_buffer.append", audio=pcm(1.5)) == {}
+        refused = await client.say(type="input_audio_buffer.append", audio=pcm(1.5))
+        assert refused["error"]["code"] == "rate_limit_exceeded"
+        cleared = await client.say(type="input_audio_buffer.clear")
+        assert cleared["type"] == "input_audio_buffer.cleared"
+    finally:
+        await client.session.close()
+
+
+async def test_a_spoken_conversation_gives_deltas_while_each_turn_is_spoken(
+    tiny: Transcriber, tmp_path: Path
+) -> None:
+    """Two turns streamed at real speed through server VAD: deltas come before each turn's
+    speech stops, the completed text is exactly what the deltas built up, and it is within
+    0.15 WER of the same audio transcribed as a file."""
+
+    async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        return await asyncio.to_thread(tiny.transcribe, audio, options)
+
+    clip = first_turns(tmp_path)
+    client = Client(decode)
+    await client.session.start()
+    try:
+        started = time.monotonic()
+        for n, audio in enumerate(clip.appends(100)):
+            await client.say(type="input_audio_buffer.append", audio=audio)
+            # Real time: each append waits until its audio would have been spoken.
+            await asyncio.sleep(max(0.0, started + (n + 1) * 0.1 - time.monotonic()))
+        await client.wait_for("conversation.item.input_audio_transcription.completed", 2)
+    finally:
+        await client.session.close()
+    seen = client.seen
+    assert not seen.errors
+    items = seen.items()
+    assert len(items) == 2
+    for item in items:
+        assert seen.deltas_before_stop(item) >= 1, "no delta while the turn was spoken"
+        assert "".join(seen.deltas[item]) == seen.completed[item]
+        kinds = [kind for kind, at in seen.order if at == item and not kind.endswith(".delta")]
+        assert kinds == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.input_audio_transcription.completed",
+        ]
+    # What the model makes of the same audio as a file.
+    whole = LiveAudio("audio/pcm").push(clip.pcm)  # 24 -> 16 kHz
+    as_file = tiny.transcribe(whole, TranscribeOptions(model="tiny.en")).text
+    live = " ".join(seen.completed[item] for item in items)
+    assert word_error_rate(as_file, live) <= 0.15, (as_file, live)
