@@ -1,0 +1,117 @@
+"""Live audio against the real app: the official openai SDK's realtime client, unchanged, and a
+raw WebSocket client for what the SDK would not send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.integration.conftest import API_KEY, Service
+from tests.support.live import LiveAudioClip, Transcripts, first_turns
+from tests.support.speech import word_error_rate
+
+SESSION = {
+    "type": "transcription",
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "whisper-1", "language": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+        }
+    },
+}
+
+
+async def stream_at_real_speed(conn: Any, clip: LiveAudioClip, chunk_ms: int = 100) -> None:
+    started = time.monotonic()
+    for n, audio in enumerate(clip.appends(chunk_ms)):
+        await conn.input_audio_buffer.append(audio=audio)
+        await asyncio.sleep(max(0.0, started + (n + 1) * chunk_ms / 1000 - time.monotonic()))
+
+
+async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
+    service: Service, tmp_path: Path
+) -> None:
+    clip = first_turns(tmp_path)
+    client = openai.AsyncOpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
+    seen = Transcripts()
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        created = await conn.recv()
+        assert created.type == "session.created"
+        await conn.session.update(session=SESSION)  # type: ignore[arg-type]
+        sender = asyncio.create_task(stream_at_real_speed(conn, clip))
+        deadline = time.monotonic() + 120
+        while len(seen.completed) < len(clip.turns):
+            assert time.monotonic() < deadline, f"events so far: {seen.order}"
+            event = await asyncio.wait_for(conn.recv(), deadline - time.monotonic())
+            seen.take(event.model_dump())
+        await sender
+    assert not seen.errors, seen.errors
+    assert ("session.updated", None) in seen.order
+    items = seen.items()
+    assert len(items) == len(clip.turns)
+    for item in items:
+        assert seen.deltas_before_stop(item) >= 1, f"no delta while {item} was spoken"
+        assert "".join(seen.deltas[item]) == seen.completed[item]
+    # The same audio as a file, through the same service.
+    wav = tmp_path / "live.wav"
+    _write_wav(wav, clip.pcm)
+    async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
+        answer = await http.post(
+            "/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            files={"file": ("live.wav", wav.read_bytes(), "audio/wav")},
+            data={"model": "whisper-1", "language": "en"},
+        )
+    answer.raise_for_status()
+    live = " ".join(seen.completed[item] for item in items)
+    assert word_error_rate(answer.json()["text"], live) <= 0.15, (answer.json()["text"], live)
+
+
+async def test_a_raw_client_gets_errors_and_keeps_its_session(service: Service) -> None:
+    url = service.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    assert refused.value.response.status_code in (401, 403)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with connect(url, additional_headers=headers) as socket:
+        assert json.loads(await socket.recv())["type"] == "session.created"
+        sent = [
+            "{not json",
+            json.dumps({"type": "input_audio_buffer.append", "audio": "!!", "event_id": "e1"}),
+            json.dumps({"type": "response.create", "event_id": "e2"}),
+            json.dumps({"type": "input_audio_buffer.commit", "event_id": "e3"}),
+        ]
+        codes = []
+        for text in sent:
+            await socket.send(text)
+            error = json.loads(await asyncio.wait_for(socket.recv(), 10))["error"]
+            codes.append((error["code"], error["event_id"]))
+        assert codes == [
+            ("invalid_json", None),
+            ("invalid_value", "e1"),
+            ("invalid_value", "e2"),
+            ("input_audio_buffer_commit_empty", "e3"),
+        ]
+        await socket.send(json.dumps({"type": "session.update", "session": SESSION}))
+        assert json.loads(await socket.recv())["type"] == "session.updated"
+
+
+def _write_wav(path: Path, pcm: bytes) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(24000)
+        out.writeframes(pcm)
