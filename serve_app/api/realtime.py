@@ -105,7 +105,10 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
             left = started + settings.realtime_max_session_sec - time.monotonic()
             wait = min(settings.realtime_idle_timeout_sec, max(left, 0.0))
             try:
-                message = await asyncio.wait_for(websocket.receive(), wait)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                # that lands as the receive completes, and the server's cancel then hits later.
+                async with asyncio.timeout(wait):
+                    message = await websocket.receive()
             except TimeoutError:
                 expired = left <= settings.realtime_idle_timeout_sec
                 await _end(websocket, send, expired, settings.realtime_idle_timeout_sec)

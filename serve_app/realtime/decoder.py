@@ -83,19 +83,49 @@ class TurnDecoder:
         self.open: Turn | None = None  # the turn still growing, set by the session
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
-        self._decoding: tuple[Turn, asyncio.Future[Transcript]] | None = None
+        self._decoding: tuple[Turn, asyncio.Future[list[TimedWord] | None]] | None = None
+        # A final decode started when the speaker paused: (turn, its offset then, the decode).
+        self._early: tuple[Turn, int, asyncio.Task[list[TimedWord] | None]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
 
     async def close(self) -> None:
+        self._drop_early()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
+
+    def pause(self, turn: Turn, at: int) -> None:
+        """The speaker paused at sample ``at``: decode the turn to there now. If the pause turns
+        out to end the turn (nothing but silence follows), that decode is its final one, and
+        ``.completed`` comes a decode sooner after the VAD's silence_duration_ms."""
+        self._drop_early()
+        if self._decoding is not None and self._decoding[0] is turn:
+            self._decoding[1].cancel()  # an interim decode of less audio is moot
+        audio = self._buffer.slice(turn.offset, at)
+        decode = asyncio.create_task(self._words(turn, audio, turn.offset))
+        decode.add_done_callback(self._log_unused_failure)
+        self._early = (turn, turn.offset, decode)
+
+    def _log_unused_failure(self, decode: asyncio.Task[list[TimedWord] | None]) -> None:
+        # Read here, so that a failed early decode no one awaits still leaves a line.
+        if not decode.cancelled() and (exc := decode.exception()) is not None:
+            logger.warning("Live session %s: early decode failed: %r", self._id, exc)
+
+    def resume(self, turn: Turn) -> None:
+        if self._early is not None and self._early[0] is turn:
+            self._drop_early()
+            self._wake.set()
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early[2].cancel()
+            self._early = None
 
     def ended(self, turn: Turn) -> None:
         """``turn`` was committed: its final decode comes after every earlier turn's."""
@@ -149,13 +179,21 @@ class TurnDecoder:
 
     def _due(self, turn: Turn) -> bool:
         fresh = self._buffer.end - turn.decoded_to
-        return fresh >= self._pacing.step_s * SAMPLE_RATE and not turn.dropped
+        paused = self._early is not None and self._early[0] is turn
+        return fresh >= self._pacing.step_s * SAMPLE_RATE and not turn.dropped and not paused
 
     async def _interim(self, turn: Turn) -> None:
         now = self._buffer.end
         turn.trim(now, self._pacing)
         turn.decoded_to = now
-        words = await self._words(turn, self._buffer.slice(turn.offset, now), turn.offset)
+        decoding = asyncio.ensure_future(
+            self._words(turn, self._buffer.slice(turn.offset, now), turn.offset)
+        )
+        self._decoding = (turn, decoding)
+        try:
+            words = await decoding
+        finally:
+            self._decoding = None
         newly = []
         if words is not None and turn.end is None and not turn.dropped:
             newly = turn.agreement.update(words)
@@ -163,7 +201,9 @@ class TurnDecoder:
 
     async def _finish(self, turn: Turn) -> None:
         assert turn.audio is not None and turn.end is not None
-        words = await self._words(turn, turn.audio, turn.offset)
+        words = await self._early_words(turn)
+        if words is None:
+            words = await self._words(turn, turn.audio, turn.offset)
         if words is None:
             return
         await self._delta(turn, turn.agreement.beyond_committed(words))
@@ -177,6 +217,25 @@ class TurnDecoder:
                 usage={"type": "duration", "seconds": seconds},
             )
         )
+
+    async def _early_words(self, turn: Turn) -> list[TimedWord] | None:
+        """The words of the decode started at the pause that ended ``turn``, if there is one
+        and it heard the audio the final decode would (less the trailing silence)."""
+        if self._early is None or self._early[0] is not turn:
+            return None
+        _, offset, decode = self._early
+        self._early = None
+        if offset != turn.offset:
+            decode.cancel()
+            return None
+        try:
+            return await decode
+        except asyncio.CancelledError:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise
+            return None
+        except Exception:
+            return None  # logged by _log_unused_failure; the final decode runs again
 
     async def _delta(self, turn: Turn, words: list[TimedWord]) -> None:
         text = join([*turn.unsent, *words])
@@ -207,12 +266,7 @@ class TurnDecoder:
             return None
         if len(audio) < MIN_AUDIO:
             return []
-        decoding = asyncio.ensure_future(self._decode(audio, options))
-        self._decoding = (turn, decoding)
-        try:
-            transcript = await decoding
-        finally:
-            self._decoding = None
+        transcript = await self._decode(audio, options)
         shift = (offset - turn.start) / SAMPLE_RATE
         return [
             TimedWord(word.start + shift, word.end + shift, word.word)

@@ -200,8 +200,12 @@ class LiveSession:
             for edge in self._detector.feed(probabilities):
                 if edge.kind == "started":
                     await self._started(edge.sample)
-                else:
+                elif edge.kind == "stopped":
                     await self._stopped(edge.sample)
+                elif self._turn is not None and edge.kind == "paused":
+                    self._decoder.pause(self._turn, edge.sample)
+                elif self._turn is not None:
+                    self._decoder.resume(self._turn)
         elif self._turn is None and len(samples):
             self._turn = self._new_turn(first)
         self._keep_what_is_needed()
@@ -222,6 +226,7 @@ class LiveSession:
 
     async def _clear(self) -> None:
         if self._turn is not None:
+            self._decoder.resume(self._turn)  # an early final decode of it is moot
             self._turn.dropped = True
             self._turn = None
         self._buffer.clear()

@@ -18,6 +18,9 @@ WINDOW = 512  # samples per probability: Silero's step at 16 kHz, 32 ms
 # Speech ends when the probability falls this far below the threshold (Silero's own rule: one
 # threshold to start and a lower one to stop, so a turn does not flicker at the edge).
 _HYSTERESIS = 0.15
+# Silence after which a turn is taken as probably over and its final decode starts early, while
+# the VAD still waits out the rest of silence_duration_ms: a pause between words is shorter.
+_PAUSE_MS = 200
 
 _CONTEXT = 64  # samples of the window before that the model hears with each window
 
@@ -80,7 +83,8 @@ class ServerVad:
 
 @dataclass(frozen=True)
 class Edge:
-    kind: Literal["started", "stopped"]
+    # paused: speech has stopped for a moment, the turn may be ending; resumed: it was not.
+    kind: Literal["started", "paused", "resumed", "stopped"]
     sample: int  # from the session's first sample: a start includes the prefix padding
 
 
@@ -94,6 +98,8 @@ class TurnDetector:
         self._silent = 0
         self._floor = 0  # a turn's padding never reaches back into the previous turn
         self._silence_windows = max(1, round(vad.silence_duration_ms * SAMPLE_RATE / 1000 / WINDOW))
+        pause_windows = round(_PAUSE_MS * SAMPLE_RATE / 1000 / WINDOW)
+        self._pause_windows = min(pause_windows, self._silence_windows - 1)
         self._padding = int(vad.prefix_padding_ms * SAMPLE_RATE / 1000)
         self._stop_below = max(0.01, vad.threshold - _HYSTERESIS)
 
@@ -108,11 +114,15 @@ class TurnDetector:
                     edges.append(Edge("started", max(self._floor, at - self._padding)))
             elif probability < self._stop_below:
                 self._silent += 1
+                if self._silent == self._pause_windows:
+                    edges.append(Edge("paused", self._window * WINDOW))
                 if self._silent >= self._silence_windows:
                     self.speaking = False
                     self._floor = self._window * WINDOW
                     edges.append(Edge("stopped", self._floor))
             else:
+                if self._silent >= self._pause_windows > 0:
+                    edges.append(Edge("resumed", at))
                 self._silent = 0
         return edges
 

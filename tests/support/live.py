@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydub import AudioSegment
 
 from tests.support.conversation import SpokenTurn, conversation
@@ -22,6 +23,20 @@ class LiveAudioClip:
     pcm: bytes  # 24 kHz mono PCM16
     turns: list[SpokenTurn]
     trailing_s: float  # silence after the last turn, enough for server VAD to end it
+
+    def spoken(self, floor_db: float = -45.0) -> list[tuple[float, float]]:
+        """Each turn's first and last 10 ms of sound above ``floor_db`` (dBFS): where speech
+        really starts and ends, without the silence espeak-ng puts around it."""
+        samples = np.frombuffer(self.pcm, "<i2").astype(np.float32) / 32768
+        frame = RATE // 100
+        frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
+        loud = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)) + 1e-9) > floor_db
+        bounds = []
+        for turn in self.turns:
+            first, last = int(turn.start * 100), int(turn.end * 100)
+            heard = np.flatnonzero(loud[first:last]) + first
+            bounds.append((heard[0] / 100, (heard[-1] + 1) / 100))
+        return bounds
 
     def appends(self, chunk_ms: int = 100) -> Iterator[str]:
         """Base64 payloads of ``chunk_ms`` each, as a microphone client sends them."""

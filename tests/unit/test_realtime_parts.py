@@ -62,11 +62,24 @@ def test_turn_edges_follow_threshold_padding_and_silence() -> None:
     edges = detector.feed(np.array(quiet + loud + trailing + [0.1] * 3))
     assert [(e.kind, e.sample) for e in edges] == [
         ("started", (10 - 2) * WINDOW),
-        ("stopped", (10 + 5 + 2 + 3) * WINDOW),  # the 0.4 windows still count as speech
+        ("paused", 19 * WINDOW),  # the 0.4 windows still count as speech
+        ("stopped", 20 * WINDOW),
     ]
     # Speech right after a stop: the next turn's padding never reaches back into the last one.
     again = detector.feed(np.array([0.9]))
     assert again[0].kind == "started" and again[0].sample == 20 * WINDOW
+
+
+def test_a_pause_shorter_than_the_silence_duration_resumes_the_turn() -> None:
+    detector = TurnDetector(ServerVad(silence_duration_ms=500))  # 16 windows; a pause is 6
+    edges = detector.feed(np.array([0.9] * 5 + [0.1] * 8 + [0.9] * 3 + [0.1] * 16))
+    assert [(e.kind, e.sample // WINDOW) for e in edges] == [
+        ("started", 0),
+        ("paused", 11),
+        ("resumed", 13),
+        ("paused", 22),
+        ("stopped", 32),
+    ]
 
 
 def words(*spoken: tuple[str, float]) -> list[TimedWord]:
