@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from serve_app.cli.http import FAILED, CliError, Service
+from serve_app.cli.listen import Listening, listen
 from serve_app.cli.publish import Published, publish, requests_for, wait_for
 from serve_app.cli.transcribe import EXTENSIONS, Request, one_line, transcribe_files
 
@@ -126,6 +127,35 @@ def publish_files(
             return await wait_for(service, published, err, timeout)
 
     raise typer.Exit(_run(work()))
+
+
+@app.command("listen")
+def listen_live(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="An audio file, or - for raw PCM16 on stdin")],
+    language: Annotated[str | None, typer.Option(help="ISO-639-1; detected if unset")] = None,
+    model: Annotated[str | None, typer.Option(help="A model the service serves")] = None,
+    vad: Annotated[
+        bool, typer.Option(help="Turns end at silences (server VAD); else one turn in all")
+    ] = True,
+    silence_ms: Annotated[
+        int, typer.Option(min=100, max=10000, help="Silence that ends a turn")
+    ] = 500,
+    speed: Annotated[
+        float, typer.Option(min=0.1, max=4.0, help="A file's pace: 1 is real time")
+    ] = 1.0,
+    rate: Annotated[
+        int, typer.Option(min=8000, max=48000, help="Sample rate of stdin PCM")
+    ] = 24000,
+) -> None:
+    """Live transcription over /v1/realtime: prints each turn's text as it is spoken, one
+    line per turn."""
+    if source != "-" and not Path(source).is_file():
+        raise typer.BadParameter(f"no such file: {source}", param_hint="SOURCE")
+    options = Listening(language, model, vad, silence_ms, speed, rate)
+    target: Target = ctx.obj
+    code = _run(listen(target.url, target.api_key, source, options, sys.stdout, err))
+    raise typer.Exit(code)
 
 
 @app.command()

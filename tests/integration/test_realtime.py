@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from serve_app.realtime.pcm import LiveAudio
 from tests.integration.conftest import API_KEY, Service
 from tests.support.live import LiveAudioClip, Transcripts, first_turns
 from tests.support.speech import word_error_rate
@@ -115,3 +119,38 @@ def _write_wav(path: Path, pcm: bytes) -> None:
         out.setsampwidth(2)
         out.setframerate(24000)
         out.writeframes(pcm)
+
+
+CLI = Path(sys.executable).parent / "whisper-serve"
+
+
+def _listen(service: Service, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    env = {"PATH": "/usr/bin:/bin", "WHISPER_SERVE_URL": service.url}
+    env["WHISPER_SERVE_API_KEY"] = API_KEY
+    run = subprocess.run(
+        [str(CLI), "listen", *args], input=stdin, env=env, capture_output=True, timeout=120
+    )
+    return run.returncode, run.stdout.decode(), run.stderr.decode()
+
+
+def test_listen_prints_each_turn_on_its_own_line_from_a_file_or_stdin(
+    service: Service, tmp_path: Path
+) -> None:
+    clip = first_turns(tmp_path)
+    wav = tmp_path / "two_turns.wav"
+    _write_wav(wav, clip.pcm)
+    code, out, err = _listen(service, str(wav), "--speed", "2", "--language", "en")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == len(clip.turns), out
+    for line, turn in zip(lines, clip.turns, strict=True):
+        assert word_error_rate(turn.text, line) <= 0.25, (turn.text, line)
+    # Raw PCM at 16 kHz on stdin, as fast as it comes, one turn in all without server VAD.
+    samples = np.frombuffer(clip.pcm, "<i2")
+    at_16k = LiveAudio("audio/pcm").push(clip.pcm)
+    raw = (np.clip(at_16k, -1, 1) * 32767).astype("<i2").tobytes()
+    assert len(raw) == pytest.approx(len(samples) * 2 * 2 / 3, rel=0.01)
+    code, out, err = _listen(service, "-", "--rate", "16000", "--no-vad", stdin=raw)
+    assert code == 0, err
+    said = " ".join(turn.text for turn in clip.turns)
+    assert len(out.splitlines()) == 1 and word_error_rate(said, out) <= 0.25, out
