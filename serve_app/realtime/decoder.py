@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ Decode = Callable[[AudioArray, TranscribeOptions], Awaitable[Transcript]]
 Options = Callable[[str | None], TranscribeOptions | None]
 
 MIN_AUDIO = SAMPLE_RATE // 10  # 100 ms: less is neither committed nor decoded
+# A turn whose decode failed on a lost replica is decoded again for this long at most.
+_RETRY_WINDOW_S = 30.0
+_RETRY_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -201,11 +205,9 @@ class TurnDecoder:
 
     async def _finish(self, turn: Turn) -> None:
         assert turn.audio is not None and turn.end is not None
-        words = await self._early_words(turn)
+        words = await self._final_words(turn, turn.audio)
         if words is None:
-            words = await self._words(turn, turn.audio, turn.offset)
-        if words is None:
-            return
+            return  # the session does not transcribe
         await self._delta(turn, turn.agreement.beyond_committed(words))
         seconds = round((turn.end - turn.start) / SAMPLE_RATE, 3)
         await self._send(
@@ -217,6 +219,29 @@ class TurnDecoder:
                 usage={"type": "duration", "seconds": seconds},
             )
         )
+
+    async def _final_words(self, turn: Turn, audio: AudioArray) -> list[TimedWord] | None:
+        early = await self._early_words(turn)
+        if early is not None:
+            return early
+        attempt, given_up_at = 1, time.monotonic() + _RETRY_WINDOW_S
+        while True:
+            try:
+                return await self._words(turn, audio, turn.offset)
+            except ServiceError as exc:
+                # A replica lost mid-decode, or none running while one starts: another decodes
+                # the turn. A late transcript of a live turn still beats none.
+                if not exc.retryable or time.monotonic() + _RETRY_PAUSE_S > given_up_at:
+                    raise
+                logger.warning(
+                    "Live session %s: turn %s failed to decode (attempt %d), again: %s",
+                    self._id,
+                    turn.item_id,
+                    attempt,
+                    exc,
+                )
+                await asyncio.sleep(_RETRY_PAUSE_S)
+                attempt += 1
 
     async def _early_words(self, turn: Turn) -> list[TimedWord] | None:
         """The words of the decode started at the pause that ended ``turn``, if there is one

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from websockets.exceptions import InvalidStatus
 from serve_app.realtime.pcm import LiveAudio
 from tests.integration.conftest import API_KEY, Service
 from tests.support.live import LiveAudioClip, Transcripts, first_turns
+from tests.support.serve_process import paused
 from tests.support.speech import word_error_rate
 
 SESSION = {
@@ -154,3 +158,46 @@ def test_listen_prints_each_turn_on_its_own_line_from_a_file_or_stdin(
     assert code == 0, err
     said = " ".join(turn.text for turn in clip.turns)
     assert len(out.splitlines()) == 1 and word_error_rate(said, out) <= 0.25, out
+
+
+async def test_a_turn_whose_model_replicas_die_is_decoded_by_their_successors(
+    service: Service, tmp_path: Path
+) -> None:
+    clip = first_turns(tmp_path, 1)
+    url = service.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    offset = service.log.stat().st_size
+    manual = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+    ended: dict[str, Any] = {}
+    async with connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as socket:
+        assert json.loads(await socket.recv())["type"] == "session.created"
+        await socket.send(json.dumps({"type": "session.update", "session": manual}))
+        assert json.loads(await socket.recv())["type"] == "session.updated"
+        for audio in clip.appends(100):  # 5 s at once: within the first minute's burst
+            await socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        pids = service.replica_pids("TranscriberCPU")
+        assert pids
+        with paused(pids):  # no decode can finish before the kill
+            await socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            kinds = {json.loads(await socket.recv())["type"] for _ in range(2)} - {
+                "conversation.item.input_audio_transcription.delta"
+            }
+            assert "input_audio_buffer.committed" in kinds
+            # The final decode goes to a replica within ms of the commit: the kill finds it
+            # in flight there.
+            await asyncio.sleep(0.5)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not ended:
+            event = json.loads(await asyncio.wait_for(socket.recv(), deadline - time.monotonic()))
+            if event["type"].endswith(("transcription.completed", "transcription.failed")):
+                ended = event
+    assert ended["type"].endswith(".completed"), ended
+    assert word_error_rate(clip.turns[0].text, ended["transcript"]) <= 0.25, ended
+    log = service.log.read_bytes()[offset:].decode(errors="replace")
+    assert re.search(r"Live session \S+: turn \S+ failed to decode \(attempt 1\)", log)
+    # Later tests find the pool whole again.
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+        while (await http.get("/health")).status_code != 200:
+            assert time.monotonic() < deadline, "the model pool did not come back"
+            await asyncio.sleep(0.5)

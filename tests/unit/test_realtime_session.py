@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serve_app.errors import InvalidOptionError, ReplicaUnavailableError
 from serve_app.media.audio import AudioArray
 from serve_app.model.transcriber import Transcriber
 from serve_app.realtime.decoder import LivePacing
@@ -163,3 +164,59 @@ async def test_a_spoken_conversation_gives_deltas_while_each_turn_is_spoken(
     as_file = tiny.transcribe(whole, TranscribeOptions(model="tiny.en")).text
     live = " ".join(seen.completed[item] for item in items)
     assert word_error_rate(as_file, live) <= 0.15, (as_file, live)
+
+
+class Flaky:
+    """A decoder that raises ``errors`` in turn (the last one for as long as ``down``), then
+    hears nothing."""
+
+    def __init__(self, errors: list[Exception], down: bool = False) -> None:
+        self.left, self.down = list(errors), down
+
+    async def __call__(self, audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        if self.down:
+            raise self.left[-1]
+        if self.left:
+            raise self.left.pop(0)
+        return await hears_nothing(audio, options)
+
+
+async def commit_a_turn(client: Client) -> None:
+    await client.say(type="input_audio_buffer.append", audio=pcm(0.5))
+    await client.say(type="input_audio_buffer.commit")
+
+
+@pytest.mark.parametrize(
+    ("errors", "ends"),
+    [
+        # A replica lost twice: the third decode, on another replica, completes the turn.
+        ([ReplicaUnavailableError("gone"), ReplicaUnavailableError("gone")], "completed"),
+        ([ReplicaUnavailableError("gone")], "down"),  # for longer than the window
+        ([InvalidOptionError("no")], "failed"),  # not worth another try
+        ([RuntimeError("bug")], "failed"),  # logged; the client hears only that it failed
+    ],
+)
+async def test_a_failed_decode_is_retried_elsewhere_or_fails_its_turn_alone(
+    errors: list[Exception], ends: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("serve_app.realtime.decoder._RETRY_PAUSE_S", 0.01)
+    monkeypatch.setattr("serve_app.realtime.decoder._RETRY_WINDOW_S", 0.3)
+    decoder = Flaky(errors, down=ends == "down")
+    ends = "failed" if ends == "down" else ends
+    client = Client(decoder)
+    await client.session.start()
+    try:
+        await client.say(**MANUAL)
+        await commit_a_turn(client)
+        await client.wait_for(f"conversation.item.input_audio_transcription.{ends}")
+        if ends == "failed":
+            error = client.events[-1]["error"]
+            assert error["type"] == "server_error"
+            assert "bug" not in error["message"]
+            decoder.down = False
+        # The session goes on: the next turn completes.
+        await commit_a_turn(client)
+        done = 1 + (ends == "completed")
+        await client.wait_for("conversation.item.input_audio_transcription.completed", done)
+    finally:
+        await client.session.close()
