@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     realtime_max_session_sec: float = Field(3600, gt=0)
     realtime_max_event_kb: int = Field(1024, ge=16)
     realtime_max_audio_rate: float = Field(4.0, gt=0)
+    # Decodes of still-growing turns (for deltas) in flight at once from one Gateway replica;
+    # more sessions take turns, so that final decodes find the pools free sooner.
+    realtime_interim_decodes: int = Field(2, ge=1)
 
     @field_validator(
         "whisper_extra_models",

@@ -22,7 +22,9 @@ def create_api(backend: Backend) -> FastAPI:
     app.state.backend = backend
     settings = backend.settings
     app.state.keys = keys = KeyRing(settings, backend.owner_secret)
-    app.state.live_sessions = realtime.LiveSessions(settings.realtime_max_sessions)
+    app.state.live_sessions = realtime.LiveSessions(
+        settings.realtime_max_sessions, settings.realtime_interim_decodes
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_file_size_bytes + _MULTIPART_OVERHEAD)
     # Added last, so it runs first: no body is read for a request without a valid key.
     app.add_middleware(ApiKeyAuth, keys=keys)

@@ -29,10 +29,11 @@ _POLICY_VIOLATION, _TRY_AGAIN_LATER = 1008, 1013
 
 
 class LiveSessions:
-    """Open sessions of one replica: each holds a socket and a decode at a time."""
+    """Open sessions of one replica, and the interim decodes they may have in flight at once."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, interims: int) -> None:
         self.limit, self.open = limit, 0
+        self.interims = asyncio.Semaphore(interims)
 
 
 @router.websocket("/v1/realtime")
@@ -95,7 +96,10 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
 
     pacing = LivePacing(max_rate=settings.realtime_max_audio_rate)
     expires = protocol.expiry(started, settings.realtime_max_session_sec)
-    session = LiveSession(send, decode, settings, silero(), pacing, expires_at=expires)
+    sessions: LiveSessions = websocket.app.state.live_sessions
+    session = LiveSession(
+        send, decode, settings, silero(), pacing, expires, interims=sessions.interims
+    )
     viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
     logger.info("Live session %s opened (owner %s)", session.id, viewer.owner if viewer else "-")
     await session.start()

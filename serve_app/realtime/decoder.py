@@ -8,6 +8,7 @@ isolated from other requests as every request's is, and batches with them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -81,9 +82,13 @@ class TurnDecoder:
         options: Options,
         buffer: LiveBuffer,
         pacing: LivePacing,
+        interims: asyncio.Semaphore | None = None,
     ) -> None:
         self._id, self._send, self._decode, self._options = session_id, send, decode, options
         self._buffer, self._pacing = buffer, pacing
+        # Interim decodes in flight at once, shared by a replica's sessions: past it they wait
+        # their turn, so that under load the pools' time goes to final decodes first.
+        self._interims = interims
         self.open: Turn | None = None  # the turn still growing, set by the session
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
@@ -187,12 +192,14 @@ class TurnDecoder:
         return fresh >= self._pacing.step_s * SAMPLE_RATE and not turn.dropped and not paused
 
     async def _interim(self, turn: Turn) -> None:
-        now = self._buffer.end
-        turn.trim(now, self._pacing)
-        turn.decoded_to = now
-        decoding = asyncio.ensure_future(
-            self._words(turn, self._buffer.slice(turn.offset, now), turn.offset)
-        )
+        async def decode_in_a_free_slot() -> list[TimedWord] | None:
+            async with self._interims or contextlib.nullcontext():
+                now = self._buffer.end  # what has arrived by the time a slot is free
+                turn.trim(now, self._pacing)
+                turn.decoded_to = now
+                return await self._words(turn, self._buffer.slice(turn.offset, now), turn.offset)
+
+        decoding = asyncio.ensure_future(decode_in_a_free_slot())
         self._decoding = (turn, decoding)
         try:
             words = await decoding

@@ -56,6 +56,7 @@ class LiveSession:
         speech_model: SpeechModel,
         pacing: LivePacing | None = None,
         expires_at: float = 0.0,
+        interims: asyncio.Semaphore | None = None,
     ) -> None:
         self.id = protocol.new_id("sess")
         self._send, self._decode, self._settings = send, decode, settings
@@ -68,7 +69,7 @@ class LiveSession:
         self._buffer = LiveBuffer()
         self._previous_item: str | None = None
         self._decoder = TurnDecoder(
-            self.id, send, decode, self._options, self._buffer, self._pacing
+            self.id, send, decode, self._options, self._buffer, self._pacing, interims
         )
         self._vad_mode()
 
