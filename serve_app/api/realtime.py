@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from serve_app.api.deps import Backend
 from serve_app.errors import ServiceError
 from serve_app.realtime import protocol
-from serve_app.realtime.decoder import LivePacing
+from serve_app.realtime.decoder import LiveLoad, LivePacing
 from serve_app.realtime.session import LiveSession
 from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript
@@ -33,7 +33,7 @@ class LiveSessions:
 
     def __init__(self, limit: int, interims: int) -> None:
         self.limit, self.open = limit, 0
-        self.interims = asyncio.Semaphore(interims)
+        self.load = LiveLoad(interims)
 
 
 @router.websocket("/v1/realtime")
@@ -97,9 +97,7 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
     pacing = LivePacing(max_rate=settings.realtime_max_audio_rate)
     expires = protocol.expiry(started, settings.realtime_max_session_sec)
     sessions: LiveSessions = websocket.app.state.live_sessions
-    session = LiveSession(
-        send, decode, settings, silero(), pacing, expires, interims=sessions.interims
-    )
+    session = LiveSession(send, decode, settings, silero(), pacing, expires, load=sessions.load)
     viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
     logger.info("Live session %s opened (owner %s)", session.id, viewer.owner if viewer else "-")
     await session.start()

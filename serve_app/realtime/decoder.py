@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from serve_app.errors import ServiceError
@@ -44,6 +44,35 @@ class LivePacing:
     keep_s: float = 10.0  # what a trimmed turn keeps when no word marks a better place
     burst_s: float = 60.0  # audio a client may send at any speed before the rate applies
     max_rate: float = 4.0  # audio seconds per wall-clock second after that
+
+
+class LiveLoad:
+    """What a replica's sessions share: interim decodes (for deltas) take turns through a few
+    slots and wait while any final decode is under way, so that under load the pools' time
+    goes to ending turns first."""
+
+    def __init__(self, interims: int) -> None:
+        self._slots = asyncio.Semaphore(interims)
+        self._finals = 0
+        self._no_finals = asyncio.Event()
+        self._no_finals.set()
+
+    @contextlib.asynccontextmanager
+    async def final(self) -> AsyncIterator[None]:
+        self._finals += 1
+        self._no_finals.clear()
+        try:
+            yield
+        finally:
+            self._finals -= 1
+            if not self._finals:
+                self._no_finals.set()
+
+    @contextlib.asynccontextmanager
+    async def interim(self) -> AsyncIterator[None]:
+        async with self._slots:
+            await self._no_finals.wait()
+            yield
 
 
 @dataclass
@@ -82,13 +111,11 @@ class TurnDecoder:
         options: Options,
         buffer: LiveBuffer,
         pacing: LivePacing,
-        interims: asyncio.Semaphore | None = None,
+        load: LiveLoad | None = None,
     ) -> None:
         self._id, self._send, self._decode, self._options = session_id, send, decode, options
         self._buffer, self._pacing = buffer, pacing
-        # Interim decodes in flight at once, shared by a replica's sessions: past it they wait
-        # their turn, so that under load the pools' time goes to final decodes first.
-        self._interims = interims
+        self._load = load or LiveLoad(interims=1)
         self.open: Turn | None = None  # the turn still growing, set by the session
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
@@ -117,7 +144,7 @@ class TurnDecoder:
         if self._decoding is not None and self._decoding[0] is turn:
             self._decoding[1].cancel()  # an interim decode of less audio is moot
         audio = self._buffer.slice(turn.offset, at)
-        decode = asyncio.create_task(self._words(turn, audio, turn.offset))
+        decode = asyncio.create_task(self._final_decode(turn, audio))
         decode.add_done_callback(self._log_unused_failure)
         self._early = (turn, turn.offset, decode)
 
@@ -193,7 +220,7 @@ class TurnDecoder:
 
     async def _interim(self, turn: Turn) -> None:
         async def decode_in_a_free_slot() -> list[TimedWord] | None:
-            async with self._interims or contextlib.nullcontext():
+            async with self._load.interim():
                 now = self._buffer.end  # what has arrived by the time a slot is free
                 turn.trim(now, self._pacing)
                 turn.decoded_to = now
@@ -234,7 +261,7 @@ class TurnDecoder:
         attempt, given_up_at = 1, time.monotonic() + _RETRY_WINDOW_S
         while True:
             try:
-                return await self._words(turn, audio, turn.offset)
+                return await self._final_decode(turn, audio)
             except ServiceError as exc:
                 # A replica lost mid-decode, or none running while one starts: another decodes
                 # the turn. A late transcript of a live turn still beats none.
@@ -249,6 +276,10 @@ class TurnDecoder:
                 )
                 await asyncio.sleep(_RETRY_PAUSE_S)
                 attempt += 1
+
+    async def _final_decode(self, turn: Turn, audio: AudioArray) -> list[TimedWord] | None:
+        async with self._load.final():
+            return await self._words(turn, audio, turn.offset)
 
     async def _early_words(self, turn: Turn) -> list[TimedWord] | None:
         """The words of the decode started at the pause that ended ``turn``, if there is one

@@ -19,7 +19,15 @@ from serve_app.media.audio import SAMPLE_RATE
 from serve_app.model_options import normalize_language, served_model
 from serve_app.realtime import protocol
 from serve_app.realtime.buffer import LiveBuffer
-from serve_app.realtime.decoder import MIN_AUDIO, Decode, LivePacing, Send, Turn, TurnDecoder
+from serve_app.realtime.decoder import (
+    MIN_AUDIO,
+    Decode,
+    LiveLoad,
+    LivePacing,
+    Send,
+    Turn,
+    TurnDecoder,
+)
 from serve_app.realtime.pcm import LiveAudio
 from serve_app.realtime.protocol import Event, ProtocolError, SessionConfig
 from serve_app.realtime.turns import WINDOW, SpeechModel, SpeechStream, TurnDetector
@@ -56,7 +64,7 @@ class LiveSession:
         speech_model: SpeechModel,
         pacing: LivePacing | None = None,
         expires_at: float = 0.0,
-        interims: asyncio.Semaphore | None = None,
+        load: LiveLoad | None = None,
     ) -> None:
         self.id = protocol.new_id("sess")
         self._send, self._decode, self._settings = send, decode, settings
@@ -69,7 +77,7 @@ class LiveSession:
         self._buffer = LiveBuffer()
         self._previous_item: str | None = None
         self._decoder = TurnDecoder(
-            self.id, send, decode, self._options, self._buffer, self._pacing, interims
+            self.id, send, decode, self._options, self._buffer, self._pacing, load
         )
         self._vad_mode()
 
