@@ -80,7 +80,8 @@ class Turn:
     item_id: str
     start: int  # samples from the session's start, padding included
     offset: int  # where its next decode starts: later than ``start`` once trimmed
-    decoded_to: int = 0
+    decoded_to: int = 0  # where the latest decode's audio ended (or will, while it runs)
+    heard_to: int = 0  # where the audio of the latest decode whose words were taken ended
     end: int | None = None
     agreement: Agreement = field(default_factory=Agreement)
     emitted: str = ""
@@ -90,16 +91,27 @@ class Turn:
 
     def trim(self, now: int, pacing: LivePacing) -> None:
         """Start later decodes further on: Whisper hears 30 s at most, and a long turn (a client
-        that never commits, a speaker who never pauses) must not grow without end. The cut goes
-        where the committed words end; words heard before it are committed first (sent with the
-        next delta), since the audio they were heard in is gone after it."""
+        that never commits, a speaker who never pauses) must not grow without end. Only audio
+        the latest decode has heard is cut: the words it heard there are committed first (and
+        sent with the next delta), and the cut never splits one of its words."""
         if (now - self.offset) / SAMPLE_RATE <= pacing.window_s:
             return
-        cut = now - int(pacing.keep_s * SAMPLE_RATE)
+        cut = min(now - int(pacing.keep_s * SAMPLE_RATE), self.heard_to)
         self.unsent += self.agreement.force((cut - self.start) / SAMPLE_RATE)
+        if pending := self.agreement.pending:
+            cut = min(cut, self.start + int(pending[0].start * SAMPLE_RATE))
         committed_end = self.start + int(self.agreement.committed_end * SAMPLE_RATE)
-        usable = (now - committed_end) / SAMPLE_RATE <= pacing.window_s - pacing.step_s
-        self.offset = max(self.offset, committed_end if usable else cut)
+        self.offset = max(self.offset, cut, committed_end)
+
+    def drop_unheard(self, now: int, pacing: LivePacing) -> float:
+        """The last resort when decodes fall far behind the audio (a pool that is down): keep
+        one window, drop the rest unheard; returns the seconds dropped."""
+        keep_from = now - int(pacing.window_s * SAMPLE_RATE)
+        if keep_from <= self.offset:
+            return 0.0
+        dropped = (keep_from - self.offset) / SAMPLE_RATE
+        self.offset = self.heard_to = keep_from
+        return dropped
 
 
 class TurnDecoder:
@@ -235,6 +247,7 @@ class TurnDecoder:
         newly = []
         if words is not None and turn.end is None and not turn.dropped:
             newly = turn.agreement.update(words)
+            turn.heard_to = turn.decoded_to
         await self._delta(turn, newly)
 
     async def _finish(self, turn: Turn) -> None:

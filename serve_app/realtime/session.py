@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import time
 from collections.abc import Callable
 
@@ -34,6 +35,8 @@ from serve_app.realtime.turns import WINDOW, SpeechModel, SpeechStream, TurnDete
 from serve_app.schemas import MAX_PROMPT_CHARS, TranscribeOptions
 from serve_app.settings import Settings
 
+logger = logging.getLogger("ray.serve")
+_HELD_WINDOWS = 4  # audio an open turn holds undecoded, in decode windows, before dropping some
 _VAD_INLINE_WINDOWS = 64  # more than 2 s at once (a file sent in one go): off the event loop
 
 
@@ -305,9 +308,16 @@ class LiveSession:
         """Drop audio no turn will decode: before the open turn, or all but the padding a turn
         that starts next may reach back for (and the window the VAD has not judged yet)."""
         if self._turn is not None:
-            if (self._buffer.end - self._turn.offset) / SAMPLE_RATE > 2 * self._pacing.window_s:
-                # Decodes lag far behind: memory stays bounded anyway.
-                self._turn.trim(self._buffer.end, self._pacing)
+            if (self._buffer.end - self._turn.offset) / SAMPLE_RATE > _HELD_WINDOWS * (
+                self._pacing.window_s
+            ):
+                # Decodes lag far behind (the pools are down or swamped): memory stays bounded.
+                dropped = self._turn.drop_unheard(self._buffer.end, self._pacing)
+                logger.warning(
+                    "Live session %s: decodes fell behind; %.1f s of audio dropped unheard",
+                    self.id,
+                    dropped,
+                )
             self._buffer.drop_before(self._turn.offset)
             return
         padding = self.config.turn_detection.prefix_padding_ms if self.config.turn_detection else 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydub import AudioSegment
 
 from serve_app.errors import InvalidOptionError, ReplicaUnavailableError
 from serve_app.media.audio import AudioArray
@@ -24,7 +25,7 @@ from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from tests.support.live import Transcripts, first_turns
-from tests.support.speech import word_error_rate
+from tests.support.speech import long_recording, word_error_rate
 
 MANUAL = {"type": "session.update", "session": {"type": "transcription"}}
 MANUAL["session"]["audio"] = {"input": {"turn_detection": None}}  # type: ignore[index]
@@ -220,3 +221,41 @@ async def test_a_failed_decode_is_retried_elsewhere_or_fails_its_turn_alone(
         await client.wait_for("conversation.item.input_audio_transcription.completed", done)
     finally:
         await client.session.close()
+
+
+async def test_a_minute_long_turn_is_decoded_in_windows_whisper_can_hear_and_loses_no_words(
+    tiny: Transcriber, tmp_path: Path
+) -> None:
+    """No commit for a minute of speech, sent at 3x real time: later decodes start where the
+    committed words end, so none hears more than Whisper's 30 s, and no word is lost at the
+    cuts: the text is the file transcription's."""
+    wav, _ = long_recording("en_long", tmp_path)
+    minute = AudioSegment.from_wav(wav)[:60_000].set_frame_rate(24000).set_sample_width(2)
+    pcm = minute.set_channels(1).raw_data
+    heard: list[float] = []
+
+    async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        heard.append(len(audio) / 16000)
+        return await asyncio.to_thread(tiny.transcribe, audio, options)
+
+    client = Client(decode)
+    await client.session.start()
+    try:
+        await client.say(**MANUAL)
+        started, chunk = time.monotonic(), 4800  # 100 ms, sent at 3x real time
+        for n, at in enumerate(range(0, len(pcm), chunk)):
+            audio = base64.b64encode(pcm[at : at + chunk]).decode()
+            await client.say(type="input_audio_buffer.append", audio=audio)
+            await asyncio.sleep(max(0.0, started + (n + 1) * 0.1 / 3 - time.monotonic()))
+        await client.say(type="input_audio_buffer.commit")
+        await client.wait_for("conversation.item.input_audio_transcription.completed", timeout=120)
+    finally:
+        await client.session.close()
+    assert not client.seen.errors
+    (item,) = client.seen.items()
+    live = client.seen.completed[item]
+    assert "".join(client.seen.deltas[item]) == live
+    interim = heard[:-1]
+    assert len(interim) >= 5 and max(interim) <= 30, heard
+    as_file = tiny.transcribe(LiveAudio("audio/pcm").push(pcm), TranscribeOptions()).text
+    assert word_error_rate(as_file, live) <= 0.15, (as_file, live)
