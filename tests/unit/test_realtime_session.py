@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,41 @@ async def test_a_minute_long_turn_is_decoded_in_windows_whisper_can_hear_and_los
     assert len(interim) >= 5 and max(interim) <= 30, heard
     as_file = tiny.transcribe(LiveAudio("audio/pcm").push(pcm), TranscribeOptions()).text
     assert word_error_rate(as_file, live) <= 0.15, (as_file, live)
+
+
+async def test_a_phone_call_in_g711_through_the_beta_update_is_transcribed(
+    tiny: Transcriber, tmp_path: Path
+) -> None:
+    """A telephony client of the beta protocol: 8 kHz mu-law, `transcription_session.update`."""
+    clip = first_turns(tmp_path, 1)
+    eight_khz = AudioSegment(clip.pcm, frame_rate=24000, sample_width=2, channels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop  # the standard library's G.711 encoder, a reference while it lasts
+
+        mulaw = audioop.lin2ulaw(eight_khz.set_frame_rate(8000).raw_data, 2)
+
+    async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        return await asyncio.to_thread(tiny.transcribe, audio, options)
+
+    client = Client(decode)
+    await client.session.start()
+    try:
+        updated = await client.say(
+            type="transcription_session.update",
+            session={"input_audio_format": "g711_ulaw", "turn_detection": None},
+        )
+        assert updated["type"] == "transcription_session.updated"
+        assert updated["session"]["input_audio_format"] == "g711_ulaw"
+        assert updated["session"]["turn_detection"] is None
+        for at in range(0, len(mulaw), 800):  # 100 ms of 8 kHz mu-law
+            audio = base64.b64encode(mulaw[at : at + 800]).decode()
+            await client.say(type="input_audio_buffer.append", audio=audio)
+        await client.say(type="input_audio_buffer.commit")
+        await client.wait_for("conversation.item.input_audio_transcription.completed")
+    finally:
+        await client.session.close()
+    (item,) = client.seen.items()
+    said = client.seen.completed[item]
+    assert word_error_rate(clip.turns[0].text, said) <= 0.2, said
+    assert client.events[-1]["usage"]["seconds"] == pytest.approx(len(mulaw) / 8000, abs=0.05)
