@@ -14,6 +14,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from serve_app.api.deps import Backend
+from serve_app.api.errors import code_for
 from serve_app.errors import ServiceError
 from serve_app.realtime import protocol
 from serve_app.realtime.decoder import LiveLoad, LivePacing
@@ -97,7 +98,9 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
     pacing = LivePacing(max_rate=settings.realtime_max_audio_rate)
     expires = protocol.expiry(started, settings.realtime_max_session_sec)
     sessions: LiveSessions = websocket.app.state.live_sessions
-    session = LiveSession(send, decode, settings, silero(), pacing, expires, load=sessions.load)
+    session = LiveSession(
+        send, decode, settings, silero(), pacing, expires, load=sessions.load, codes=code_for
+    )
     viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
     logger.info("Live session %s opened (owner %s)", session.id, viewer.owner if viewer else "-")
     await session.start()

@@ -14,13 +14,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from serve_app.errors import ServiceError
 from serve_app.media.audio import SAMPLE_RATE, AudioArray
 from serve_app.realtime import protocol
 from serve_app.realtime.agreement import Agreement, TimedWord, join
 from serve_app.realtime.buffer import LiveBuffer
-from serve_app.realtime.protocol import Event
+from serve_app.realtime.protocol import Codes, Event, no_code
 from serve_app.schemas import MAX_PROMPT_CHARS, TranscribeOptions, Transcript
 
 logger = logging.getLogger("ray.serve")
@@ -124,10 +125,12 @@ class TurnDecoder:
         buffer: LiveBuffer,
         pacing: LivePacing,
         load: LiveLoad | None = None,
+        codes: Codes = no_code,
     ) -> None:
         self._id, self._send, self._decode, self._options = session_id, send, decode, options
         self._buffer, self._pacing = buffer, pacing
         self._load = load or LiveLoad(interims=1)
+        self._codes = codes
         self.open: Turn | None = None  # the turn still growing, set by the session
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
@@ -212,18 +215,11 @@ class TurnDecoder:
             if turn is not None:
                 error = {
                     "type": "server_error",
-                    "code": type(exc).__name__ if known else None,
+                    "code": self._codes(exc) if isinstance(exc, ServiceError) else None,
                     "message": str(exc) if known else "Transcription failed on the server",
                     "param": None,
                 }
-                await self._send(
-                    protocol.event(
-                        "conversation.item.input_audio_transcription.failed",
-                        item_id=turn.item_id,
-                        content_index=0,
-                        error=error,
-                    )
-                )
+                await self._item_event("failed", turn, error=error)
 
     def _due(self, turn: Turn) -> bool:
         fresh = self._buffer.end - turn.decoded_to
@@ -257,15 +253,8 @@ class TurnDecoder:
             return  # the session does not transcribe
         await self._delta(turn, turn.agreement.beyond_committed(words))
         seconds = round((turn.end - turn.start) / SAMPLE_RATE, 3)
-        await self._send(
-            protocol.event(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=turn.item_id,
-                content_index=0,
-                transcript=turn.emitted,
-                usage={"type": "duration", "seconds": seconds},
-            )
-        )
+        usage = {"type": "duration", "seconds": seconds}
+        await self._item_event("completed", turn, transcript=turn.emitted, usage=usage)
 
     async def _final_words(self, turn: Turn, audio: AudioArray) -> list[TimedWord] | None:
         early = await self._early_words(turn)
@@ -321,12 +310,16 @@ class TurnDecoder:
         if not text:
             return
         turn.emitted += text
+        await self._item_event("delta", turn, delta=text)
+
+    async def _item_event(self, kind: str, turn: Turn, **fields: Any) -> None:
+        """conversation.item.input_audio_transcription.<kind> about ``turn``'s item."""
         await self._send(
             protocol.event(
-                "conversation.item.input_audio_transcription.delta",
+                f"conversation.item.input_audio_transcription.{kind}",
                 item_id=turn.item_id,
                 content_index=0,
-                delta=text,
+                **fields,
             )
         )
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve_app.errors import ServiceError
 from serve_app.realtime.pcm import BETA_NAMES
 from serve_app.realtime.turns import ServerVad
 from serve_app.schemas import MAX_PROMPT_CHARS
 
 Event = dict[str, Any]
+# The edge's name for a domain error, as OpenAI's ``code`` (a string or null).
+Codes = Callable[[ServiceError], str | None]
 M = TypeVar("M", bound=BaseModel)
 LOGPROBS = "item.input_audio_transcription.logprobs"
 CLIENT_EVENTS = (
@@ -39,6 +43,10 @@ class ProtocolError(Exception):
     ) -> None:
         super().__init__(message)
         self.message, self.code, self.param = message, code, param
+
+
+def no_code(exc: ServiceError) -> str | None:
+    return None
 
 
 def new_id(prefix: str) -> str:

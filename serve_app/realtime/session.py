@@ -30,7 +30,7 @@ from serve_app.realtime.decoder import (
     TurnDecoder,
 )
 from serve_app.realtime.pcm import LiveAudio
-from serve_app.realtime.protocol import Event, ProtocolError, SessionConfig
+from serve_app.realtime.protocol import Codes, Event, ProtocolError, SessionConfig, no_code
 from serve_app.realtime.turns import WINDOW, SpeechModel, SpeechStream, TurnDetector
 from serve_app.schemas import MAX_PROMPT_CHARS, TranscribeOptions
 from serve_app.settings import Settings
@@ -68,6 +68,7 @@ class LiveSession:
         pacing: LivePacing | None = None,
         expires_at: float = 0.0,
         load: LiveLoad | None = None,
+        codes: Codes = no_code,
     ) -> None:
         self.id = protocol.new_id("sess")
         self._send, self._decode, self._settings = send, decode, settings
@@ -80,8 +81,9 @@ class LiveSession:
         self._buffer = LiveBuffer()
         self._previous_item: str | None = None
         self._decoder = TurnDecoder(
-            self.id, send, decode, self._options, self._buffer, self._pacing, load
+            self.id, send, decode, self._options, self._buffer, self._pacing, load, codes
         )
+        self._codes = codes
         self._vad_mode()
 
     async def start(self) -> None:
@@ -132,8 +134,10 @@ class LiveSession:
                 )
             )
         except ServiceError as exc:
-            param = getattr(exc, "param", None)
-            await self._send(protocol.error_event(str(exc), param=param, client_event_id=client_id))
+            param, code = getattr(exc, "param", None), self._codes(exc)
+            await self._send(
+                protocol.error_event(str(exc), code=code, param=param, client_event_id=client_id)
+            )
 
     async def _dispatch(self, message: object) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -35,6 +35,14 @@ def receive(socket: Any) -> dict[str, Any]:
     return event
 
 
+def assert_refused(socket: Any, code: str, close_code: int) -> None:
+    """An ``error`` event with ``code``, then the socket closed with ``close_code``."""
+    assert receive(socket)["error"]["code"] == code
+    with pytest.raises(WebSocketDisconnect) as closed:
+        socket.receive_text()
+    assert closed.value.code == close_code
+
+
 def test_a_socket_without_a_valid_key_is_refused_at_the_handshake(app_with: Any) -> None:
     client, _ = app_with()
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -50,10 +58,7 @@ def test_a_socket_without_a_valid_key_is_refused_at_the_handshake(app_with: Any)
 def test_only_transcription_sessions_are_taken(app_with: Any) -> None:
     client, _ = app_with()
     with client.websocket_connect("/v1/realtime?model=gpt-realtime", headers=AUTH) as socket:
-        assert receive(socket)["error"]["code"] == "invalid_intent"
-        with pytest.raises(WebSocketDisconnect) as closed:
-            socket.receive_text()
-        assert closed.value.code == 1008
+        assert_refused(socket, "invalid_intent", 1008)
 
 
 def test_sessions_past_the_replicas_limit_are_told_to_come_back(app_with: Any) -> None:
@@ -61,10 +66,7 @@ def test_sessions_past_the_replicas_limit_are_told_to_come_back(app_with: Any) -
     with client.websocket_connect(URL, headers=AUTH) as first:
         assert receive(first)["type"] == "session.created"
         with client.websocket_connect(URL, headers=AUTH) as second:
-            assert receive(second)["error"]["code"] == "session_limit_reached"
-            with pytest.raises(WebSocketDisconnect) as closed:
-                second.receive_text()
-            assert closed.value.code == 1013
+            assert_refused(second, "session_limit_reached", 1013)
     with client.websocket_connect(URL, headers=AUTH) as again:  # the first one's place is free
         assert receive(again)["type"] == "session.created"
 
@@ -73,10 +75,7 @@ def test_an_idle_session_is_closed_with_a_reason(app_with: Any) -> None:
     client, _ = app_with(realtime_idle_timeout_sec=0.5)
     with client.websocket_connect(URL, headers=AUTH) as socket:
         assert receive(socket)["type"] == "session.created"
-        assert receive(socket)["error"]["code"] == "session_idle_timeout"
-        with pytest.raises(WebSocketDisconnect) as closed:
-            socket.receive_text()
-        assert closed.value.code == 1000
+        assert_refused(socket, "session_idle_timeout", 1000)
 
 
 def test_an_oversized_event_is_refused_and_the_session_goes_on(app_with: Any) -> None:
@@ -85,6 +84,9 @@ def test_an_oversized_event_is_refused_and_the_session_goes_on(app_with: Any) ->
         assert receive(socket)["type"] == "session.created"
         socket.send_text("x" * 17 * 1024)
         assert receive(socket)["error"]["code"] == "event_too_large"
+        unknown = {"type": "transcription", "audio": {"input": {"transcription": {"model": "x"}}}}
+        socket.send_text(json.dumps({"type": "session.update", "session": unknown}))
+        assert receive(socket)["error"]["code"] == "model_not_found"  # OpenAI's code for it
         manual = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
         socket.send_text(json.dumps({"type": "session.update", "session": manual}))
         assert receive(socket)["type"] == "session.updated"
