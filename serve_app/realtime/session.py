@@ -118,7 +118,7 @@ class LiveSession:
         """One client event; anything wrong with it is answered with an ``error`` event."""
         try:
             message = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             await self._send(
                 protocol.error_event("The event is not valid JSON.", code="invalid_json")
             )
@@ -166,12 +166,12 @@ class LiveSession:
 
     async def _update(self, message: Event) -> None:
         config = self.config.updated(message)
-        model_param = "session.audio.input.transcription"
-        served_model(config.model, self._settings)
+        served_model(config.model, self._settings)  # ModelNotServedError: model_not_found
         try:
             normalize_language(config.language)
         except ServiceError as exc:
-            raise ProtocolError(str(exc), param=f"{model_param}.language") from None
+            where = "session.audio.input.transcription.language"
+            raise ProtocolError(str(exc), param=where) from None
         format_changed = config.format != self.config.format
         vad_changed = config.turn_detection != self.config.turn_detection
         self.config = config

@@ -74,8 +74,9 @@ async def test_bad_events_get_errors_and_the_session_stays_usable() -> None:
     try:
         assert client.events[0]["type"] == "session.created"
         assert (await client.say(**MANUAL))["type"] == "session.updated"
-        await client.session.handle("{not json")
-        assert client.events[-1]["error"]["code"] == "invalid_json"
+        for garbage in ("{not json", "[" * 100_000 + "]" * 100_000, b"\xff\xfe"):
+            await client.session.handle(garbage)
+            assert client.events[-1]["error"]["code"] == "invalid_json"
         unknown = await client.say(type="response.create", event_id="evt_1")
         assert unknown["type"] == "error"
         assert unknown["error"]["event_id"] == "evt_1" and unknown["error"]["param"] == "type"
