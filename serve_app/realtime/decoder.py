@@ -135,15 +135,18 @@ class TurnDecoder:
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
         self._decoding: tuple[Turn, asyncio.Future[list[TimedWord] | None]] | None = None
-        # A final decode started when the speaker paused: (turn, its offset then, the decode).
-        self._early: tuple[Turn, int, asyncio.Task[list[TimedWord] | None]] | None = None
+        # Final decodes started when a speaker paused, by item: (the turn's offset then, the
+        # decode). An ended turn keeps its own while the next turn pauses.
+        self._early: dict[str, tuple[int, asyncio.Task[list[TimedWord] | None]]] = {}
         self._worker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
 
     async def close(self) -> None:
-        self._drop_early()
+        for _, decode in self._early.values():
+            decode.cancel()
+        self._early.clear()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -155,13 +158,13 @@ class TurnDecoder:
         """The speaker paused at sample ``at``: decode the turn to there now. If the pause turns
         out to end the turn (nothing but silence follows), that decode is its final one, and
         ``.completed`` comes a decode sooner after the VAD's silence_duration_ms."""
-        self._drop_early()
+        self._drop_early(turn)
         if self._decoding is not None and self._decoding[0] is turn:
             self._decoding[1].cancel()  # an interim decode of less audio is moot
         audio = self._buffer.slice(turn.offset, at)
         decode = asyncio.create_task(self._final_decode(turn, audio))
         decode.add_done_callback(self._log_unused_failure)
-        self._early = (turn, turn.offset, decode)
+        self._early[turn.item_id] = (turn.offset, decode)
 
     def _log_unused_failure(self, decode: asyncio.Task[list[TimedWord] | None]) -> None:
         # Read here, so that a failed early decode no one awaits still leaves a line.
@@ -169,14 +172,14 @@ class TurnDecoder:
             logger.warning("Live session %s: early decode failed: %r", self._id, exc)
 
     def resume(self, turn: Turn) -> None:
-        if self._early is not None and self._early[0] is turn:
-            self._drop_early()
+        if self._drop_early(turn):
             self._wake.set()
 
-    def _drop_early(self) -> None:
-        if self._early is not None:
-            self._early[2].cancel()
-            self._early = None
+    def _drop_early(self, turn: Turn) -> bool:
+        early = self._early.pop(turn.item_id, None)
+        if early is not None:
+            early[1].cancel()
+        return early is not None
 
     def ended(self, turn: Turn) -> None:
         """``turn`` was committed: its final decode comes after every earlier turn's."""
@@ -223,7 +226,7 @@ class TurnDecoder:
 
     def _due(self, turn: Turn) -> bool:
         fresh = self._buffer.end - turn.decoded_to
-        paused = self._early is not None and self._early[0] is turn
+        paused = turn.item_id in self._early
         return fresh >= self._pacing.step_s * SAMPLE_RATE and not turn.dropped and not paused
 
     async def _interim(self, turn: Turn) -> None:
@@ -286,10 +289,10 @@ class TurnDecoder:
     async def _early_words(self, turn: Turn) -> list[TimedWord] | None:
         """The words of the decode started at the pause that ended ``turn``, if there is one
         and it heard the audio the final decode would (less the trailing silence)."""
-        if self._early is None or self._early[0] is not turn:
+        early = self._early.pop(turn.item_id, None)
+        if early is None:
             return None
-        _, offset, decode = self._early
-        self._early = None
+        offset, decode = early
         if offset != turn.offset:
             decode.cancel()
             return None
