@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,18 @@ def test_an_idle_session_is_closed_with_a_reason(app_with: Any) -> None:
     with client.websocket_connect(URL, headers=AUTH) as socket:
         assert receive(socket)["type"] == "session.created"
         assert_refused(socket, "session_idle_timeout", 1000)
+
+
+def test_a_session_ends_at_its_longest_however_busy(app_with: Any) -> None:
+    client, _ = app_with(realtime_max_session_sec=1.0)
+    with client.websocket_connect(URL, headers=AUTH) as socket:
+        created = receive(socket)
+        assert created["session"]["expires_at"] <= time.time() + 1.5
+        quiet = base64.b64encode(b"\x00\x00" * 2400).decode()  # 0.1 s of silence
+        for _ in range(15):  # an event every 0.1 s for 1.5 s: never idle
+            socket.send_text(json.dumps({"type": "input_audio_buffer.append", "audio": quiet}))
+            time.sleep(0.1)  # the client's pace, as a microphone's
+        assert_refused(socket, "session_expired", 1000)
 
 
 def test_an_oversized_event_is_refused_and_the_session_goes_on(app_with: Any) -> None:
