@@ -14,13 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
 # A word that starts this much before the committed end is still taken as new: Whisper's word
 # timestamps move by a few tens of ms between decodes of the same audio.
 _OVERLAP_S = 0.1
-# A decode after the audio was trimmed may repeat the last committed words; up to this many are
-# recognised and dropped.
-_MAX_REPEAT = 5
+# The committed words a decode is matched against, and how far a word's time may move between
+# decodes and still be the same word.
+_ANCHOR_WORDS = 12
+_ANCHOR_REACH_S = 0.6
 _NOT_WORD = re.compile(r"[^\w']+")
 
 
@@ -80,14 +82,23 @@ class Agreement:
         return newly
 
     def beyond_committed(self, hypothesis: Sequence[TimedWord]) -> list[TimedWord]:
-        """The words of a decode that come after the committed ones."""
+        """The words of a decode that come after the committed ones. Found by the words
+        themselves where they can be: the decode's word that matches the last committed word
+        (or, heard differently this time, the one before it) and lies near it in time marks
+        where the new words start. By time where none does. Whisper's word times move by a few
+        hundred ms between decodes, so a new word timed early is lost to the time rule alone."""
         if not self.committed:
             return list(hypothesis)
-        fresh = [w for w in hypothesis if w.start > self.committed_end - _OVERLAP_S]
-        # A committed word Whisper timed a little later this time: drop repeats of the
-        # committed tail at the start of what is left.
-        for size in range(min(_MAX_REPEAT, len(fresh), len(self.committed)), 0, -1):
-            tail = [w.key for w in self.committed[-size:]]
-            if [w.key for w in fresh[:size]] == tail:
-                return fresh[size:]
-        return fresh
+        tail = self.committed[-_ANCHOR_WORDS:]
+        matcher = SequenceMatcher(
+            a=[w.key for w in tail], b=[w.key for w in hypothesis], autojunk=False
+        )
+        for block in reversed(matcher.get_matching_blocks()):
+            if not block.size:
+                continue
+            last_c, last_h = block.a + block.size - 1, block.b + block.size - 1
+            unmatched = len(tail) - 1 - last_c  # committed words after it, heard differently
+            near = abs(hypothesis[last_h].start - tail[last_c].start) < _ANCHOR_REACH_S
+            if unmatched <= 1 and near:
+                return list(hypothesis[last_h + 1 + unmatched :])
+        return [w for w in hypothesis if w.start > self.committed_end - _OVERLAP_S]

@@ -36,6 +36,8 @@ MIN_AUDIO = SAMPLE_RATE // 10  # 100 ms: less is neither committed nor decoded
 # A turn whose decode failed on a lost replica is decoded again for this long at most.
 _RETRY_WINDOW_S = 30.0
 _RETRY_PAUSE_S = 1.0
+# A trimmed turn's decodes start this long before its last committed word.
+_REHEAR_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,41 @@ class Turn:
 
     def trim(self, now: int, pacing: LivePacing) -> None:
         """Start later decodes further on: Whisper hears 30 s at most, and a long turn (a client
-        that never commits, a speaker who never pauses) must not grow without end. Only audio
-        the latest decode has heard is cut: the words it heard there are committed first (and
-        sent with the next delta), and the cut never splits one of its words."""
+        that never commits, a speaker who never pauses) must not grow without end. Later decodes
+        start just before the last committed word (heard again, and left out as already
+        committed): Whisper's word times are loose, and a cut at a word's end clips the next
+        one. Where no word was committed for long, only audio the latest decode heard is cut:
+        the words it heard there are committed first (and sent with the next delta)."""
         if (now - self.offset) / SAMPLE_RATE <= pacing.window_s:
             return
+        for resume in self._resume_points():
+            if (now - resume) / SAMPLE_RATE <= pacing.window_s - pacing.step_s:
+                self.offset = max(self.offset, resume)
+                return
         cut = min(now - int(pacing.keep_s * SAMPLE_RATE), self.heard_to)
         self.unsent += self.agreement.force((cut - self.start) / SAMPLE_RATE)
         if pending := self.agreement.pending:
-            cut = min(cut, self.start + int(pending[0].start * SAMPLE_RATE))
-        committed_end = self.start + int(self.agreement.committed_end * SAMPLE_RATE)
-        self.offset = max(self.offset, cut, committed_end)
+            cut = min(cut, self._sample(pending[0].start - _REHEAR_S))
+        self.offset = max(self.offset, cut)
+
+    def _resume_points(self) -> list[int]:
+        """Where later decodes may start, best first: in the pause after the last committed
+        sentence (Whisper starts a window best at a sentence), else just before the last
+        committed word."""
+        committed = self.agreement.committed
+        points = []
+        for i in range(len(committed) - 1, -1, -1):
+            if committed[i].text.rstrip().endswith((".", "?", "!")):
+                after = committed[i + 1].start if i + 1 < len(committed) else committed[i].end
+                points.append(self._sample((committed[i].end + max(after, committed[i].end)) / 2))
+                break
+        if committed:
+            points.append(self._sample(committed[-1].start - _REHEAR_S))
+        return [point for point in points if point > self.offset]
+
+    def _sample(self, seconds: float) -> int:
+        """The session sample ``seconds`` into this turn."""
+        return self.start + int(max(0.0, seconds) * SAMPLE_RATE)
 
     def drop_unheard(self, now: int, pacing: LivePacing) -> float:
         """The last resort when decodes fall far behind the audio (a pool that is down): keep

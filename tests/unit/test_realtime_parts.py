@@ -110,6 +110,24 @@ def test_what_follows_the_committed_words_drops_a_repeat_of_their_tail() -> None
     assert join(agreement.beyond_committed(later)) == " three four"
 
 
+def test_a_new_word_timed_before_the_committed_end_is_found_by_the_words_before_it() -> None:
+    agreement = Agreement()
+    # Whisper stretched "two" to 1.3 s in the decodes that committed it...
+    stretched = [TimedWord(0.0, 0.5, " one"), TimedWord(0.5, 1.3, " two")]
+    agreement.update(stretched)
+    agreement.update([*stretched, TimedWord(1.35, 1.6, " three")])
+    assert agreement.committed_end == 1.3
+    # ...and times it to 0.9 s now: "three", at 1.0 s, is new, though it starts before 1.2 s.
+    later = [*words(("one", 0.0), ("two", 0.5)), TimedWord(1.0, 1.4, " three")]
+    assert join(agreement.beyond_committed(later)) == " three"
+    # A second "two", far from the committed one, is a new word.
+    far = [*words(("one", 0.0), ("two", 0.5), ("two", 3.0)), TimedWord(3.4, 3.6, " four")]
+    assert join(agreement.beyond_committed(far)) == " two four"
+    # With the committed "two" heard differently, the far one does not stand in for it.
+    other = [*words(("one", 0.0), ("too", 0.5), ("two", 3.0)), TimedWord(3.4, 3.6, " four")]
+    assert join(agreement.beyond_committed(other)) == " two four"
+
+
 def test_a_trim_commits_the_pending_words_it_would_cut_off() -> None:
     agreement = Agreement()
     agreement.update(words(("alpha", 0.0), ("beta", 5.0), ("gamma", 9.0)))
