@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -165,7 +164,6 @@ async def test_a_turn_whose_model_replicas_die_is_decoded_by_their_successors(
 ) -> None:
     clip = first_turns(tmp_path, 1)
     url = service.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
-    offset = service.log.stat().st_size
     manual = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
     ended: dict[str, Any] = {}
     async with connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as socket:
@@ -194,8 +192,10 @@ async def test_a_turn_whose_model_replicas_die_is_decoded_by_their_successors(
                 ended = event
     assert ended["type"].endswith(".completed"), ended
     assert word_error_rate(clip.turns[0].text, ended["transcript"]) <= 0.25, ended
-    log = service.log.read_bytes()[offset:].decode(errors="replace")
-    assert re.search(r"Live session \S+: turn \S+ failed to decode \(attempt 1\)", log)
+    # Where the final decode had reached a replica, its loss shows as a retry in the log;
+    # where Serve's router still held it (a stopped replica answers no queue probe), the
+    # successor simply got it. Either way the turn is decoded; the retry itself is tested in
+    # tests/unit/test_realtime_session.py.
     # Later tests find the pool whole again.
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
         while (await http.get("/health")).status_code != 200:
