@@ -20,7 +20,6 @@ import os
 import statistics
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,13 +105,7 @@ def plain_floor(model: str, work: Path, clip: LiveAudioClip) -> list[float]:
     transcribe = plain_sequential(model, work / "models", language="en")
     times = []
     for n, turn in enumerate(clip.turns):
-        path = work / f"turn{n}.wav"
-        begin, end = int(turn.start * 24000) * 2, int(turn.end * 24000) * 2
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(24000)
-            out.writeframes(clip.pcm[begin:end])
+        path = clip.wav(work / f"turn{n}.wav", turn.start, turn.end)
         transcribe(path)  # warm
         started = time.perf_counter()
         transcribe(path)

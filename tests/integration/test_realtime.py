@@ -70,8 +70,7 @@ async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
         assert seen.deltas_before_stop(item) >= 1, f"no delta while {item} was spoken"
         assert "".join(seen.deltas[item]) == seen.completed[item]
     # The same audio as a file, through the same service.
-    wav = tmp_path / "live.wav"
-    _write_wav(wav, clip.pcm)
+    wav = clip.wav(tmp_path / "live.wav")
     async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
         answer = await http.post(
             "/v1/audio/transcriptions",
@@ -114,16 +113,6 @@ async def test_a_raw_client_gets_errors_and_keeps_its_session(service: Service) 
         assert json.loads(await socket.recv())["type"] == "session.updated"
 
 
-def _write_wav(path: Path, pcm: bytes) -> None:
-    import wave
-
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(24000)
-        out.writeframes(pcm)
-
-
 CLI = Path(sys.executable).parent / "whisper-serve"
 
 
@@ -140,8 +129,7 @@ def test_listen_prints_each_turn_on_its_own_line_from_a_file_or_stdin(
     service: Service, tmp_path: Path
 ) -> None:
     clip = first_turns(tmp_path)
-    wav = tmp_path / "two_turns.wav"
-    _write_wav(wav, clip.pcm)
+    wav = clip.wav(tmp_path / "two_turns.wav")
     code, out, err = _listen(service, str(wav), "--speed", "2", "--language", "en")
     assert code == 0, err
     lines = out.splitlines()

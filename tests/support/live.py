@@ -5,6 +5,7 @@ client makes of the server's events."""
 from __future__ import annotations
 
 import base64
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,16 @@ class LiveAudioClip:
             heard = np.flatnonzero(loud[first:last]) + first
             bounds.append((heard[0] / 100, (heard[-1] + 1) / 100))
         return bounds
+
+    def wav(self, path: Path, start_s: float = 0.0, end_s: float | None = None) -> Path:
+        """The clip (or its part from ``start_s`` to ``end_s``) as a WAV file at ``path``."""
+        end = len(self.pcm) if end_s is None else int(end_s * RATE) * 2
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(RATE)
+            out.writeframes(self.pcm[int(start_s * RATE) * 2 : end])
+        return path
 
     def appends(self, chunk_ms: int = 100) -> Iterator[str]:
         """Base64 payloads of ``chunk_ms`` each, as a microphone client sends them."""
