@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -90,11 +91,7 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         if viewer is None:
-            response = error_response(
-                401,
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-            )
+            response = _missing_key()
             # Connection: close, so the unread body is not taken for the next request.
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
@@ -107,19 +104,22 @@ class ApiKeyAuth:
         one the handshake is answered 401 (403 where the server cannot send a body)."""
         viewer = self._keys.viewer(_bearer_token(scope))
         if viewer is None and scope["path"].startswith(PROTECTED_PREFIX):
-            denial = error_response(
-                401,
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-            )
             socket = WebSocket(scope, receive, send)
             if "websocket.http.response" in scope.get("extensions", {}):
-                await socket.send_denial_response(denial)
+                await socket.send_denial_response(_missing_key())
             else:
                 await socket.close(1008, "Missing or invalid API key")
             return
         scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send)
+
+
+def _missing_key() -> JSONResponse:
+    return error_response(
+        401,
+        "Missing or invalid API key: send 'Authorization: Bearer <key>'",
+        code="invalid_api_key",
+    )
 
 
 def _bearer_token(scope: Scope) -> bytes:
