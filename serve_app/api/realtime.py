@@ -5,6 +5,7 @@ replica, idle time, session length, event size; the session owns the protocol.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -15,7 +16,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from serve_app.api.deps import Backend
 from serve_app.api.errors import code_for
-from serve_app.errors import ServiceError
+from serve_app.capacity.admission import StreamLimit
+from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.realtime import protocol
 from serve_app.realtime.decoder import LiveLoad, LivePacing
 from serve_app.realtime.session import LiveSession
@@ -33,7 +35,7 @@ class LiveSessions:
     """Open sessions of one replica, and the interim decodes they may have in flight at once."""
 
     def __init__(self, limit: int, interims: int) -> None:
-        self.limit, self.open = limit, 0
+        self.open = StreamLimit(limit, "live sessions", "try again shortly")
         self.load = LiveLoad(interims)
 
 
@@ -42,39 +44,29 @@ async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
     backend: Backend = websocket.app.state.backend
     sessions: LiveSessions = websocket.app.state.live_sessions
     await websocket.accept()
-    refusal = _refusal(intent, sessions)
-    if refusal is None:
+    if intent != "transcription":
+        message = (
+            "This service takes transcription sessions only: connect with ?intent=transcription."
+        )
+        await _refuse(websocket, message, "invalid_intent", _POLICY_VIOLATION)
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(sessions.open.take())
+        except ServiceBusyError as exc:
+            await _refuse(websocket, str(exc), "session_limit_reached", _TRY_AGAIN_LATER)
+            return
         try:
             await backend.backlog.admit()
         except ServiceError as exc:
-            refusal = (str(exc), "server_busy", _TRY_AGAIN_LATER)
-    if refusal is not None:
-        message, code, close_code = refusal
-        await websocket.send_text(json.dumps(protocol.error_event(message, code=code)))
-        await websocket.close(close_code, message[:120])
-        return
-    sessions.open += 1
-    try:
+            await _refuse(websocket, str(exc), "server_busy", _TRY_AGAIN_LATER)
+            return
         await _serve(websocket, backend)
-    finally:
-        sessions.open -= 1
 
 
-def _refusal(intent: str | None, sessions: LiveSessions) -> tuple[str, str, int] | None:
-    if intent != "transcription":
-        return (
-            "This service takes transcription sessions only: connect with ?intent=transcription.",
-            "invalid_intent",
-            _POLICY_VIOLATION,
-        )
-    if sessions.open >= sessions.limit:
-        return (
-            f"{sessions.open} live sessions are open here, the most this replica keeps; "
-            "try again shortly.",
-            "session_limit_reached",
-            _TRY_AGAIN_LATER,
-        )
-    return None
+async def _refuse(websocket: WebSocket, message: str, code: str, close_code: int) -> None:
+    await websocket.send_text(json.dumps(protocol.error_event(message, code=code)))
+    await websocket.close(close_code, message[:120])
 
 
 async def _serve(websocket: WebSocket, backend: Backend) -> None:

@@ -88,18 +88,24 @@ class AudioAdmission:
 
 
 class StreamLimit:
-    """Open event streams of one replica; past the limit new ones are refused at once."""
+    """Open streams of one replica (SSE subscribers, live sessions); past the limit new ones
+    are refused at once."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        what: str = "event streams",
+        advice: str = "poll the job or try again shortly",
+    ) -> None:
         self.limit = limit
         self.open = 0
+        self._what, self._advice = what, advice
 
     @contextmanager
     def take(self) -> Iterator[None]:
         if self.open >= self.limit:
             raise ServiceBusyError(
-                f"{self.open} event streams are open, the most this service keeps; "
-                "poll the job or try again shortly",
+                f"{self.open} {self._what} are open, the most this service keeps; {self._advice}",
                 STREAMS_RETRY_S,
             )
         self.open += 1
