@@ -77,6 +77,9 @@ class LiveSession:
         self._rate = AudioRate(self._pacing)
         self._expires_at = expires_at
         self.config = SessionConfig()
+        # The config's model and language as the model takes them, checked when they are set.
+        self._model = served_model(None, settings)
+        self._language: str | None = None
         self._audio = LiveAudio(self.config.format)
         self._buffer = LiveBuffer()
         self._previous_item: str | None = None
@@ -108,8 +111,8 @@ class LiveSession:
         if self.config.prompt:
             prompt = f"{self.config.prompt} {prompt or ''}".strip()
         return TranscribeOptions(
-            model=served_model(self.config.model, self._settings),
-            language=normalize_language(self.config.language),
+            model=self._model,
+            language=self._language,
             prompt=prompt[-MAX_PROMPT_CHARS:] if prompt else None,
             word_timestamps=True,
         )
@@ -166,15 +169,15 @@ class LiveSession:
 
     async def _update(self, message: Event) -> None:
         config = self.config.updated(message)
-        served_model(config.model, self._settings)  # ModelNotServedError: model_not_found
+        model = served_model(config.model, self._settings)  # ModelNotServedError: model_not_found
         try:
-            normalize_language(config.language)
+            language = normalize_language(config.language)
         except ServiceError as exc:
             where = "session.audio.input.transcription.language"
             raise ProtocolError(str(exc), param=where) from None
         format_changed = config.format != self.config.format
         vad_changed = config.turn_detection != self.config.turn_detection
-        self.config = config
+        self.config, self._model, self._language = config, model, language
         if format_changed:
             self._audio = LiveAudio(config.format)
         if vad_changed:
