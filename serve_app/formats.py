@@ -19,7 +19,7 @@ MEDIA_TYPES: dict[ResponseFormat, str] = {
 
 def render(transcript: Transcript, response_format: ResponseFormat, words: bool = False) -> str:
     if response_format == "json":
-        return json.dumps({"text": transcript.text}, ensure_ascii=False)
+        return json.dumps({"text": transcript.text, "usage": usage(transcript)}, ensure_ascii=False)
     if response_format == "verbose_json":
         return verbose(transcript, words).model_dump_json(exclude_none=True)
     if response_format == "text":
@@ -29,6 +29,11 @@ def render(transcript: Transcript, response_format: ResponseFormat, words: bool 
     if response_format == "diarized_json":
         return json.dumps(diarized(transcript), ensure_ascii=False)
     return to_vtt(transcript)
+
+
+def usage(transcript: Transcript) -> dict[str, Any]:
+    """OpenAI's usage of audio-priced models: the input audio's duration."""
+    return {"type": "duration", "seconds": round(transcript.duration, 3)}
 
 
 def diarized(transcript: Transcript) -> dict[str, Any]:
@@ -48,7 +53,7 @@ def diarized(transcript: Transcript) -> dict[str, Any]:
             }
             for s in transcript.segments
         ],
-        "usage": {"type": "duration", "seconds": round(transcript.duration, 3)},
+        "usage": usage(transcript),
         **({"warnings": transcript.warnings} if transcript.warnings else {}),
     }
 
@@ -63,6 +68,7 @@ def verbose(transcript: Transcript, words: bool = False) -> VerboseTranscription
         segments=segments,
         words=transcript.words if words else None,
         warnings=transcript.warnings,
+        usage=usage(transcript),
     )
 
 

@@ -101,6 +101,7 @@ class VerboseTranscription(BaseModel):
     segments: list[Segment]
     words: list[Word] | None = None
     warnings: list[str] | None = None  # ours: what could not be honoured (speaker bounds)
+    usage: dict[str, Any] | None = None  # {"type": "duration", "seconds": N}
 
 
 class ModelCard(BaseModel):

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from starlette.types import Receive, Scope, Send
 
+from serve_app import formats
 from serve_app.api.deps import Backend
 from serve_app.capacity.admission import Reservation
 from serve_app.errors import ServiceError
@@ -90,7 +91,8 @@ async def _transcription_events(
             work.cancel()
             with contextlib.suppress(BaseException):
                 await work
-    yield _event({"type": "transcript.text.done", "text": transcript.text})
+    done = {"type": "transcript.text.done", "text": transcript.text}
+    yield _event({**done, "usage": formats.usage(transcript)})
 
 
 def _event(data: dict[str, Any]) -> bytes:

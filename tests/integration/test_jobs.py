@@ -63,7 +63,8 @@ def test_submit_poll_and_read_every_format(service: Service, clip) -> None:
         assert speech.word_error_rate(OFFICE, job["result"]["text"]) < 0.2
 
         as_json = client.get(f"/v1/jobs/{job_id}/result").json()
-        assert as_json == {"text": job["result"]["text"]}
+        usage = {"type": "duration", "seconds": round(job["result"]["duration"], 3)}
+        assert as_json == {"text": job["result"]["text"], "usage": usage}
         text = client.get(f"/v1/jobs/{job_id}/result", params={"format": "text"})
         assert text.headers["content-type"].startswith("text/plain")
         assert text.text.strip() == job["result"]["text"]

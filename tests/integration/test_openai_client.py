@@ -20,6 +20,8 @@ def test_transcription_json(client: openai.OpenAI, clip) -> None:
     with open(clip("en_office", ".mp3"), "rb") as f:
         result = client.audio.transcriptions.create(model="whisper-1", file=f)
     assert speech.word_error_rate(speech.reference("en_office"), result.text) < 0.2
+    assert result.usage is not None and result.usage.type == "duration"
+    assert result.usage.seconds > 3.0
 
 
 def test_transcription_text_and_srt(client: openai.OpenAI, clip) -> None:
@@ -43,6 +45,9 @@ def test_transcription_verbose_with_words(client: openai.OpenAI, clip) -> None:
         )
     assert result.language == "es"
     assert result.segments and result.words
+    assert result.usage is not None and result.usage.seconds == pytest.approx(
+        result.duration, abs=1e-3
+    )
     assert speech.word_error_rate(speech.reference("es_agua"), result.text) < 0.3
 
 
@@ -76,6 +81,7 @@ def test_streaming_transcription_deltas(client: openai.OpenAI, clip) -> None:
     assert len(deltas) >= 2, "a 30 s clip is decoded in several segments, streamed one by one"
     assert len(done) == 1 and events[-1] is done[0]
     assert "".join(deltas).strip() == done[0].text
+    assert done[0].usage is not None and done[0].usage.model_dump()["seconds"] > 25
     assert speech.word_error_rate(speech.reference("en_thirty"), done[0].text) < 0.25
 
 

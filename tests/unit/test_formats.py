@@ -38,7 +38,10 @@ TRANSCRIPT = Transcript(
 
 
 def test_json() -> None:
-    assert json.loads(formats.render(TRANSCRIPT, "json")) == {"text": TRANSCRIPT.text}
+    assert json.loads(formats.render(TRANSCRIPT, "json")) == {
+        "text": TRANSCRIPT.text,
+        "usage": {"type": "duration", "seconds": 3723.5},
+    }
 
 
 def test_text() -> None:
@@ -62,6 +65,7 @@ def test_vtt() -> None:
 def test_verbose_json_words_only_when_asked() -> None:
     plain = json.loads(formats.render(TRANSCRIPT, "verbose_json"))
     assert plain["language"] == "en" and plain["duration"] == 3723.5
+    assert plain["usage"] == {"type": "duration", "seconds": 3723.5}
     assert "words" not in plain
     assert all("words" not in s for s in plain["segments"])
     assert {"id", "start", "end", "text", "avg_logprob", "no_speech_prob"} <= set(
