@@ -4,13 +4,17 @@ logic."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
+from pydantic import ValidationError
 
 from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.schemas import MAX_KEYWORD_CHARS, MAX_KEYWORDS, MAX_LANGUAGES, ServerVad
 from serve_app.settings import Settings
 from serve_app.transcription.diarizer import not_installed
 
@@ -39,6 +43,82 @@ def normalize_language(language: str | None) -> str | None:
     if code not in LANGUAGES:
         raise InvalidOptionError(f"Unknown language code '{language}'", param="language")
     return code
+
+
+def check_keywords(values: Sequence[str] | None) -> list[str] | None:
+    """Keywords with their spacing normalized, each once, in order; bounded."""
+    if not values:
+        return None
+    found: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidOptionError("keywords must be strings", param="keywords")
+        term = " ".join(value.split())
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in term):
+            raise InvalidOptionError("A keyword contains control characters", param="keywords")
+        if len(term) > MAX_KEYWORD_CHARS:
+            raise InvalidOptionError(
+                f"A keyword is longer than {MAX_KEYWORD_CHARS} characters", param="keywords"
+            )
+        if term and term not in found:
+            found.append(term)
+    if len(found) > MAX_KEYWORDS:
+        raise InvalidOptionError(f"At most {MAX_KEYWORDS} keywords", param="keywords")
+    return found or None
+
+
+def check_languages(values: Sequence[str] | None, language: str | None) -> list[str] | None:
+    """The languages detection may choose from, as codes, each once; None: any."""
+    if not values:
+        return None
+    if language is not None:
+        raise InvalidOptionError(
+            "Give either language or languages: languages limits detection", param="languages"
+        )
+    codes: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidOptionError("languages must be strings", param="languages")
+        try:
+            code = normalize_language(value)
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(exc.message, param="languages") from None
+        if code is not None and code not in codes:
+            codes.append(code)
+    if len(codes) > MAX_LANGUAGES:
+        raise InvalidOptionError(f"At most {MAX_LANGUAGES} languages", param="languages")
+    return codes or None
+
+
+def chunking_strategy(value: object) -> ServerVad | None:
+    """OpenAI's chunking_strategy: "auto" (the service's VAD settings), a server_vad object,
+    or that object as a JSON string (a form field); None when the service's settings apply."""
+    if value is None or value == "" or value == "auto":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidOptionError(
+                'chunking_strategy must be "auto" or a server_vad object',
+                param="chunking_strategy",
+            ) from None
+        if value == "auto":
+            return None
+    if not isinstance(value, dict) or value.get("type") != "server_vad":
+        raise InvalidOptionError(
+            'chunking_strategy must be "auto" or an object of type "server_vad"',
+            param="chunking_strategy",
+        )
+    try:
+        return ServerVad.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidOptionError(
+            f"chunking_strategy: {problems}", param="chunking_strategy"
+        ) from None
 
 
 def temperature_schedule(temperature: float) -> tuple[float, ...]:

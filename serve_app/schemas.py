@@ -26,6 +26,11 @@ Task = Literal["transcribe", "translate"]
 MAX_PROMPT_CHARS = 2000
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 MAX_SPEAKERS = 20
+# Keywords become faster-whisper's hotwords, a prompt the decoder reads before each window; it
+# keeps at most 223 of their tokens, so more text than these bounds allow is never read.
+MAX_KEYWORDS = 50
+MAX_KEYWORD_CHARS = 64
+MAX_LANGUAGES = 20
 
 
 class Word(BaseModel):
@@ -69,6 +74,20 @@ class Transcript(BaseModel):
         return [word for segment in self.segments for word in segment.words or []]
 
 
+class ServerVad(BaseModel):
+    """``chunking_strategy``'s ``server_vad`` object: how the VAD that cuts a file into
+    decoding windows finds speech. A field left out keeps the service's setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["server_vad"] = "server_vad"
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Audio kept before (and after) each stretch of speech.
+    prefix_padding_ms: int | None = Field(None, ge=0, le=2000)
+    # A pause at least this long ends a stretch of speech: where windows may be cut.
+    silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
+
+
 class TranscribeOptions(BaseModel):
     """Decoding options a client may set; the rest come from settings."""
 
@@ -82,6 +101,15 @@ class TranscribeOptions(BaseModel):
     diarize: bool = False
     min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    # Terms the decoder is biased toward (faster-whisper's hotwords).
+    keywords: list[str] | None = Field(None, max_length=MAX_KEYWORDS)
+    # With no language: detection chooses among these only.
+    languages: list[str] | None = Field(None, max_length=MAX_LANGUAGES)
+    vad: ServerVad | None = None  # chunking_strategy=server_vad; None: the service's
+
+    @property
+    def hotwords(self) -> str | None:
+        return ", ".join(self.keywords) if self.keywords else None
 
     @model_validator(mode="after")
     def _speakers_in_order(self) -> TranscribeOptions:
@@ -129,6 +157,8 @@ class QueuedTranscriptionRequest(BaseModel):
     language: StrictStr | None = None
     import_batch_id: StrictInt | None = None
     retry_count: StrictInt = Field(0, ge=0)
+    # Ours, optional: terms the decoder is biased toward (the seeds' word boosting).
+    keywords: list[StrictStr] | None = None
 
 
 class ResultSegment(BaseModel):
@@ -186,6 +216,10 @@ class JobSubmission(BaseModel):
     diarize: bool = False
     min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    # OpenAI's parameters, checked as the sync route checks them (serve_app.api.params).
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
+    chunking_strategy: str | dict[str, Any] | None = None
     callback_url: str | None = Field(None, max_length=2048)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 

@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from serve_app import formats
 from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
+from serve_app.api.params import LIST_PARAMS, extra_options, form_values, is_form_extra
 from serve_app.api.uploads import check_upload
 from serve_app.errors import (
     AudioNotFoundError,
@@ -64,7 +65,9 @@ _SUBMIT_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         **{
-                            name: {"type": "string"}
+                            name: {"type": "array", "items": {"type": "string"}}
+                            if name in LIST_PARAMS
+                            else {"type": "string"}
                             for name in JobSubmission.model_fields
                             if name != "audio_file_path"
                         },
@@ -83,9 +86,11 @@ async def submit_job(
 ) -> JSONResponse:
     settings = backend.settings
     upload, submission = await _read_submission(request)
+    language = normalize_language(submission.language)
     options = TranscribeOptions(
         model=served_model(submission.model, settings),
-        language=normalize_language(submission.language),
+        language=language,
+        **extra_options(submission.model_dump(), language),
         task=submission.task,
         prompt=submission.prompt,
         word_timestamps=submission.word_timestamps,
@@ -237,7 +242,10 @@ async def _read_submission(
             upload = form.get("file")
             if not isinstance(upload, StarletteUploadFile):
                 raise InvalidOptionError("A multipart job needs its audio in 'file'", param="file")
-            fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and v != ""}
+            fields: dict[str, Any] = {
+                k: v for k, v in form.items() if k != "file" and v != "" and not is_form_extra(k)
+            }
+            fields |= form_values(form)
             return upload, JobSubmission.model_validate({**fields, "audio_file_path": "upload"})
         if content_type.startswith("application/json"):
             return None, JobSubmission.model_validate_json(await _small_body(request))

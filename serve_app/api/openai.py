@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from serve_app import formats
 from serve_app.api.deps import BackendDep, LimitsDep
+from serve_app.api.params import FormExtrasDep, extra_options
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
 from serve_app.errors import InvalidOptionError
@@ -52,6 +53,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 async def create_transcription(
     backend: BackendDep,
     limits: LimitsDep,
+    extras: FormExtrasDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO-639-1; empty to detect")] = None,
@@ -75,9 +77,11 @@ async def create_transcription(
     if diarize and stream:
         raise InvalidOptionError("diarize cannot stream: speakers are known once the file is done")
     speakers = speaker_options(diarize, min_speakers, max_speakers, backend.diarization)
+    language = normalize_language(language)
     options = TranscribeOptions(
         model=served_model(model, backend.settings),
-        language=normalize_language(language),
+        language=language,
+        **extra_options(extras, language),
         prompt=prompt,
         temperature=temperature,
         word_timestamps=response_format == "verbose_json"

@@ -86,8 +86,10 @@ class ModelClient:
         result: Transcript = await self._call("transcribe_unit", call.options.model, call)
         return result
 
-    async def detect_language(self, audio: AudioArray, model: str | None) -> tuple[str, float]:
-        found: tuple[str, float] = await self._call("detect_language", model, audio)
+    async def detect_language(
+        self, audio: AudioArray, model: str | None, allowed: list[str] | None = None
+    ) -> tuple[str, float]:
+        found: tuple[str, float] = await self._call("detect_language", model, audio, allowed)
         return found
 
     async def _call(self, method: str, model: str | None, *args: Any) -> Any:

@@ -161,11 +161,13 @@ class TranscriberDeployment:
         return len(audio) / self._settings.audio_sample_rate
 
     async def detect_language(
-        self, audio: AudioArray, job: JobLog | None = None
+        self, audio: AudioArray, allowed: list[str] | None = None, job: JobLog | None = None
     ) -> tuple[str, float]:
         with logcontext.about(job):
-            transcriber = await self._for(TranscribeOptions())
-            found: tuple[str, float] = await self._infer(transcriber.detect_language, audio)
+            transcriber = await self._for(TranscribeOptions(languages=allowed))
+            found: tuple[str, float] = await self._infer(
+                transcriber.detect_language, audio, allowed
+            )
             return found
 
     async def _for(self, options: TranscribeOptions) -> Transcriber:

@@ -5,10 +5,15 @@ most ``max_window_s`` (the batch items inside a replica) grouped into work units
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from serve_app.schemas import ServerVad
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,22 @@ class ChunkingOptions:
     # Windows are cut only in silences at least this long (see Settings.chunk_min_silence_ms).
     vad_min_silence_ms: int = 250
     vad_speech_pad_ms: int = 400
+    vad_threshold: float = 0.5
+
+    def with_vad(self, vad: ServerVad | None) -> ChunkingOptions:
+        """These options with what a request's chunking_strategy sets (server_vad)."""
+        if vad is None:
+            return self
+        return replace(
+            self,
+            vad_threshold=_given(vad.threshold, self.vad_threshold),
+            vad_speech_pad_ms=_given(vad.prefix_padding_ms, self.vad_speech_pad_ms),
+            vad_min_silence_ms=_given(vad.silence_duration_ms, self.vad_min_silence_ms),
+        )
+
+
+def _given(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -112,11 +133,25 @@ def detect_speech(
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     vad = VadOptions(
+        threshold=options.vad_threshold,
         min_silence_duration_ms=options.vad_min_silence_ms,
         speech_pad_ms=options.vad_speech_pad_ms,
         max_speech_duration_s=options.max_window_s,
     )
     return [(s["start"], s["end"]) for s in get_speech_timestamps(audio, vad)]
+
+
+def vad_parameters(service: dict[str, Any], vad: ServerVad | None) -> dict[str, Any]:
+    """faster-whisper's VAD parameters for a file transcribed in one call: the service's, with
+    what a request's chunking_strategy sets."""
+    if vad is None:
+        return service
+    chosen = {
+        "threshold": vad.threshold,
+        "speech_pad_ms": vad.prefix_padding_ms,
+        "min_silence_duration_ms": vad.silence_duration_ms,
+    }
+    return {**service, **{k: v for k, v in chosen.items() if v is not None}}
 
 
 def plan(

@@ -43,7 +43,7 @@ class Decoding:
     async def file(self, transcriber: Transcriber, call: FileCall) -> Transcript:
         if not self.policy.cross_batch:
             return await asyncio.to_thread(transcriber.transcribe, call.audio, call.options)
-        windows = await asyncio.to_thread(transcriber.speech_windows, call.audio)
+        windows = await asyncio.to_thread(transcriber.speech_windows, call.audio, call.options)
         return await transcriber.transcribe_batched(call.audio, windows, call.options)
 
     @contextlib.asynccontextmanager

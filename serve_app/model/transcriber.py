@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve_app.errors import InvalidOptionError
 from serve_app.model.batching import Batcher
-from serve_app.model.chunking import Window, detect_speech, merge_into_windows
+from serve_app.model.chunking import Window, detect_speech, merge_into_windows, vad_parameters
 from serve_app.model.clips import decode_clips
+from serve_app.model.languages import checked_language, most_likely
 from serve_app.model.packing import Plan, plan, settle
 from serve_app.model.quality import Thresholds, guard
 from serve_app.model.segments import from_faster_whisper, shifted, split_segments
 from serve_app.model.weights import resolve_model_path
 from serve_app.model_options import (
     cpu_threads,
-    normalize_language,
     num_workers,
     resolve_compute_type,
     temperature_schedule,
@@ -50,6 +49,7 @@ class DecodeKey:
     prompt: str | None
     temperature: float
     words: bool = False  # words decoded: asked for, or needed by the request (see _keyed)
+    hotwords: str | None = None  # the request's keywords, read by the decoder like a prompt
 
 
 class Transcriber:
@@ -129,18 +129,7 @@ class Transcriber:
         return bool(self._model.model.is_multilingual)
 
     def check_options(self, options: TranscribeOptions) -> str | None:
-        language = normalize_language(options.language)
-        if not self.multilingual:
-            if language not in (None, "en"):
-                raise InvalidOptionError(
-                    f"Model {self.name} is English-only; it cannot transcribe '{language}'",
-                    param="language",
-                )
-            if options.task == "translate":
-                raise InvalidOptionError(
-                    f"Model {self.name} is English-only; it cannot translate", param="model"
-                )
-        return language
+        return checked_language(self.name, self.multilingual, options)
 
     def transcribe(self, audio: np.ndarray[Any, Any], options: TranscribeOptions) -> Transcript:
         """Blocking: run it off the event loop."""
@@ -152,11 +141,16 @@ class Transcriber:
         self, audio: np.ndarray[Any, Any], options: TranscribeOptions
     ) -> Iterator[Segment | Transcript]:
         """Blocking generator: each segment as it is decoded, then the whole transcript."""
+        decoding = self._decoding(options)
+        if decoding["language"] is None and options.languages:
+            # faster-whisper detects among all languages: choose among the allowed first.
+            windows = self.speech_windows(audio, options)
+            decoding["language"], _ = self.language_of(audio, windows, options)
         segments, info = self._model.transcribe(
             audio,
-            **self._decoding(options),
+            **decoding,
             vad_filter=True,
-            vad_parameters=self._vad_parameters,
+            vad_parameters=vad_parameters(self._vad_parameters, options.vad),
         )
         converted: list[Segment] = []
         for segment in segments:
@@ -193,11 +187,13 @@ class Transcriber:
             self.assemble, audio, windows, decoded, options, language, probability
         )
 
-    def speech_windows(self, audio: np.ndarray[Any, Any]) -> list[Window]:
-        """Blocking: a short file's speech, cut in silences into windows of at most 30 s."""
-        found = merge_into_windows(
-            detect_speech(audio, self._chunking), self._sample_rate, self._chunking
-        )
+    def speech_windows(
+        self, audio: np.ndarray[Any, Any], options: TranscribeOptions | None = None
+    ) -> list[Window]:
+        """Blocking: a short file's speech, cut in silences into windows of at most 30 s (with
+        the request's VAD settings, if it has its own)."""
+        chunking = self._chunking.with_vad(options.vad if options else None)
+        found = merge_into_windows(detect_speech(audio, chunking), self._sample_rate, chunking)
         return [
             Window(w.start / self._sample_rate, w.end / self._sample_rate)
             for w in found
@@ -219,9 +215,12 @@ class Transcriber:
         language = self.check_options(options)
         if language is not None:
             return language, 1.0
+        allowed = options.languages
+        if allowed and (len(allowed) == 1 or not self.multilingual):
+            return ("en" if not self.multilingual else allowed[0]), 1.0
         if not windows:
             return ("" if self.multilingual else "en"), 0.0
-        return self.detect_language(self.slices(audio, windows[:1])[0])
+        return self.detect_language(self.slices(audio, windows[:1])[0], allowed)
 
     def decoding_key(self, options: TranscribeOptions, language: str) -> DecodeKey:
         return DecodeKey(
@@ -230,6 +229,7 @@ class Transcriber:
             prompt=options.prompt or None,
             temperature=options.temperature,
             words=options.word_timestamps,
+            hotwords=options.hotwords,
         )
 
     def decode_windows(
@@ -302,6 +302,7 @@ class Transcriber:
             temperature=key.temperature,
             beam_size=self._beam_size,
             word_timestamps=key.words,
+            hotwords=key.hotwords,
         )
 
     def assemble(
@@ -370,13 +371,18 @@ class Transcriber:
             "temperature": temperature_schedule(options.temperature),
             "beam_size": self._beam_size,
             "word_timestamps": options.word_timestamps,
+            "hotwords": options.hotwords,
         }
 
-    def detect_language(self, audio: np.ndarray[Any, Any]) -> tuple[str, float]:
+    def detect_language(
+        self, audio: np.ndarray[Any, Any], allowed: Sequence[str] | None = None
+    ) -> tuple[str, float]:
+        """The language most likely, among ``allowed`` when given (its probability then
+        among theirs)."""
         if not self.multilingual:
             return "en", 1.0
-        language, probability, _ = self._model.detect_language(audio)
-        return language, probability
+        language, probability, ranked = self._model.detect_language(audio)
+        return most_likely(ranked, allowed) if allowed else (language, probability)
 
     def _transcript(
         self, segments: list[Segment], info: Any, options: TranscribeOptions

@@ -50,7 +50,8 @@ class FanOut:
     ) -> Transcript:
         """With a checkpoint, units finished by an earlier attempt are taken from it and each
         unit finished now is saved to it, so a retry redoes only what was not done."""
-        units = await asyncio.to_thread(plan, audio, self.sample_rate, self.options)
+        chunking = self.options.with_vad(options.vad)
+        units = await asyncio.to_thread(plan, audio, self.sample_rate, chunking)
         duration = len(audio) / self.sample_rate
         if not units:  # no speech at all
             return _empty(duration, options)
@@ -58,7 +59,7 @@ class FanOut:
         if language is None:
             first = units[0].windows[0]
             language, probability = await self.model.detect_language(
-                audio[first.start : first.end], options.model
+                audio[first.start : first.end], options.model, options.languages
             )
         fixed = options.model_copy(update={"language": language})
         planned = sum(unit.end - unit.start for unit in units)

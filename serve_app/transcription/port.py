@@ -33,7 +33,11 @@ class UnitModel(Protocol):
 
     async def transcribe_unit(self, call: UnitCall) -> Transcript: ...
 
-    async def detect_language(self, audio: AudioArray, model: str | None) -> tuple[str, float]: ...
+    async def detect_language(
+        self, audio: AudioArray, model: str | None, allowed: list[str] | None = None
+    ) -> tuple[str, float]:
+        """The language of ``audio``, among ``allowed`` when given."""
+        ...
 
 
 class ModelPort(UnitModel, Protocol):

@@ -114,6 +114,16 @@ def test_success_with_the_words_checked(service: Service, results, clip) -> None
     assert recorded["result"]["text"].strip() == result["texto"].strip()
 
 
+def test_keywords_field_biases_the_decoder(results, clip) -> None:  # type: ignore[no-untyped-def]
+    terms = ["Zyntrovia", "Vexlar", "Quetiapine"]
+    job = _job(clip("en_rare_terms", ".mp3"), language="en", keywords=terms)
+    amqp.publish(RABBITMQ_URL, job)
+    result = results.wait(job["attachment_id"])
+    assert result["success"] is True, result
+    found = [term for term in terms if term.lower() in result["texto"].lower()]
+    assert len(found) >= 2, result["texto"]
+
+
 def _deterministic_cases(
     service: Service, speech_dir: Path, clip: Any
 ) -> dict[str, tuple[dict[str, Any], str]]:
@@ -145,6 +155,8 @@ def _deterministic_cases(
         "ffmpeg concat": (_job(f"concat:{root}/junk.mp3|{secret}"), "must be an absolute path"),
         "bad language": (_job(spanish, language="klingon"), "Unknown language code"),
         "english-only model": (_job(spanish, language="es"), "English-only"),
+        "long keyword": (_job(spanish, keywords=["x" * 65]), "longer than 64 characters"),
+        "keywords not text": (_job(spanish, keywords=[7]), "Malformed request"),
         "malformed": (
             {"attachment_id": next(_ids), "audio_file_path": ["x"], "import_batch_id": 5},
             "Malformed request",

@@ -89,3 +89,72 @@ def test_a_wrong_key_is_refused(service: Service) -> None:
     wrong = openai.OpenAI(base_url=f"{service.url}/v1", api_key="guess", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
+
+
+RARE_TERMS = ["Zyntrovia", "Vexlar", "Quetiapine"]
+
+
+def _terms_in(text: str) -> int:
+    return sum(term.lower() in text.lower() for term in RARE_TERMS)
+
+
+def test_keywords_bias_the_decoder_toward_rare_terms(client: openai.OpenAI, clip) -> None:
+    path: Path = clip("en_rare_terms", ".mp3")
+    with open(path, "rb") as f:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=f)
+    with open(path, "rb") as f:
+        boosted = client.audio.transcriptions.create(model="whisper-1", file=f, keywords=RARE_TERMS)
+    with open(path, "rb") as f:
+        stream = client.audio.transcriptions.create(
+            model="whisper-1", file=f, keywords=RARE_TERMS, stream=True
+        )
+        streamed = next(e.text for e in stream if e.type == "transcript.text.done")
+    assert _terms_in(plain.text) <= 1, plain.text
+    assert _terms_in(boosted.text) >= 2, boosted.text
+    assert _terms_in(streamed) >= 2, streamed
+    with open(path, "rb") as f, pytest.raises(openai.UnprocessableEntityError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=f, keywords=["x" * 65])
+    assert info.value.param == "keywords"
+
+
+def test_languages_limit_detection(client: openai.OpenAI, clip) -> None:
+    path: Path = clip("es_agua", ".mp3")
+    found = {}
+    for allowed in (["en", "es"], ["pt", "it"]):
+        with open(path, "rb") as f:
+            found[allowed[0]] = client.audio.transcriptions.create(
+                model="base", file=f, languages=allowed, response_format="verbose_json"
+            ).language
+    assert found == {"en": "es", "pt": found["pt"]} and found["pt"] in {"pt", "it"}
+    with open(path, "rb") as f, pytest.raises(openai.UnprocessableEntityError) as info:
+        client.audio.transcriptions.create(
+            model="base", file=f, language="es", extra_body={"languages": ["es"]}
+        )
+    assert info.value.param == "languages"
+
+
+def test_chunking_strategy_reaches_the_vad(client: openai.OpenAI, clip) -> None:
+    path: Path = clip("en_office", ".mp3")
+    reference = speech.reference("en_office")
+    tuned = {"type": "server_vad", "threshold": 0.4, "prefix_padding_ms": 300}
+    with open(path, "rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=f, chunking_strategy=tuned
+        )
+    assert speech.word_error_rate(reference, result.text) < 0.2
+    # At a threshold of 1 no frame counts as speech: nothing is decoded.
+    deaf = {"type": "server_vad", "threshold": 1.0}
+    with open(path, "rb") as f:
+        nothing = client.audio.transcriptions.create(
+            model="whisper-1", file=f, chunking_strategy=deaf
+        )
+    with open(path, "rb") as f:
+        auto = client.audio.transcriptions.create(
+            model="whisper-1", file=f, chunking_strategy="auto"
+        )
+    assert nothing.text == "" and speech.word_error_rate(reference, auto.text) < 0.2
+    with open(path, "rb") as f, pytest.raises(openai.UnprocessableEntityError) as info:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=f, chunking_strategy={"type": "server_vad", "threshold": 2}
+        )
+    assert info.value.param == "chunking_strategy"

@@ -37,6 +37,7 @@ class StandIn:
     # counts them.
     in_flight: list[float] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)
+    asked: list[TranscribeOptions] = field(default_factory=list)  # each transcribe's options
     transcribing: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -47,6 +48,7 @@ class StandIn:
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
         self.in_flight.append(len(audio) / self.settings.audio_sample_rate)
+        self.asked.append(options)
         self.transcribing.set()
         try:
             await self.release.wait()

@@ -57,7 +57,7 @@ def real(root: Path) -> TranscribePathFn:
                     tiny.transcribe_windows, call.audio, call.windows, call.options
                 )
 
-        async def detect_language(self, part, model):  # type: ignore[no-untyped-def]
+        async def detect_language(self, part, model, allowed=None):  # type: ignore[no-untyped-def]
             return await asyncio.to_thread(tiny.detect_language, part)
 
     fan_out = FanOut(Tiny(), ChunkingOptions(unit_s=30, min_fanout_s=60))

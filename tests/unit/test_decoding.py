@@ -36,7 +36,7 @@ class StandIn:
         self.paths.append("sequential")
         return _transcript("sequential")
 
-    def speech_windows(self, audio: np.ndarray) -> list[Window]:
+    def speech_windows(self, audio: np.ndarray, options: TranscribeOptions) -> list[Window]:
         self.paths.append("windows")
         return WINDOWS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from serve_app.media import audio
 from serve_app.model.calls import UnitCall
 from serve_app.model.chunking import ChunkingOptions, SampleWindow, Window, WorkUnit, plan
 from serve_app.retry import RetryPolicy
-from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
+from serve_app.schemas import Segment, ServerVad, TranscribeOptions, Transcript, Word
 from serve_app.transcription.fanout import FanOut, UnitFailedError, merge
 from tests.support import speech
 
@@ -79,11 +79,15 @@ class Port:
 
     unit: Callable[..., Awaitable[Transcript]]
     detect: Callable[[np.ndarray], Awaitable[tuple[str, float]]]
+    allowed: list[list[str] | None] = field(default_factory=list)  # each detection's
 
     async def transcribe_unit(self, call: UnitCall) -> Transcript:
         return await self.unit(call.audio, call.windows, call.options, call.label)
 
-    async def detect_language(self, audio: np.ndarray, model: str | None) -> tuple[str, float]:
+    async def detect_language(
+        self, audio: np.ndarray, model: str | None, allowed: list[str] | None = None
+    ) -> tuple[str, float]:
+        self.allowed.append(allowed)
         return await self.detect(audio)
 
 
@@ -152,6 +156,32 @@ async def test_a_fixed_language_skips_detection(long_audio: np.ndarray) -> None:
     fan_out = FanOut(Port(stand_in.unit, stand_in.detect), ChunkingOptions(), SR)
     await fan_out.transcribe(long_audio, TranscribeOptions(language="en"))
     assert stand_in.detected == []
+
+
+async def test_the_requests_languages_and_vad_are_the_plans(long_audio: np.ndarray) -> None:
+    """Detection among the request's languages; windows cut by its server_vad settings (the
+    recording pauses 1.2 s between paragraphs: a longer silence_duration_ms cuts none there).
+    The stand-in answers one segment per window, spanning it."""
+    stand_in = StandIn()
+    port = Port(stand_in.unit, stand_in.detect)
+    fan_out = FanOut(port, ChunkingOptions(), SR)
+    default = await fan_out.transcribe(long_audio, TranscribeOptions())
+    options = TranscribeOptions(languages=["en", "es"], vad=ServerVad(silence_duration_ms=1500))
+    tuned = await fan_out.transcribe(long_audio, options)
+    assert port.allowed == [None, ["en", "es"]] and tuned.language == "en"
+
+    def spans(result: Transcript) -> list[tuple[float, float]]:
+        return [(round(s.start, 2), round(s.end, 2)) for s in result.segments]
+
+    def planned(chunking: ChunkingOptions) -> list[tuple[float, float]]:
+        units = plan(long_audio, SR, chunking)
+        return [(round(w.start / SR, 2), round(w.end / SR, 2)) for u in units for w in u.windows]
+
+    assert spans(tuned) == planned(ChunkingOptions().with_vad(options.vad))
+    assert spans(default) == planned(ChunkingOptions()) != spans(tuned)
+    deaf = TranscribeOptions(vad=ServerVad(threshold=1.0))
+    nothing = await fan_out.transcribe(long_audio, deaf)
+    assert nothing.segments == [] and nothing.text == ""
 
 
 async def test_a_failed_unit_is_retried(long_audio: np.ndarray) -> None:

@@ -82,7 +82,9 @@ class Port:
         assert call.windows and call.options.language == "en"
         return _transcript(len(call.audio) / SR, _segment(call.windows[0].start, 1))
 
-    async def detect_language(self, part: np.ndarray, model: str | None) -> tuple[str, float]:
+    async def detect_language(
+        self, part: np.ndarray, model: str | None, allowed: list[str] | None = None
+    ) -> tuple[str, float]:
         self._seen("detect")
         self.models.append(model)
         return "en", 0.9
