@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serve_app.schemas import ResponseFormat, Transcript, VerboseTranscription
+from serve_app.schemas import ResponseFormat, Segment, Transcript, VerboseTranscription
 
 MEDIA_TYPES: dict[ResponseFormat, str] = {
     "json": "application/json",
@@ -17,9 +17,18 @@ MEDIA_TYPES: dict[ResponseFormat, str] = {
 }
 
 
-def render(transcript: Transcript, response_format: ResponseFormat, words: bool = False) -> str:
+def render(
+    transcript: Transcript,
+    response_format: ResponseFormat,
+    words: bool = False,
+    logprobs: bool = False,
+) -> str:
+    """``words``: verbose_json's word list; ``logprobs``: json's token log probabilities."""
     if response_format == "json":
-        return json.dumps({"text": transcript.text, "usage": usage(transcript)}, ensure_ascii=False)
+        body: dict[str, Any] = {"text": transcript.text}
+        if logprobs:
+            body["logprobs"] = token_logprobs(transcript.segments)
+        return json.dumps({**body, "usage": usage(transcript)}, ensure_ascii=False)
     if response_format == "verbose_json":
         return verbose(transcript, words).model_dump_json(exclude_none=True)
     if response_format == "text":
@@ -29,6 +38,16 @@ def render(transcript: Transcript, response_format: ResponseFormat, words: bool 
     if response_format == "diarized_json":
         return json.dumps(diarized(transcript), ensure_ascii=False)
     return to_vtt(transcript)
+
+
+def token_logprobs(segments: list[Segment]) -> list[dict[str, Any]]:
+    """OpenAI's logprobs: every token of the text, in order (``include[]=logprobs``)."""
+    return [
+        token.model_dump()
+        for segment in segments
+        for word in segment.words or []
+        for token in word.logprobs or []
+    ]
 
 
 def usage(transcript: Transcript) -> dict[str, Any]:

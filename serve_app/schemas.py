@@ -33,12 +33,22 @@ MAX_KEYWORD_CHARS = 64
 MAX_LANGUAGES = 20
 
 
+class TokenLogprob(BaseModel):
+    """OpenAI's logprobs entry: a token as text, its log probability, its bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
 class Word(BaseModel):
     start: float
     end: float
     word: str
     probability: float
     speaker: str | None = None  # with diarization
+    # With include[]=logprobs: the word's tokens (serve_app.model.token_probs).
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Segment(BaseModel):
@@ -106,6 +116,8 @@ class TranscribeOptions(BaseModel):
     # With no language: detection chooses among these only.
     languages: list[str] | None = Field(None, max_length=MAX_LANGUAGES)
     vad: ServerVad | None = None  # chunking_strategy=server_vad; None: the service's
+    # include[]=logprobs: words carry their tokens' log probabilities (Word.logprobs).
+    logprobs: bool = False
 
     @property
     def hotwords(self) -> str | None:
@@ -220,6 +232,7 @@ class JobSubmission(BaseModel):
     keywords: list[str] | None = None
     languages: list[str] | None = None
     chunking_strategy: str | dict[str, Any] | None = None
+    include: list[str] | None = None
     callback_url: str | None = Field(None, max_length=2048)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 

@@ -179,7 +179,9 @@ async def get_result(
         raise InvalidOptionError(
             f"Job {job_id} was not diarized; submit it with diarize=true", param="format"
         )
-    body = formats.render(job.result, format, words=job.options.word_timestamps)
+    body = formats.render(
+        job.result, format, words=job.options.word_timestamps, logprobs=job.options.logprobs
+    )
     return Response(content=body, media_type=formats.MEDIA_TYPES[format])
 
 

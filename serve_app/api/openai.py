@@ -88,6 +88,11 @@ async def create_transcription(
         and "word" in (timestamp_granularities or []),
         **speakers,
     )
+    if options.logprobs and response_format != "json" and not stream:
+        raise InvalidOptionError(
+            "logprobs come in json responses and streamed events: response_format=json",
+            param="include",
+        )
     await backend.backlog.admit()  # 429 before the upload costs a decode
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)
@@ -135,5 +140,7 @@ async def _respond(
     decoded, held = await decode_upload(file, limits, backend.admission)
     with held:
         transcript = await backend.transcribe(decoded.samples, options)
-    body = formats.render(transcript, response_format, words=options.word_timestamps)
+    body = formats.render(
+        transcript, response_format, words=options.word_timestamps, logprobs=options.logprobs
+    )
     return Response(content=body, media_type=formats.MEDIA_TYPES[response_format])

@@ -13,7 +13,8 @@ from starlette.datastructures import FormData
 from serve_app.errors import InvalidOptionError
 from serve_app.model_options import check_keywords, check_languages, chunking_strategy
 
-LIST_PARAMS = ("keywords", "languages")
+LIST_PARAMS = ("keywords", "languages", "include")
+INCLUDABLE = frozenset({"logprobs"})
 _CHUNKING = "chunking_strategy"
 
 
@@ -57,7 +58,22 @@ def extra_options(values: Mapping[str, Any], language: str | None) -> dict[str, 
         "keywords": check_keywords(values.get("keywords")),
         "languages": check_languages(values.get("languages"), language),
         "vad": chunking_strategy(values.get(_CHUNKING)),
+        "logprobs": "logprobs" in _included(values.get("include")),
     }
+
+
+def _included(values: object) -> set[str]:
+    if values is None:
+        return set()
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidOptionError("include must be a list of strings", param="include")
+    unknown = sorted(set(values) - INCLUDABLE)
+    if unknown:
+        raise InvalidOptionError(
+            f"include: {', '.join(unknown)} is not available; it takes: logprobs",
+            param="include",
+        )
+    return set(values)
 
 
 async def _form_values(request: Request) -> dict[str, Any]:

@@ -77,7 +77,10 @@ async def _transcription_events(
                 # Segment texts carry their leading space; the first delta should not.
                 delta = segment.text.lstrip() if first else segment.text
                 first = False
-                yield _event({"type": "transcript.text.delta", "delta": delta})
+                event: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
+                if options.logprobs:
+                    event["logprobs"] = formats.token_logprobs([segment])
+                yield _event(event)
         transcript: Transcript = work.result()
     except ServiceError as exc:
         yield _event({"type": "error", "error": {"message": exc.message}})
@@ -91,7 +94,9 @@ async def _transcription_events(
             work.cancel()
             with contextlib.suppress(BaseException):
                 await work
-    done = {"type": "transcript.text.done", "text": transcript.text}
+    done: dict[str, Any] = {"type": "transcript.text.done", "text": transcript.text}
+    if options.logprobs:
+        done["logprobs"] = formats.token_logprobs(transcript.segments)
     yield _event({**done, "usage": formats.usage(transcript)})
 
 

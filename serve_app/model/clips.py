@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_app.model import token_probs
 from serve_app.model.segments import from_faster_whisper, shifted
 from serve_app.schemas import Segment
 
@@ -27,10 +28,12 @@ def decode_clips(
     pipeline: BatchedInferencePipeline,
     clips: list[np.ndarray[Any, Any]],
     sample_rate: int,
+    logprobs: bool = False,
     **decoding: Any,
 ) -> list[list[Segment]]:
     """Blocking: each clip's segments on its own clock; ``decoding``: the pipeline's options
-    (language, task, prompt, beam, words, batch size)."""
+    (language, task, prompt, beam, words, batch size); ``logprobs``: words with their tokens'
+    log probabilities (needs words)."""
     if not clips:
         return []
     lead = int(_LEAD_S * sample_rate)
@@ -57,7 +60,9 @@ def decode_clips(
     fps = pipeline.model.frames_per_second
     index = {int(start * fps): i for i, start in enumerate(starts)}
     decoded: list[list[Segment]] = [[] for _ in clips]
-    for segment in segments:
-        i = index[segment.seek]
-        decoded[i].append(shifted(from_faster_whisper(0, segment), -starts[i]))
+    recorder = token_probs.Recorder() if logprobs else None
+    with token_probs.recording(recorder):  # the pipeline decodes as it is iterated
+        for segment in segments:
+            i = index[segment.seek]
+            decoded[i].append(shifted(from_faster_whisper(0, segment, recorder), -starts[i]))
     return decoded

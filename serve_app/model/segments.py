@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve_app.model.token_probs import Recorder
 from serve_app.schemas import Segment, Word
 
 # With the full-width and ideographic forms that CJK transcripts end sentences and clauses with.
@@ -94,8 +95,10 @@ def _short_enough(words: list[Word], max_s: float) -> list[list[Word]]:
     return _short_enough(words[:cut], max_s) + _short_enough(words[cut:], max_s)
 
 
-def from_faster_whisper(index: int, segment: Any) -> Segment:
-    """A faster-whisper segment as ours: converted once, where it leaves the model."""
+def from_faster_whisper(index: int, segment: Any, recorder: Recorder | None = None) -> Segment:
+    """A faster-whisper segment as ours: converted once, where it leaves the model; its words
+    with their tokens' log probabilities when the decode recorded them."""
+    logprobs = recorder.take(segment.words) if recorder else [None] * len(segment.words or [])
     return Segment(
         id=index,
         seek=segment.seek,
@@ -115,7 +118,8 @@ def from_faster_whisper(index: int, segment: Any) -> Segment:
                 end=round(w.end, 3),
                 word=w.word,
                 probability=w.probability,
+                logprobs=tokens,
             )
-            for w in segment.words
+            for w, tokens in zip(segment.words, logprobs, strict=True)
         ],
     )

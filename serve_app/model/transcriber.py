@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_app.model import token_probs
 from serve_app.model.batching import Batcher
 from serve_app.model.chunking import Window, detect_speech, merge_into_windows, vad_parameters
 from serve_app.model.clips import decode_clips
 from serve_app.model.languages import checked_language, most_likely
 from serve_app.model.packing import Plan, plan, settle
 from serve_app.model.quality import Thresholds, guard
+from serve_app.model.redo import redecode
 from serve_app.model.segments import from_faster_whisper, shifted, split_segments
 from serve_app.model.weights import resolve_model_path
 from serve_app.model_options import (
@@ -50,6 +52,7 @@ class DecodeKey:
     temperature: float
     words: bool = False  # words decoded: asked for, or needed by the request (see _keyed)
     hotwords: str | None = None  # the request's keywords, read by the decoder like a prompt
+    logprobs: bool = False  # words with their tokens' log probabilities (needs words)
 
 
 class Transcriber:
@@ -153,8 +156,15 @@ class Transcriber:
             vad_parameters=vad_parameters(self._vad_parameters, options.vad),
         )
         converted: list[Segment] = []
-        for segment in segments:
-            converted.append(from_faster_whisper(len(converted), segment))
+        recorder = token_probs.Recorder() if options.logprobs else None
+        while True:
+            # Each step may run on another thread (the replica steps it off the event loop):
+            # it records on its own.
+            with token_probs.recording(recorder):
+                segment = next(segments, None)
+            if segment is None:
+                break
+            converted.append(from_faster_whisper(len(converted), segment, recorder))
             yield converted[-1]
         yield self._transcript(converted, info, options)
 
@@ -228,8 +238,9 @@ class Transcriber:
             language=language,
             prompt=options.prompt or None,
             temperature=options.temperature,
-            words=options.word_timestamps,
+            words=options.word_timestamps or options.logprobs,
             hotwords=options.hotwords,
+            logprobs=options.logprobs,
         )
 
     def decode_windows(
@@ -303,6 +314,7 @@ class Transcriber:
             beam_size=self._beam_size,
             word_timestamps=key.words,
             hotwords=key.hotwords,
+            logprobs=key.logprobs,
         )
 
     def assemble(
@@ -321,7 +333,9 @@ class Transcriber:
             [shifted(s, w.start) for s in found] for w, found in zip(windows, decoded, strict=True)
         ]
         checked = guard(windows, per_window, self.thresholds, lambda w: self._redo(audio, w, fixed))
-        parts = split_segments(checked, self._segment_max_s, options.word_timestamps)
+        parts = split_segments(
+            checked, self._segment_max_s, options.word_timestamps or options.logprobs
+        )
         return Transcript(
             text="".join(segment.text for segment in parts).strip(),
             language=language,
@@ -335,29 +349,16 @@ class Transcriber:
     def _redo(
         self, audio: np.ndarray[Any, Any], window: Window, options: TranscribeOptions
     ) -> list[Segment]:
-        """A window that failed the quality checks, decoded sequentially with the thresholds,
-        on the file's clock. At temperature 0 (the default) deterministically: with timestamp
-        tokens and no repeated 3-gram (what breaks the loops the check catches) instead of
-        sampling at rising temperatures. CTranslate2 samples from one random state per worker
-        thread that no call can seed, so a sampled redo of the same window gave another text
-        depending on which requests the replica had served before (an audit's reversed speech:
-        "I'm gonna see you later..." alone, "I'm going to see you later on" in a mix).
-        A request that asks for a temperature gets OpenAI's sampled fallback."""
         start = self._sample(window.start)
-        deterministic: dict[str, Any] = (
-            {"temperature": (0.0,), "no_repeat_ngram_size": 3} if options.temperature == 0 else {}
-        )
-        segments, _ = self._model.transcribe(
+        return redecode(
+            self._model,
             audio[start : self._sample(window.end)],
-            **{**self._decoding(options), "word_timestamps": True, **deterministic},
-            vad_filter=False,
-            condition_on_previous_text=False,
-            compression_ratio_threshold=self.thresholds.compression_ratio,
-            log_prob_threshold=self.thresholds.log_prob,
-            no_speech_threshold=self.thresholds.no_speech,
+            start / self._sample_rate,
+            self._decoding(options),
+            self.thresholds,
+            sampled=options.temperature != 0,
+            logprobs=options.logprobs,
         )
-        offset = start / self._sample_rate
-        return [shifted(from_faster_whisper(0, segment), offset) for segment in segments]
 
     def _sample(self, seconds: float) -> int:
         return int(seconds * self._sample_rate)
@@ -370,7 +371,7 @@ class Transcriber:
             "initial_prompt": options.prompt or None,
             "temperature": temperature_schedule(options.temperature),
             "beam_size": self._beam_size,
-            "word_timestamps": options.word_timestamps,
+            "word_timestamps": options.word_timestamps or options.logprobs,
             "hotwords": options.hotwords,
         }
 

@@ -85,14 +85,22 @@ def test_submit_poll_and_read_every_format(service: Service, clip) -> None:
 
 def test_json_job_with_a_shared_path(service: Service, clip) -> None:
     path = clip("en_office", ".flac")
+    body = {
+        "audio_file_path": str(path),
+        "word_timestamps": True,
+        "include": ["logprobs"],
+        "keywords": ["Okonkwo"],
+    }
     with service.client() as client:
-        response = client.post(
-            "/v1/jobs", json={"audio_file_path": str(path), "word_timestamps": True}
-        )
+        response = client.post("/v1/jobs", json=body)
         assert response.status_code == 202, response.text
         job = _wait(client, response.json()["id"])
+        as_json = client.get(f"/v1/jobs/{job['id']}/result").json()
     assert job["status"] == "completed"
+    assert job["options"]["keywords"] == ["Okonkwo"] and job["options"]["logprobs"] is True
     assert job["result"]["segments"][0]["words"], "word timestamps were asked for"
+    tokens = "".join(t["token"] for t in as_json["logprobs"])
+    assert tokens.strip() == as_json["text"] and as_json["usage"]["seconds"] > 10
     assert path.exists(), "a client's own file is never deleted"
 
 

@@ -158,3 +158,33 @@ def test_chunking_strategy_reaches_the_vad(client: openai.OpenAI, clip) -> None:
             model="whisper-1", file=f, chunking_strategy={"type": "server_vad", "threshold": 2}
         )
     assert info.value.param == "chunking_strategy"
+
+
+def test_logprobs_in_json_and_in_stream_events(client: openai.OpenAI, clip) -> None:
+    path: Path = clip("en_office", ".mp3")
+    with open(path, "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f, include=["logprobs"])
+    assert result.logprobs and len(result.logprobs) >= 30
+    assert "".join(t.token or "" for t in result.logprobs).strip() == result.text
+    assert all(t.logprob is not None and t.logprob <= 0 for t in result.logprobs)
+    assert (
+        bytes(int(b) for b in result.logprobs[0].bytes or []).decode() == result.logprobs[0].token
+    )
+    with open(path, "rb") as f:
+        events = list(
+            client.audio.transcriptions.create(
+                model="whisper-1", file=f, include=["logprobs"], stream=True
+            )
+        )
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    done = events[-1]
+    assert done.type == "transcript.text.done" and done.logprobs
+    assert all(e.logprobs for e in deltas)
+    streamed = [t.token for e in deltas for t in e.logprobs or []]
+    assert "".join(streamed).strip() == done.text
+    assert [t.token for t in done.logprobs] == streamed
+    with open(path, "rb") as f, pytest.raises(openai.UnprocessableEntityError) as info:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=f, include=["logprobs"], response_format="srt"
+        )
+    assert info.value.param == "include"

@@ -131,6 +131,7 @@ async def test_the_sync_route_passes_them_to_the_model(backend: StandIn, clip) -
         "languages[]": ["en", "es"],
         "chunking_strategy[type]": "server_vad",
         "chunking_strategy[silence_duration_ms]": "700",
+        "include[]": "logprobs",
     }
     async with client(backend) as c:
         answer = await c.post(
@@ -140,7 +141,8 @@ async def test_the_sync_route_passes_them_to_the_model(backend: StandIn, clip) -
     (options,) = backend.asked
     assert options.keywords == ["Zyntrovia", "Vexlar"] and options.languages == ["en", "es"]
     assert options.vad == ServerVad(silence_duration_ms=700)
-    assert options.hotwords == "Zyntrovia, Vexlar"
+    assert options.hotwords == "Zyntrovia, Vexlar" and options.logprobs
+    assert answer.json()["logprobs"] == []  # the stand-in's transcript has no words
 
 
 async def test_bad_values_are_422_naming_the_parameter(backend: StandIn, clip) -> None:  # type: ignore[no-untyped-def]
@@ -151,6 +153,8 @@ async def test_bad_values_are_422_naming_the_parameter(backend: StandIn, clip) -
         ({"language": "en", "languages[]": "es"}, "languages"),
         ({"chunking_strategy": "sometimes"}, "chunking_strategy"),
         ({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "2"}, ""),
+        ({"include[]": "segments"}, "include"),
+        ({"include[]": "logprobs", "response_format": "srt"}, "include"),
     ]
     async with client(backend) as c:
         for fields, param in cases:
@@ -169,7 +173,7 @@ async def test_jobs_keep_them(backend: StandIn, clip) -> None:  # type: ignore[n
         multipart = await c.post(
             "/v1/jobs",
             files={"file": ("a.mp3", data)},
-            data={"keywords[]": "Nimbora", "chunking_strategy": "auto"},
+            data={"keywords[]": "Nimbora", "chunking_strategy": "auto", "include[]": "logprobs"},
         )
         as_json = await c.post(
             "/v1/jobs",
@@ -186,6 +190,7 @@ async def test_jobs_keep_them(backend: StandIn, clip) -> None:  # type: ignore[n
     first = await asyncio.to_thread(backend.store.get, multipart.json()["id"])
     second = await asyncio.to_thread(backend.store.get, as_json.json()["id"])
     assert first.options.keywords == ["Nimbora"] and first.options.vad is None
+    assert first.options.logprobs and not second.options.logprobs
     assert second.options.languages == ["pt", "es"]
     assert second.options.vad == ServerVad(threshold=0.3)
     assert refused.status_code == 422 and json.loads(refused.text)["error"]["param"] == "keywords"
