@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
+from serve_app.schemas import TokenLogprob
+
 # A word that starts this much before the committed end is still taken as new: Whisper's word
 # timestamps move by a few tens of ms between decodes of the same audio.
 _OVERLAP_S = 0.1
@@ -33,6 +35,8 @@ class TimedWord:
     start: float
     end: float
     text: str
+    # Its tokens' log probabilities, when the session includes them (not what decodes agree on).
+    logprobs: tuple[TokenLogprob, ...] | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

@@ -91,6 +91,7 @@ class Turn:
     audio: AudioArray | None = None  # what the final decode hears, cut out when it ends
     dropped: bool = False  # cleared by the client: nothing more is sent for it
     unsent: list[TimedWord] = field(default_factory=list)  # committed by a trim, not yet sent
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # of the tokens sent so far
 
     def trim(self, now: int, pacing: LivePacing) -> None:
         """Start later decodes further on: Whisper hears 30 s at most, and a long turn (a client
@@ -283,7 +284,8 @@ class TurnDecoder:
         await self._delta(turn, turn.agreement.beyond_committed(words))
         seconds = round((turn.end - turn.start) / SAMPLE_RATE, 3)
         usage = {"type": "duration", "seconds": seconds}
-        await self._item_event("completed", turn, transcript=turn.emitted, usage=usage)
+        more = {"logprobs": turn.logprobs} if self._logprobs() else {}
+        await self._item_event("completed", turn, transcript=turn.emitted, usage=usage, **more)
 
     async def _final_words(self, turn: Turn, audio: AudioArray) -> list[TimedWord] | None:
         early = await self._early_words(turn)
@@ -332,14 +334,25 @@ class TurnDecoder:
             return None  # logged by _log_unused_failure; the final decode runs again
 
     async def _delta(self, turn: Turn, words: list[TimedWord]) -> None:
-        text = join([*turn.unsent, *words])
+        sent = [*turn.unsent, *words]
+        text = join(sent)
         turn.unsent = []
         if not turn.emitted:
             text = text.lstrip()
         if not text:
             return
         turn.emitted += text
-        await self._item_event("delta", turn, delta=text)
+        if not self._logprobs():
+            await self._item_event("delta", turn, delta=text)
+            return
+        tokens = [t.model_dump() for word in sent for t in word.logprobs or ()]
+        turn.logprobs += tokens
+        await self._item_event("delta", turn, delta=text, logprobs=tokens)
+
+    def _logprobs(self) -> bool:
+        """Whether the session includes token log probabilities in its events."""
+        options = self._options(None)
+        return options is not None and options.logprobs
 
     async def _item_event(self, kind: str, turn: Turn, **fields: Any) -> None:
         """conversation.item.input_audio_transcription.<kind> about ``turn``'s item."""
@@ -367,7 +380,12 @@ class TurnDecoder:
         transcript = await self._decode(audio, options)
         shift = (offset - turn.start) / SAMPLE_RATE
         return [
-            TimedWord(word.start + shift, word.end + shift, word.word)
+            TimedWord(
+                word.start + shift,
+                word.end + shift,
+                word.word,
+                tuple(word.logprobs) if word.logprobs is not None else None,
+            )
             for segment in transcript.segments
             for word in segment.words or []
         ]

@@ -70,6 +70,9 @@ class _Transcription(_Strict):
     language: str | None = None
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Checked by the session (model_options), as on the HTTP routes.
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
 
 
 class _TurnDetection(_Strict):
@@ -129,6 +132,8 @@ class SessionConfig:
     language: str | None = None
     prompt: str | None = None
     delay: str | None = None
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
     transcribe: bool = True  # a client may set transcription to null: turns, but no text
     turn_detection: ServerVad | None = field(default_factory=ServerVad)
     noise_reduction: dict[str, Any] | None = None
@@ -263,8 +268,9 @@ def _transcription(config: SessionConfig) -> dict[str, Any] | None:
     if not config.transcribe:
         return None
     shown = {"model": config.model, "language": config.language, "prompt": config.prompt}
-    if config.delay is not None:
-        shown["delay"] = config.delay
+    for name in ("delay", "keywords", "languages"):
+        if getattr(config, name) is not None:
+            shown[name] = getattr(config, name)
     return shown
 
 

@@ -15,9 +15,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from serve_app.errors import ServiceError
+from serve_app.errors import InvalidOptionError, ServiceError
 from serve_app.media.audio import SAMPLE_RATE
-from serve_app.model_options import normalize_language, served_model
+from serve_app.model_options import (
+    check_keywords,
+    check_languages,
+    normalize_language,
+    served_model,
+)
 from serve_app.realtime import protocol
 from serve_app.realtime.buffer import LiveBuffer
 from serve_app.realtime.decoder import (
@@ -115,6 +120,9 @@ class LiveSession:
             language=self._language,
             prompt=prompt[-MAX_PROMPT_CHARS:] if prompt else None,
             word_timestamps=True,
+            keywords=self.config.keywords,
+            languages=self.config.languages,
+            logprobs=protocol.LOGPROBS in self.config.include,
         )
 
     async def handle(self, raw: str | bytes) -> None:
@@ -172,8 +180,10 @@ class LiveSession:
         model = served_model(config.model, self._settings)  # ModelNotServedError: model_not_found
         try:
             language = normalize_language(config.language)
-        except ServiceError as exc:
-            where = "session.audio.input.transcription.language"
+            config.keywords = check_keywords(config.keywords)
+            config.languages = check_languages(config.languages, language)
+        except InvalidOptionError as exc:
+            where = f"session.audio.input.transcription.{exc.param or 'language'}"
             raise ProtocolError(str(exc), param=where) from None
         format_changed = config.format != self.config.format
         vad_changed = config.turn_detection != self.config.turn_detection

@@ -54,13 +54,17 @@ async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         created = await conn.recv()
         assert created.type == "session.created"
-        await conn.session.update(session=SESSION)  # type: ignore[arg-type]
+        session = {**SESSION, "include": ["item.input_audio_transcription.logprobs"]}
+        await conn.session.update(session=session)  # type: ignore[arg-type]
         sender = asyncio.create_task(stream_at_real_speed(conn, clip))
         deadline = time.monotonic() + 120
+        completed = []
         while len(seen.completed) < len(clip.turns):
             assert time.monotonic() < deadline, f"events so far: {seen.order}"
             event = await asyncio.wait_for(conn.recv(), deadline - time.monotonic())
             seen.take(event.model_dump())
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                completed.append(event)
         await sender
     assert not seen.errors, seen.errors
     assert ("session.updated", None) in seen.order
@@ -69,6 +73,9 @@ async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
     for item in items:
         assert seen.deltas_before_stop(item) >= 1, f"no delta while {item} was spoken"
         assert "".join(seen.deltas[item]) == seen.completed[item]
+    for event in completed:  # include: the tokens of the turn, with their log probabilities
+        assert event.logprobs, event
+        assert "".join(t.token for t in event.logprobs).strip() == event.transcript.strip()
     # The same audio as a file, through the same service.
     wav = clip.wav(tmp_path / "live.wav")
     async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:

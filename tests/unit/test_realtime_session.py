@@ -21,12 +21,13 @@ from serve_app.media.audio import AudioArray
 from serve_app.model.transcriber import Transcriber
 from serve_app.realtime.decoder import LivePacing
 from serve_app.realtime.pcm import LiveAudio
+from serve_app.realtime.protocol import LOGPROBS
 from serve_app.realtime.session import LiveSession
 from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from tests.support.live import Transcripts, first_turns
-from tests.support.speech import long_recording, word_error_rate
+from tests.support.speech import long_recording, synthesize, word_error_rate
 
 MANUAL = {"type": "session.update", "session": {"type": "transcription"}}
 MANUAL["session"]["audio"] = {"input": {"turn_detection": None}}  # type: ignore[index]
@@ -301,3 +302,47 @@ async def test_a_phone_call_in_g711_through_the_beta_update_is_transcribed(
     said = client.seen.completed[item]
     assert word_error_rate(clip.turns[0].text, said) <= 0.2, said
     assert client.events[-1]["usage"]["seconds"] == pytest.approx(len(mulaw) / 8000, abs=0.05)
+
+
+async def test_keywords_and_logprobs_in_a_live_session(tiny: Transcriber, speech_dir: Path) -> None:
+    """A manual-commit session with keywords and include logprobs: the rare terms come out,
+    and every delta and the completed event carry the log probabilities of their tokens."""
+
+    async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        return await asyncio.to_thread(tiny.transcribe, audio, options)
+
+    terms = ["Zyntrovia", "Vexlar", "Quetiapine"]
+    spoken = AudioSegment.from_wav(synthesize("en_rare_terms", speech_dir))
+    pcm = spoken.set_frame_rate(24000).set_channels(1).set_sample_width(2).raw_data
+    client = Client(decode)
+    await client.session.start()
+    try:
+        bad = await client.say(
+            type="session.update",
+            session={
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"keywords": ["x" * 65]}}},
+            },
+        )
+        assert bad["error"]["param"] == "session.audio.input.transcription.keywords"
+        session = {**MANUAL["session"], "include": [LOGPROBS]}
+        session["audio"] = {"input": {"turn_detection": None, "transcription": {"keywords": terms}}}
+        updated = await client.say(type="session.update", session=session)
+        assert updated["session"]["audio"]["input"]["transcription"]["keywords"] == terms
+        for start in range(0, len(pcm), 9600):  # 200 ms appends
+            chunk = base64.b64encode(pcm[start : start + 9600]).decode()
+            await client.say(type="input_audio_buffer.append", audio=chunk)
+        await client.say(type="input_audio_buffer.commit")
+        await client.wait_for("conversation.item.input_audio_transcription.completed")
+    finally:
+        await client.session.close()
+    prefix = "conversation.item.input_audio_transcription."
+    deltas = [e for e in client.events if e["type"] == prefix + "delta"]
+    completed = next(e for e in client.events if e["type"] == prefix + "completed")
+    text = completed["transcript"]
+    assert sum(term.lower() in text.lower() for term in terms) >= 2, text
+    assert deltas and all("logprobs" in e for e in deltas)
+    tokens = [t["token"] for e in deltas for t in e["logprobs"]]
+    assert "".join(tokens).strip() == text.strip()
+    assert [t["token"] for t in completed["logprobs"]] == tokens
+    assert all(t["logprob"] <= 0 for t in completed["logprobs"])
