@@ -4,13 +4,15 @@ Each word goes to the speaker whose turn overlaps it most (the nearest turn, wit
 ``NEAREST_S``, when none overlaps: a word may fall in a gap between turns). A segment whose
 words change speaker is cut where they do, so a subtitle cue never holds two voices; a segment
 without words goes to the speaker overlapping it most. Speakers are named A, B, C... in the
-order they first speak, as OpenAI's diarized_json names them. Plain logic.
+order they first speak, as OpenAI's diarized_json names them; a speaker matched to a known
+speaker's reference clip (``match_voices``) is named as the client named that clip. Plain logic.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from string import ascii_uppercase
@@ -25,6 +27,38 @@ class Turn:
     start: float
     end: float
     speaker: str  # the diarizer's own label
+    name: str | None = None  # a known speaker's name, when a reference clip matched the voice
+
+
+def match_voices(
+    speakers: Mapping[str, Sequence[float]],
+    known: Mapping[str, Sequence[float]],
+    min_similarity: float,
+) -> dict[str, str]:
+    """Each known speaker (name: voice embedding) matched to at most one found speaker (label:
+    centroid) and each found speaker to at most one name: the most similar pairs first (cosine
+    similarity), none below ``min_similarity``. Returns label -> name."""
+    pairs = sorted(
+        (
+            (_cosine(centroid, voice), label, name)
+            for label, centroid in speakers.items()
+            for name, voice in known.items()
+        ),
+        reverse=True,
+    )
+    named: dict[str, str] = {}
+    for similarity, label, name in pairs:
+        if similarity < min_similarity:
+            break
+        if label not in named and name not in named.values():
+            named[label] = name
+    return named
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
 
 
 def assign_speakers(transcript: Transcript, turns: list[Turn]) -> Transcript:
@@ -55,7 +89,7 @@ def assign_speakers(transcript: Transcript, turns: list[Turn]) -> Transcript:
                     }
                 )
             )
-    names = _names(pieces)
+    names = _names(pieces, {t.speaker: t.name for t in turns if t.name})
     renamed = [
         piece.model_copy(
             update={
@@ -127,10 +161,18 @@ class _TurnIndex:
         return range(max(math.floor(start), self._first), min(math.floor(end), self._last) + 1)
 
 
-def _names(pieces: list[Segment]) -> dict[str, str]:
+def _names(pieces: list[Segment], known: Mapping[str, str]) -> dict[str, str]:
+    """Labels to names: known speakers by their names, the others A, B, C... in the order
+    they first speak."""
     names: dict[str, str] = {}
+    unknown = 0
     for piece in pieces:
-        if piece.speaker is not None and piece.speaker not in names:
-            n = len(names)
-            names[piece.speaker] = ascii_uppercase[n] if n < 26 else f"S{n + 1}"
+        label = piece.speaker
+        if label is None or label in names:
+            continue
+        if label in known:
+            names[label] = known[label]
+            continue
+        names[label] = ascii_uppercase[unknown] if unknown < 26 else f"S{unknown + 1}"
+        unknown += 1
     return names

@@ -34,23 +34,7 @@ def conversation(out_dir: Path) -> tuple[Path, list[SpokenTurn]]:
     audio = AudioSegment.silent(duration=300, frame_rate=RATE)
     turns: list[SpokenTurn] = []
     for n, (speaker, text) in enumerate(script["turns"]):
-        voice = script["voices"][speaker]
-        wav = out_dir / f"turn_{n}.wav"
-        subprocess.run(
-            [
-                "espeak-ng",
-                "-v",
-                voice["voice"],
-                "-p",
-                str(voice["pitch"]),
-                "-s",
-                str(voice["speed"]),
-                "-w",
-                str(wav),
-                text,
-            ],
-            check=True,
-        )
+        wav = speak_as(script["voices"][speaker], text, out_dir / f"turn_{n}.wav")
         spoken = AudioSegment.from_wav(wav).set_frame_rate(RATE).set_channels(1)
         start = len(audio) / 1000
         audio += spoken
@@ -58,6 +42,44 @@ def conversation(out_dir: Path) -> tuple[Path, list[SpokenTurn]]:
         audio += pause
     audio.set_sample_width(2).export(target, format="wav")
     return target, turns
+
+
+# Known speakers' reference clips: other sentences in the conversation's voices, and a voice
+# that is not in it.
+REFERENCES = {
+    "alice": "I will send the notes from this meeting to everyone before lunch tomorrow.",
+    "beth": "The finance team asked for the final numbers by the end of next week.",
+    "chen": "Let us check the calendar and find a good date for the next workshop.",
+}
+OUTSIDER = {"voice": "en-us+m3", "pitch": 60, "speed": 175}
+
+
+def reference_clip(speaker: str, out_dir: Path) -> Path:
+    """A clip of ``speaker`` (a voice of the conversation, or "outsider") saying a sentence
+    that is not in the conversation."""
+    script = json.loads(SCRIPT.read_text())
+    voice = OUTSIDER if speaker == "outsider" else script["voices"][speaker]
+    text = REFERENCES.get(speaker, "Nobody on this call has heard my voice before today.")
+    return speak_as(voice, text, out_dir / f"reference_{speaker}.wav")
+
+
+def speak_as(voice: dict[str, object], text: str, wav: Path) -> Path:
+    subprocess.run(
+        [
+            "espeak-ng",
+            "-v",
+            str(voice["voice"]),
+            "-p",
+            str(voice["pitch"]),
+            "-s",
+            str(voice["speed"]),
+            "-w",
+            str(wav),
+            text,
+        ],
+        check=True,
+    )
+    return wav
 
 
 def turn_agreement(words: list[Word], turns: list[SpokenTurn]) -> tuple[float, dict[str, str]]:
