@@ -31,6 +31,8 @@ MAX_SPEAKERS = 20
 MAX_KEYWORDS = 50
 MAX_KEYWORD_CHARS = 64
 MAX_LANGUAGES = 20
+MAX_KNOWN_SPEAKERS = 4  # OpenAI's bound
+MAX_SPEAKER_NAME_CHARS = 64
 
 
 class TokenLogprob(BaseModel):
@@ -98,6 +100,14 @@ class ServerVad(BaseModel):
     silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
 
 
+class KnownSpeaker(BaseModel):
+    """known_speaker_names[] with known_speaker_references[]: a name, and the voice embedding
+    of its reference clip (computed once, when the request comes in)."""
+
+    name: str = Field(min_length=1, max_length=MAX_SPEAKER_NAME_CHARS)
+    voice: list[float] = Field(max_length=1024)
+
+
 class TranscribeOptions(BaseModel):
     """Decoding options a client may set; the rest come from settings."""
 
@@ -111,6 +121,7 @@ class TranscribeOptions(BaseModel):
     diarize: bool = False
     min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    known_speakers: list[KnownSpeaker] | None = Field(None, max_length=MAX_KNOWN_SPEAKERS)
     # Terms the decoder is biased toward (faster-whisper's hotwords).
     keywords: list[str] | None = Field(None, max_length=MAX_KEYWORDS)
     # With no language: detection chooses among these only.
@@ -233,6 +244,8 @@ class JobSubmission(BaseModel):
     languages: list[str] | None = None
     chunking_strategy: str | dict[str, Any] | None = None
     include: list[str] | None = None
+    known_speaker_names: list[str] | None = None
+    known_speaker_references: list[str] | None = None  # data URLs; multipart jobs for big ones
     callback_url: str | None = Field(None, max_length=2048)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
 

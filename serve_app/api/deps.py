@@ -34,6 +34,10 @@ class Backend(Protocol):
         on_segments: SegmentsFn | None = None,
     ) -> Transcript: ...
 
+    async def voice(self, audio: AudioArray) -> list[float] | None:
+        """A known speaker's reference clip as a voice embedding; None when it holds no
+        speech. DiarizationUnavailableError without the diarize extra."""
+
     async def submit(self, job_id: str) -> None:
         """Queue an accepted job durably; QueueUnavailableError when that is impossible."""
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from serve_app import formats
+from serve_app.api import known_speakers
 from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.params import LIST_PARAMS, extra_options, form_values, is_form_extra
@@ -101,6 +102,9 @@ async def submit_job(
             backend.diarization,
         ),
     )
+    speakers_named = known_speakers.parse(
+        submission.known_speaker_names, submission.known_speaker_references, options.diarize
+    )
     if submission.callback_url:
         await webhooks.check_callback_url(
             submission.callback_url,
@@ -120,6 +124,9 @@ async def submit_job(
         suffix, size = await check_upload(upload, limits)
     quota = job_service.Quota(settings.max_queued_jobs_per_key, settings.max_spooled_mb_per_key)
     await job_service.check_quota(backend.store, viewer.owner, size or 0, quota)
+    if speakers_named:  # voices now: the job keeps them, not the clips
+        named = await known_speakers.voices(speakers_named, backend, limits)
+        options = options.model_copy(update={"known_speakers": named})
     if upload is not None:
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
         filename, spooled = upload.filename, True

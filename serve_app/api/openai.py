@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
 from serve_app import formats
+from serve_app.api import known_speakers
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.params import FormExtrasDep, extra_options
 from serve_app.api.streaming import stream_transcription
@@ -93,7 +94,13 @@ async def create_transcription(
             "logprobs come in json responses and streamed events: response_format=json",
             param="include",
         )
+    speakers_named = known_speakers.parse(
+        extras.get(known_speakers.NAMES), extras.get(known_speakers.REFERENCES), diarize
+    )
     await backend.backlog.admit()  # 429 before the upload costs a decode
+    if speakers_named:
+        named = await known_speakers.voices(speakers_named, backend, limits)
+        options = options.model_copy(update={"known_speakers": named})
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)
         return stream_transcription(backend, decoded.samples, options, held)

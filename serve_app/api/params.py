@@ -13,7 +13,13 @@ from starlette.datastructures import FormData
 from serve_app.errors import InvalidOptionError
 from serve_app.model_options import check_keywords, check_languages, chunking_strategy
 
-LIST_PARAMS = ("keywords", "languages", "include")
+LIST_PARAMS = (
+    "keywords",
+    "languages",
+    "include",
+    "known_speaker_names",
+    "known_speaker_references",
+)
 INCLUDABLE = frozenset({"logprobs"})
 _CHUNKING = "chunking_strategy"
 

@@ -222,11 +222,22 @@ class DiarizerClient:
 
     async def diarize(self, audio: AudioArray, options: TranscribeOptions) -> list[Turn]:
         with _replica_errors(self._handle.deployment_name):
+            known = {s.name: s.voice for s in options.known_speakers or []}
             response = self._handle.diarize.remote(
-                audio, options.min_speakers, options.max_speakers, job=logcontext.current()
+                audio,
+                options.min_speakers,
+                options.max_speakers,
+                known or None,
+                job=logcontext.current(),
             )
             turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
             return turns
+
+    async def voice(self, audio: AudioArray) -> list[float] | None:
+        with _replica_errors(self._handle.deployment_name):
+            response = self._handle.voice.remote(audio, job=logcontext.current())
+            found: list[float] | None = await _cancelling(cast(DeploymentResponse[Any], response))
+            return found
 
 
 def running_replicas(deployment: DeploymentStatusOverview | None) -> int:

@@ -49,20 +49,35 @@ class DiarizerDeployment:
         device = settings.diarize_device
         metrics.observe("whisper_model_load_seconds", took, model="senko", device=device)
         self._sample_rate = settings.audio_sample_rate
+        self._min_similarity = settings.diarize_min_voice_similarity
         self._one_at_a_time = asyncio.Semaphore(1)
+
+    async def voice(self, audio: AudioArray, job: JobLog | None = None) -> list[float] | None:
+        """A known speaker's reference clip as a voice embedding (None: no speech in it)."""
+        with logcontext.about(job):
+            async with self._one_at_a_time:
+                return await asyncio.to_thread(self._diarizer.voice, audio)
 
     async def diarize(
         self,
         audio: AudioArray,
         min_speakers: int | None = None,
         max_speakers: int | None = None,
+        known: dict[str, list[float]] | None = None,
         job: JobLog | None = None,
     ) -> list[Turn]:
         with logcontext.about(job):
             async with self._one_at_a_time:
                 started = time.monotonic()
                 work = asyncio.ensure_future(
-                    asyncio.to_thread(self._diarizer.diarize, audio, min_speakers, max_speakers)
+                    asyncio.to_thread(
+                        self._diarizer.diarize,
+                        audio,
+                        min_speakers,
+                        max_speakers,
+                        known,
+                        self._min_similarity,
+                    )
                 )
                 try:
                     turns = await asyncio.shield(work)

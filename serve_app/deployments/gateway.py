@@ -29,6 +29,7 @@ from serve_app.store import (
     open_engine,
     service_secret,
 )
+from serve_app.transcription.diarizer import not_installed
 from serve_app.transcription.pipeline import admission_for
 from serve_app.transcription.port import SegmentsFn
 from serve_app.transcription.service import TranscriptionService
@@ -65,9 +66,8 @@ class Gateway:
         self._pools = ModelClient(
             pools, weights, can_wait=False, start_wait_s=self.settings.pool_start_wait_sec
         )
-        self._models = TranscriptionService(
-            self._pools, self.settings, DiarizerClient(diarizer) if diarizer else None
-        )
+        self._speakers = DiarizerClient(diarizer) if diarizer else None
+        self._models = TranscriptionService(self._pools, self.settings, self._speakers)
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
@@ -96,6 +96,11 @@ class Gateway:
         return await self._models.transcribe(
             audio, options, on_segments=on_segments, live=on_segments is not None
         )
+
+    async def voice(self, audio: AudioArray) -> list[float] | None:
+        if self._speakers is None:
+            raise not_installed()
+        return await self._speakers.voice(audio)
 
     async def submit(self, job_id: str) -> None:
         if self._ingest is None:

@@ -3,17 +3,20 @@ beside transcription, and speakers reach every interface (sync, jobs, AMQP resul
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+from pydub import AudioSegment
 
 from serve_app.schemas import Word
-from tests.integration.conftest import RABBITMQ_URL, Service
-from tests.support import amqp
-from tests.support.conversation import SpokenTurn, conversation, turn_agreement
+from tests.integration.conftest import API_KEY, RABBITMQ_URL, Service
+from tests.support import amqp, speech
+from tests.support.conversation import SpokenTurn, conversation, reference_clip, turn_agreement
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,70 @@ def test_a_job_and_an_amqp_request_are_diarized(
     result = results.wait(request["attachment_id"], 300)
     assert result["success"] is True, result
     assert {s.get("speaker") for s in result["segments"]} == {"A", "B", "C"}
+
+
+def _wait_for(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    def finished() -> bool:
+        status = client.get(f"/v1/jobs/{job_id}").json()["status"]
+        return status in ("completed", "failed")
+
+    speech.wait_until(finished, 300, f"job {job_id} to finish")
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+    return job
+
+
+def _data_url(wav: Path) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode()
+
+
+def test_known_speakers_are_named_through_the_openai_sdk(
+    service: Service, talk: tuple[Path, list[SpokenTurn]], tmp_path: Path
+) -> None:
+    """Beth and Chen sent as reference clips name their speakers; Alice keeps a letter. The
+    same through a multipart job; and clips that cannot name anyone are a 422."""
+    wav, turns = talk
+    client = openai.OpenAI(
+        base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0, timeout=300
+    )
+    references = {name: reference_clip(name.lower(), tmp_path) for name in ("Beth", "Chen")}
+    named = {
+        "known_speaker_names": list(references),
+        "known_speaker_references": [_data_url(clip) for clip in references.values()],
+    }
+    with open(wav, "rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="diarized_json", extra_body=named
+        )
+    segments = result.model_dump()["segments"]
+    said: dict[str, set[str]] = {}
+    for turn in turns:
+        middle = [s["speaker"] for s in segments if turn.start <= s["start"] < turn.end]
+        said.setdefault(turn.speaker, set()).update(middle)
+    assert said == {"alice": {"A"}, "beth": {"Beth"}, "chen": {"Chen"}}, said
+    with service.client(timeout=300) as http:
+        with open(wav, "rb") as f:
+            submitted = http.post(
+                "/v1/jobs",
+                files={"file": (wav.name, f)},
+                data={"diarize": "true", **{f"{k}[]": v for k, v in named.items()}},
+            )
+        assert submitted.status_code == 202, submitted.text
+        job = _wait_for(http, submitted.json()["id"])
+    assert {s["speaker"] for s in job["result"]["segments"]} == {"A", "Beth", "Chen"}
+    assert [s["name"] for s in job["options"]["known_speakers"]] == ["Beth", "Chen"]
+    short = tmp_path / "short.wav"
+    AudioSegment.from_wav(references["Beth"])[:1200].export(short, format="wav")
+    for bad, message in [
+        ({"known_speaker_names": ["Beth"]}, "1 known_speaker_names for 0"),
+        ({**named, "known_speaker_references": [_data_url(short)] * 2}, "1.2 s long"),
+        ({**named, "known_speaker_references": ["data:text/plain;base64,aGk="] * 2}, "not audio"),
+    ]:
+        with open(wav, "rb") as f, pytest.raises(openai.UnprocessableEntityError) as info:
+            client.audio.transcriptions.create(
+                model="whisper-1", file=f, response_format="diarized_json", extra_body=bad
+            )
+        assert (
+            message in info.value.message
+            and info.value.param
+            and "known_speaker" in (info.value.param)
+        ), info.value.message

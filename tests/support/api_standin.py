@@ -58,6 +58,11 @@ class StandIn:
             text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
         )
 
+    async def voice(self, audio: Any) -> list[float] | None:
+        """A stand-in embedding: how loud the clip is (silence: no speech)."""
+        loudness = float(abs(audio).mean())
+        return [loudness, 1.0] if loudness > 1e-3 else None
+
     async def submit(self, job_id: str) -> None:
         self.submitted.append(job_id)
 
