@@ -180,8 +180,10 @@ class QueuedTranscriptionRequest(BaseModel):
     language: StrictStr | None = None
     import_batch_id: StrictInt | None = None
     retry_count: StrictInt = Field(0, ge=0)
-    # Ours, optional: terms the decoder is biased toward (the seeds' word boosting).
+    # Ours, optional: terms the decoder is biased toward (the seeds' word boosting), and the
+    # languages detection chooses among when "language" is empty.
     keywords: list[StrictStr] | None = None
+    languages: list[StrictStr] | None = None
 
 
 class ResultSegment(BaseModel):

@@ -22,7 +22,7 @@ from serve_app.errors import MalformedRequestError, QueueUnavailableError, Quota
 from serve_app.jobs.runner import Deliver, JobRunner
 from serve_app.jobs.running import Outcome
 from serve_app.media import spool
-from serve_app.model_options import check_keywords, normalize_language
+from serve_app.model_options import check_keywords, check_languages, normalize_language
 from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import (
     Job,
@@ -114,9 +114,11 @@ class JobService:
     async def admit(self, request: QueuedTranscriptionRequest, key: str) -> str:
         # "diarize": an extra field of ours; producers of the seed never send it.
         diarize = (request.model_extra or {}).get("diarize") is True
+        language = normalize_language(request.language)
         options = TranscribeOptions(
             model=self.model,
-            language=normalize_language(request.language),
+            language=language,
+            languages=check_languages(request.languages, language),
             keywords=check_keywords(request.keywords),
             diarize=diarize,
         )

@@ -157,6 +157,8 @@ def _deterministic_cases(
         "english-only model": (_job(spanish, language="es"), "English-only"),
         "long keyword": (_job(spanish, keywords=["x" * 65]), "longer than 64 characters"),
         "keywords not text": (_job(spanish, keywords=[7]), "Malformed request"),
+        "languages": (_job(spanish, languages=["es", "xx"]), "Unknown language code 'xx'"),
+        "english-only languages": (_job(spanish, languages=["es", "pt"]), "must include 'en'"),
         "malformed": (
             {"attachment_id": next(_ids), "audio_file_path": ["x"], "import_batch_id": 5},
             "Malformed request",
