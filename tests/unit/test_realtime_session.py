@@ -51,6 +51,14 @@ class Client:
         await self.session.handle(json.dumps(event))
         return self.events[before] if len(self.events) > before else {}
 
+    async def one_turn(self, data: bytes, chunk: int) -> None:
+        """``data`` appended ``chunk`` bytes at a time, committed, and transcribed."""
+        for at in range(0, len(data), chunk):
+            audio = base64.b64encode(data[at : at + chunk]).decode()
+            await self.say(type="input_audio_buffer.append", audio=audio)
+        await self.say(type="input_audio_buffer.commit")
+        await self.wait_for("conversation.item.input_audio_transcription.completed")
+
     async def wait_for(self, kind: str, count: int = 1, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while sum(e["type"] == kind for e in self.events) < count:
@@ -291,11 +299,7 @@ async def test_a_phone_call_in_g711_through_the_beta_update_is_transcribed(
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["input_audio_format"] == "g711_ulaw"
         assert updated["session"]["turn_detection"] is None
-        for at in range(0, len(mulaw), 800):  # 100 ms of 8 kHz mu-law
-            audio = base64.b64encode(mulaw[at : at + 800]).decode()
-            await client.say(type="input_audio_buffer.append", audio=audio)
-        await client.say(type="input_audio_buffer.commit")
-        await client.wait_for("conversation.item.input_audio_transcription.completed")
+        await client.one_turn(mulaw, 800)  # 100 ms of 8 kHz mu-law at a time
     finally:
         await client.session.close()
     (item,) = client.seen.items()
@@ -329,11 +333,7 @@ async def test_keywords_and_logprobs_in_a_live_session(tiny: Transcriber, speech
         session["audio"] = {"input": {"turn_detection": None, "transcription": {"keywords": terms}}}
         updated = await client.say(type="session.update", session=session)
         assert updated["session"]["audio"]["input"]["transcription"]["keywords"] == terms
-        for start in range(0, len(pcm), 9600):  # 200 ms appends
-            chunk = base64.b64encode(pcm[start : start + 9600]).decode()
-            await client.say(type="input_audio_buffer.append", audio=chunk)
-        await client.say(type="input_audio_buffer.commit")
-        await client.wait_for("conversation.item.input_audio_transcription.completed")
+        await client.one_turn(pcm, 9600)  # 200 ms of 24 kHz PCM16 at a time
     finally:
         await client.session.close()
     prefix = "conversation.item.input_audio_transcription."
