@@ -103,7 +103,9 @@ def english_mp3(clip) -> Path:  # type: ignore[no-untyped-def]
 def test_json_format(service: Service, english_mp3: Path) -> None:
     response = _post(service, english_mp3, response_format="json")
     assert response.headers["content-type"].startswith("application/json")
-    assert set(response.json()) == {"text"}
+    body = response.json()
+    assert set(body) == {"text", "usage"}  # no logprobs unless include[]=logprobs
+    assert body["usage"]["type"] == "duration" and body["usage"]["seconds"] > 1
 
 
 def test_text_format(service: Service, english_mp3: Path) -> None:

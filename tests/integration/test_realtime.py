@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 
 from serve_app.realtime.pcm import LiveAudio
 from tests.integration.conftest import API_KEY, Service
-from tests.support.live import LiveAudioClip, Transcripts, first_turns
+from tests.support.live import LiveAudioClip, Transcripts, first_turns, long_turns
 from tests.support.serve_process import paused
 from tests.support.speech import word_error_rate
 
@@ -48,7 +48,7 @@ async def stream_at_real_speed(conn: Any, clip: LiveAudioClip, chunk_ms: int = 1
 async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
     service: Service, tmp_path: Path
 ) -> None:
-    clip = first_turns(tmp_path)
+    clip = long_turns(tmp_path)
     client = openai.AsyncOpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
     seen = Transcripts()
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from pydub import AudioSegment
+from pydub.silence import detect_leading_silence
 
 from tests.support.conversation import SpokenTurn, conversation
 
@@ -61,6 +62,30 @@ def first_turns(out_dir: Path, count: int = 2, trailing_s: float = 1.5) -> LiveA
     kept = turns[:count]
     audio = AudioSegment.from_wav(wav)[: int(kept[-1].end * 1000)]
     audio += AudioSegment.silent(duration=int(trailing_s * 1000), frame_rate=audio.frame_rate)
+    pcm = audio.set_frame_rate(RATE).set_channels(1).set_sample_width(2).raw_data
+    return LiveAudioClip(pcm, kept, trailing_s)
+
+
+def long_turns(out_dir: Path, trailing_s: float = 1.5) -> LiveAudioClip:
+    """Two turns of about 9 s: Alice's first two lines of the conversation, then Beth's, each
+    pair joined by a 250 ms breath. Long enough that a turn's first delta comes well before
+    its end on a busy 2-core machine (a conversation turn is 4-5 s: the first delta needs two
+    decodes that agree, about 2 s in, up to 4 s while the model replica is loaded)."""
+    _, turns = conversation(out_dir)
+    audio = AudioSegment.silent(duration=300)
+    kept: list[SpokenTurn] = []
+    for speaker, lines in (("alice", (0, 3)), ("beth", (1, 4))):
+        start = len(audio) / 1000  # pydub counts milliseconds
+        for n, line in enumerate(lines):
+            spoken = AudioSegment.from_wav(out_dir / f"turn_{line}.wav")
+            if n < len(lines) - 1:  # espeak-ng ends a line with ~300 ms of silence
+                spoken = spoken[: len(spoken) - detect_leading_silence(spoken.reverse(), -45)]
+                spoken += AudioSegment.silent(duration=250, frame_rate=spoken.frame_rate)
+            audio += spoken
+        text = " ".join(turns[line].text for line in lines)
+        kept.append(SpokenTurn(speaker, text, start, len(audio) / 1000))
+        audio += AudioSegment.silent(duration=1200)
+    audio += AudioSegment.silent(duration=int(trailing_s * 1000))
     pcm = audio.set_frame_rate(RATE).set_channels(1).set_sample_width(2).raw_data
     return LiveAudioClip(pcm, kept, trailing_s)
 

@@ -26,7 +26,7 @@ from serve_app.realtime.session import LiveSession
 from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
-from tests.support.live import Transcripts, first_turns
+from tests.support.live import Transcripts, first_turns, long_turns
 from tests.support.speech import long_recording, synthesize, word_error_rate
 
 MANUAL = {"type": "session.update", "session": {"type": "transcription"}}
@@ -144,7 +144,7 @@ async def test_a_spoken_conversation_gives_deltas_while_each_turn_is_spoken(
     async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
         return await asyncio.to_thread(tiny.transcribe, audio, options)
 
-    clip = first_turns(tmp_path)
+    clip = long_turns(tmp_path)
     client = Client(decode)
     await client.session.start()
     try:
