@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_app.errors import MalformedRequestError
+from serve_app.errors import MalformedRequestError, validation_problems
 from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import (
     QueuedTranscriptionRequest,
@@ -86,9 +86,7 @@ def parse_request(raw: bytes) -> ParsedMessage:
     try:
         request = QueuedTranscriptionRequest.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc)
         raise MalformedRequest(body, f"Malformed request: {problems}") from None
     if not _writable(body):
         # It could be read, but neither a retry nor a result could carry it: answer it now.

@@ -6,6 +6,13 @@ choose between a retry and an immediate error result.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line a client can act on: 'field.index: what is wrong; ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
 
 class ServiceError(Exception):
     retryable = False

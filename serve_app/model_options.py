@@ -13,7 +13,7 @@ import numpy as np
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import ValidationError
 
-from serve_app.errors import InvalidOptionError, ModelNotServedError
+from serve_app.errors import InvalidOptionError, ModelNotServedError, validation_problems
 from serve_app.schemas import MAX_KEYWORD_CHARS, MAX_KEYWORDS, MAX_LANGUAGES, ServerVad
 from serve_app.settings import Settings
 from serve_app.transcription.diarizer import not_installed
@@ -45,6 +45,11 @@ def normalize_language(language: str | None) -> str | None:
     return code
 
 
+def has_control_characters(text: str) -> bool:
+    """Text that is stored and shown (file names, keywords, speaker names) holds none."""
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def check_keywords(values: Sequence[str] | None) -> list[str] | None:
     """Keywords with their spacing normalized, each once, in order; bounded."""
     if not values:
@@ -54,7 +59,7 @@ def check_keywords(values: Sequence[str] | None) -> list[str] | None:
         if not isinstance(value, str):
             raise InvalidOptionError("keywords must be strings", param="keywords")
         term = " ".join(value.split())
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in term):
+        if has_control_characters(term):
             raise InvalidOptionError("A keyword contains control characters", param="keywords")
         if len(term) > MAX_KEYWORD_CHARS:
             raise InvalidOptionError(
@@ -113,11 +118,8 @@ def chunking_strategy(value: object) -> ServerVad | None:
     try:
         return ServerVad.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
         raise InvalidOptionError(
-            f"chunking_strategy: {problems}", param="chunking_strategy"
+            f"chunking_strategy: {validation_problems(exc)}", param="chunking_strategy"
         ) from None
 
 

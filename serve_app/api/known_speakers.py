@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from serve_app.api.deps import Backend
-from serve_app.api.uploads import check_filename
 from serve_app.errors import InvalidOptionError, ServiceError
 from serve_app.media import audio
 from serve_app.media.audio import AudioLimits
+from serve_app.model_options import has_control_characters
 from serve_app.schemas import MAX_KNOWN_SPEAKERS, MAX_SPEAKER_NAME_CHARS, KnownSpeaker
 
 NAMES, REFERENCES = "known_speaker_names", "known_speaker_references"
@@ -50,7 +50,10 @@ def check_names(names: Sequence[str] | None, references: Sequence[str] | None) -
                 f"A known speaker's name has 1 to {MAX_SPEAKER_NAME_CHARS} characters",
                 param=NAMES,
             )
-        check_filename(name)  # no control characters
+        if has_control_characters(name):
+            raise InvalidOptionError(
+                "A known speaker's name contains control characters", param=NAMES
+            )
         if _RESERVED.fullmatch(name):
             raise InvalidOptionError(
                 f"'{name}' is how speakers without a reference are named; choose another",

@@ -10,6 +10,7 @@ from serve_app.capacity.admission import AudioAdmission, Reservation
 from serve_app.errors import InvalidOptionError
 from serve_app.media import audio
 from serve_app.media.audio import AudioLimits, DecodedAudio
+from serve_app.model_options import has_control_characters
 
 MAX_FILENAME_BYTES = 255
 
@@ -34,7 +35,7 @@ def check_filename(name: str | None) -> None:
         raise InvalidOptionError(
             f"The file name is longer than {MAX_FILENAME_BYTES} bytes", param="file"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if has_control_characters(name):
         raise InvalidOptionError("The file name contains control characters", param="file")
 
 

@@ -84,6 +84,7 @@ async def test_known_speakers_are_checked_before_the_file_is_decoded(
         ({**diarized, names: list("pqrst"), refs: [good] * 5}, "At most 4", ""),
         ({**diarized, names: "B", refs: good}, "choose another", "known_speaker_names"),
         ({**diarized, names: ["Ann", "Ann"], refs: [good] * 2}, "must differ", ""),
+        ({**diarized, names: "A\x07nn", refs: good}, "control characters", "known_speaker_names"),
         ({**diarized, names: "Ann", refs: "hello"}, "base64 data URL", ""),
         ({**diarized, names: "Ann", refs: "data:text/plain;base64,aGk="}, "not audio", ""),
         ({**diarized, names: "Ann", refs: "data:audio/wav;base64,%%"}, "not valid base64", ""),
