@@ -19,7 +19,7 @@ from serve_app.api.errors import code_for
 from serve_app.capacity.admission import StreamLimit
 from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.realtime import protocol
-from serve_app.realtime.decoder import LiveLoad, LivePacing
+from serve_app.realtime.pacing import LiveLoad, LivePacing
 from serve_app.realtime.session import LiveSession
 from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript

@@ -4,9 +4,12 @@ A live turn is decoded again each time more of it has arrived. The last words of
 are guesses (a word cut off mid-syllable, a sentence Whisper will punctuate differently once
 it hears the end), so a word is committed only when two consecutive decodes agree on it and on
 everything before it (LocalAgreement-2, Macháček et al., "Turning Whisper into Real-Time
-Transcription System", 2023). Committed words are sent as deltas and never taken back: the
-turn's final text is the committed words plus whatever the final decode has beyond them.
-Plain logic: the session feeds it each decode's words.
+Transcription System", 2023). One relief: where two decodes differ only in their first word or
+two (Whisper wavers over a turn's opening: "Morning." heard as "Good morning."), a run of words
+they agree on after that, at the same times, commits the newer decode's words through it; else
+one wavering word would hold back every delta of the turn. Committed words are sent as deltas
+and never taken back: the turn's final text is the committed words plus whatever the final
+decode has beyond them. Plain logic: the session feeds it each decode's words.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ _OVERLAP_S = 0.1
 # decodes and still be the same word.
 _ANCHOR_WORDS = 12
 _ANCHOR_REACH_S = 0.6
+# The relief above: at most this many differing words first, then at least this many agreed.
+_HEAD_WORDS = 2
+_RUN_WORDS = 3
 _NOT_WORD = re.compile(r"[^\w']+")
 
 
@@ -65,11 +71,7 @@ class Agreement:
     def update(self, hypothesis: Sequence[TimedWord]) -> list[TimedWord]:
         """Take a decode of the turn so far; returns the words it newly commits."""
         fresh = self.beyond_committed(hypothesis)
-        agreed = 0
-        for old, new in zip(self._pending, fresh, strict=False):
-            if old.key != new.key:
-                break
-            agreed += 1
+        agreed = _agreed(self._pending, fresh)
         newly = fresh[:agreed]
         self.committed.extend(newly)
         self._pending = fresh[agreed:]
@@ -106,3 +108,24 @@ class Agreement:
             if unmatched <= 1 and near:
                 return list(hypothesis[last_h + 1 + unmatched :])
         return [w for w in hypothesis if w.start > self.committed_end - _OVERLAP_S]
+
+
+def _agreed(old: Sequence[TimedWord], new: Sequence[TimedWord]) -> int:
+    """How many of ``new``'s words two consecutive decodes agree on: all from the first on, or
+    (only where the first words differ) those through a run of ``_RUN_WORDS`` or more that
+    both have within their first ``_HEAD_WORDS`` + 1 words, at the same times."""
+    same = 0
+    for a, b in zip(old, new, strict=False):
+        if a.key != b.key:
+            break
+        same += 1
+    if same:
+        return same
+    matcher = SequenceMatcher(a=[w.key for w in old], b=[w.key for w in new], autojunk=False)
+    for block in matcher.get_matching_blocks():
+        if block.a > _HEAD_WORDS or block.b > _HEAD_WORDS:
+            break
+        near = block.size and abs(old[block.a].start - new[block.b].start) < _ANCHOR_REACH_S
+        if block.size >= _RUN_WORDS and near:
+            return block.b + block.size
+    return 0

@@ -8,11 +8,10 @@ isolated from other requests as every request's is, and batches with them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from serve_app.media.audio import SAMPLE_RATE, AudioArray
 from serve_app.realtime import protocol
 from serve_app.realtime.agreement import Agreement, TimedWord, join
 from serve_app.realtime.buffer import LiveBuffer
+from serve_app.realtime.pacing import LiveLoad, LivePacing
 from serve_app.realtime.protocol import Codes, Event, no_code
 from serve_app.schemas import MAX_PROMPT_CHARS, TranscribeOptions, Transcript
 
@@ -38,44 +38,6 @@ _RETRY_WINDOW_S = 30.0
 _RETRY_PAUSE_S = 1.0
 # A trimmed turn's decodes start this long before its last committed word.
 _REHEAR_S = 0.2
-
-
-@dataclass(frozen=True)
-class LivePacing:
-    step_s: float = 1.0  # new audio in a growing turn before it is decoded again
-    window_s: float = 25.0  # longest audio one decode gets: Whisper hears 30 s at a time
-    keep_s: float = 10.0  # what a trimmed turn keeps when no word marks a better place
-    burst_s: float = 60.0  # audio a client may send at any speed before the rate applies
-    max_rate: float = 4.0  # audio seconds per wall-clock second after that
-
-
-class LiveLoad:
-    """What a replica's sessions share: interim decodes (for deltas) take turns through a few
-    slots and wait while any final decode is under way, so that under load the pools' time
-    goes to ending turns first."""
-
-    def __init__(self, interims: int) -> None:
-        self._slots = asyncio.Semaphore(interims)
-        self._finals = 0
-        self._no_finals = asyncio.Event()
-        self._no_finals.set()
-
-    @contextlib.asynccontextmanager
-    async def final(self) -> AsyncIterator[None]:
-        self._finals += 1
-        self._no_finals.clear()
-        try:
-            yield
-        finally:
-            self._finals -= 1
-            if not self._finals:
-                self._no_finals.set()
-
-    @contextlib.asynccontextmanager
-    async def interim(self) -> AsyncIterator[None]:
-        async with self._slots:
-            await self._no_finals.wait()
-            yield
 
 
 @dataclass
@@ -162,16 +124,18 @@ class TurnDecoder:
         self._ended: deque[Turn] = deque()
         self._wake = asyncio.Event()
         self._decoding: tuple[Turn, asyncio.Future[list[TimedWord] | None]] | None = None
-        # Final decodes started when a speaker paused, by item: (the turn's offset then, the
-        # decode). An ended turn keeps its own while the next turn pauses.
-        self._early: dict[str, tuple[int, asyncio.Task[list[TimedWord] | None]]] = {}
+        # Final decodes started when a speaker paused, by item: (the turn's offset then, where
+        # the pause began, the decode). An ended turn keeps its own while the next turn pauses.
+        self._early: dict[str, tuple[int, int, asyncio.Task[list[TimedWord] | None]]] = {}
+        # Early decodes finished before their speaker went on: interim decodes of their turn.
+        self._heard: deque[tuple[Turn, int, list[TimedWord] | None]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
 
     async def close(self) -> None:
-        for _, decode in self._early.values():
+        for _, _, decode in self._early.values():
             decode.cancel()
         self._early.clear()
         if self._worker is not None:
@@ -191,7 +155,7 @@ class TurnDecoder:
         audio = self._buffer.slice(turn.offset, at)
         decode = asyncio.create_task(self._final_decode(turn, audio))
         decode.add_done_callback(self._log_unused_failure)
-        self._early[turn.item_id] = (turn.offset, decode)
+        self._early[turn.item_id] = (turn.offset, at, decode)
 
     def _log_unused_failure(self, decode: asyncio.Task[list[TimedWord] | None]) -> None:
         # Read here, so that a failed early decode no one awaits still leaves a line.
@@ -199,14 +163,24 @@ class TurnDecoder:
             logger.warning("Live session %s: early decode failed: %r", self._id, exc)
 
     def resume(self, turn: Turn) -> None:
-        if self._drop_early(turn):
-            self._wake.set()
+        """The speaker went on after a pause: an early decode that has finished serves as an
+        interim one (on a busy replica, interims wait while it runs, and a turn paused at each
+        sentence would get no delta otherwise); one still running is moot."""
+        early = self._early.pop(turn.item_id, None)
+        if early is None:
+            return
+        offset, at, decode = early
+        if decode.done() and not decode.cancelled() and decode.exception() is None:
+            if offset == turn.offset:
+                self._heard.append((turn, at, decode.result()))
+        else:
+            decode.cancel()
+        self._wake.set()
 
-    def _drop_early(self, turn: Turn) -> bool:
+    def _drop_early(self, turn: Turn) -> None:
         early = self._early.pop(turn.item_id, None)
         if early is not None:
-            early[1].cancel()
-        return early is not None
+            early[2].cancel()
 
     def ended(self, turn: Turn) -> None:
         """``turn`` was committed: its final decode comes after every earlier turn's."""
@@ -223,6 +197,9 @@ class TurnDecoder:
                 turn = self._ended.popleft()
                 if not turn.dropped:
                     await self._guarded(self._finish(turn), turn)
+            while self._heard:
+                turn, at, words = self._heard.popleft()
+                await self._guarded(self._take_early(turn, at, words), None)
             growing = self.open
             if growing is not None and self._due(growing):
                 await self._guarded(self._interim(growing), None)
@@ -276,6 +253,13 @@ class TurnDecoder:
             turn.heard_to = turn.decoded_to
         await self._delta(turn, newly)
 
+    async def _take_early(self, turn: Turn, at: int, words: list[TimedWord] | None) -> None:
+        """An early decode's words, as an interim decode's, unless later ones heard more."""
+        if words is None or turn is not self.open or turn.dropped or at <= turn.heard_to:
+            return
+        turn.decoded_to, turn.heard_to = max(turn.decoded_to, at), at
+        await self._delta(turn, turn.agreement.update(words))
+
     async def _finish(self, turn: Turn) -> None:
         assert turn.audio is not None and turn.end is not None
         words = await self._final_words(turn, turn.audio)
@@ -320,7 +304,7 @@ class TurnDecoder:
         early = self._early.pop(turn.item_id, None)
         if early is None:
             return None
-        offset, decode = early
+        offset, _, decode = early
         if offset != turn.offset:
             decode.cancel()
             return None

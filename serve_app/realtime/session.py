@@ -28,12 +28,11 @@ from serve_app.realtime.buffer import LiveBuffer
 from serve_app.realtime.decoder import (
     MIN_AUDIO,
     Decode,
-    LiveLoad,
-    LivePacing,
     Send,
     Turn,
     TurnDecoder,
 )
+from serve_app.realtime.pacing import LiveLoad, LivePacing
 from serve_app.realtime.pcm import LiveAudio
 from serve_app.realtime.protocol import Codes, Event, ProtocolError, SessionConfig, no_code
 from serve_app.realtime.turns import WINDOW, SpeechModel, SpeechStream, TurnDetector

@@ -71,7 +71,9 @@ async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
     items = seen.items()
     assert len(items) == len(clip.turns)
     for item in items:
-        assert seen.deltas_before_stop(item) >= 1, f"no delta while {item} was spoken"
+        assert seen.deltas_before_stop(item) >= 1, f"no delta while {item} was spoken:\n" + (
+            seen.timeline()
+        )
         assert "".join(seen.deltas[item]) == seen.completed[item]
     for event in completed:  # include: the tokens of the turn, with their log probabilities
         assert event.logprobs, event

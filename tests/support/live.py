@@ -5,6 +5,7 @@ client makes of the server's events."""
 from __future__ import annotations
 
 import base64
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,10 +99,13 @@ class Transcripts:
     deltas: dict[str, list[str]] = field(default_factory=dict)
     completed: dict[str, str] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # when each event of ``order`` came
+    started: float = field(default_factory=time.monotonic)
 
     def take(self, event: dict[str, Any]) -> None:
         kind, item = event["type"], event.get("item_id") or event.get("item", {}).get("id")
         self.order.append((kind, item))
+        self.times.append(time.monotonic() - self.started)
         if kind == "conversation.item.input_audio_transcription.delta":
             self.deltas.setdefault(item, []).append(event["delta"])
         elif kind == "conversation.item.input_audio_transcription.completed":
@@ -121,3 +125,10 @@ class Transcripts:
                 return count
             count += kind.endswith(".delta")
         return count
+
+    def timeline(self) -> str:
+        """Each event's second since the client began, type and item: for failure messages."""
+        return "\n".join(
+            f"{at:6.2f} {kind} {item or ''}"
+            for at, (kind, item) in zip(self.times, self.order, strict=True)
+        )

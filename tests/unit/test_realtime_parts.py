@@ -1,18 +1,27 @@
 """The plain parts of live sessions: input formats, speech probabilities in pieces, turn edges,
-the agreement policy and session settings."""
+the agreement policy, early decodes and session settings."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from serve_app.media.audio import AudioArray
 from serve_app.realtime.agreement import Agreement, TimedWord, join
+from serve_app.realtime.buffer import LiveBuffer
+from serve_app.realtime.decoder import Turn, TurnDecoder
+from serve_app.realtime.pacing import LivePacing
 from serve_app.realtime.pcm import LiveAudio, _alaw_table, _ulaw_table
 from serve_app.realtime.protocol import ProtocolError, SessionConfig
 from serve_app.realtime.turns import WINDOW, ServerVad, SpeechStream, TurnDetector, silero
+from serve_app.schemas import Segment, TranscribeOptions, Transcript, Word
 from tests.support.speech import synthesize
 
 with warnings.catch_warnings():
@@ -98,6 +107,26 @@ def test_words_are_committed_when_two_decodes_agree_and_never_taken_back() -> No
     assert agreement.update(words(("the", 0.0), ("cat", 0.4), ("sat", 0.8), ("on", 1.2))) == []
     assert join(agreement.committed) == " The cat, sat"
     assert join(agreement.pending) == " on"
+
+
+def test_a_wavering_first_word_does_not_hold_back_the_words_agreed_after_it() -> None:
+    agreement = Agreement()
+    heard = ("I", 0.6), ("looked", 0.8), ("at", 1.1), ("the", 1.2), ("budget", 1.4)
+    agreement.update(words(("Good", 0.0), ("morning.", 0.3), *heard[:4]))
+    # "Morning." now: the newer decode's opening is sent with the run both agree on.
+    newly = agreement.update(words(("Morning.", 0.2), *heard))
+    assert join(newly) == " Morning. I looked at the"
+    assert join(agreement.pending) == " budget"
+    # Two words agreed after the wavering one are not enough, nor a run at another time.
+    later = [(word, start + 2.0) for word, start in heard]
+    for before, after in ((heard[:2], heard[:2]), (heard, later)):
+        agreement = Agreement()
+        agreement.update(words(("Tomorrow", 0.1), *before))
+        assert agreement.update(words(("Morning.", 0.2), *after)) == []
+    # Nor a run after more than two differing words.
+    agreement = Agreement()
+    agreement.update(words(("So", 0.0), ("good", 0.1), ("morning", 0.3), *heard))
+    assert agreement.update(words(("Well", 0.0), ("hello", 0.1), ("there", 0.3), *heard)) == []
 
 
 def test_what_follows_the_committed_words_drops_a_repeat_of_their_tail() -> None:
@@ -206,3 +235,56 @@ def test_a_bad_update_names_the_parameter(session: dict, code: str, param: str) 
     with pytest.raises(ProtocolError) as raised:
         SessionConfig().updated({"type": "session.update", "session": session})
     assert (raised.value.code, raised.value.param) == (code, param)
+
+
+async def test_an_early_decode_finished_before_the_speaker_went_on_counts_as_an_interim() -> None:
+    """A pause starts the turn's final decode early; when the speaker goes on, that decode's
+    words are compared with the next interim decode's like any interim's: here the next one
+    agrees with it, and its words go out at once."""
+    spoken = words(("the", 0.0), ("cat", 0.4), ("sat", 0.8))
+    heard: list[int] = []
+
+    async def decode(audio: AudioArray, options: TranscribeOptions) -> Transcript:
+        heard.append(len(audio))
+        said = [Word(start=w.start, end=w.end, word=w.text, probability=1.0) for w in spoken]
+        segment = Segment(
+            id=0, seek=0, start=0, end=1.1, text=join(spoken), tokens=[], temperature=0,
+            avg_logprob=0, compression_ratio=1, no_speech_prob=0, words=said,
+        )  # fmt: skip
+        return Transcript(
+            text=join(spoken), language="en", language_probability=1, duration=len(audio) / 16000,
+            segments=[segment], model="tiny.en",
+        )  # fmt: skip
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(event: dict[str, Any]) -> None:
+        sent.append(event)
+
+    buffer = LiveBuffer()
+    decoder = TurnDecoder(
+        "sess", send, decode, lambda prompt: TranscribeOptions(model="tiny.en"), buffer,
+        LivePacing(step_s=1.0),
+    )  # fmt: skip
+    decoder.open = turn = Turn(item_id="item", start=0, offset=0)
+    decoder.start()
+    try:
+        buffer.append(np.zeros(16000, dtype=np.float32))
+        decoder.pause(turn, 16000)
+        await wait_until(lambda: len(heard) == 1)
+        await asyncio.sleep(0)  # the early decode's task ends after its decode returns
+        decoder.resume(turn)
+        buffer.append(np.zeros(16000, dtype=np.float32))
+        decoder.wake()
+        await wait_until(lambda: len(heard) == 2 and bool(sent))
+    finally:
+        await decoder.close()
+    assert heard == [16000, 32000]  # the pause's decode, then one interim
+    assert [event["delta"] for event in sent] == ["the cat sat"]
+
+
+async def wait_until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -19,7 +19,7 @@ from pydub import AudioSegment
 from serve_app.errors import InvalidOptionError, ReplicaUnavailableError
 from serve_app.media.audio import AudioArray
 from serve_app.model.transcriber import Transcriber
-from serve_app.realtime.decoder import LivePacing
+from serve_app.realtime.pacing import LivePacing
 from serve_app.realtime.pcm import LiveAudio
 from serve_app.realtime.protocol import LOGPROBS
 from serve_app.realtime.session import LiveSession
