@@ -125,6 +125,13 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's doing: the traceback for us, an error in the API's shape
+        # for the client (a bare "Internal Server Error" breaks clients that parse JSON).
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "The server failed to answer this request")
+
 
 def _client_message(problem: Any) -> str:
     # Pydantic words some checks with Python's types ("Expected UploadFile, received: <class

@@ -20,6 +20,7 @@ from serve_app.deployments.client import DiarizerClient, ModelClient, running_re
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
+from serve_app.periodic import Recent
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import (
@@ -35,6 +36,7 @@ from serve_app.transcription.port import SegmentsFn
 from serve_app.transcription.service import TranscriptionService
 
 _STATUS_TIMEOUT_S = 3
+_STATUS_STALE_S = 30.0  # how long /health may go on Serve's last status
 logger = logging.getLogger("ray.serve")
 
 
@@ -71,6 +73,9 @@ class Gateway:
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
         self._ingest = ingest
+        self._serve_status = Recent(
+            lambda: asyncio.to_thread(serve.status), _STATUS_STALE_S, "read Serve's status", logger
+        )
         engine = await asyncio.to_thread(open_engine, self.settings.database)
         # SSE streams are woken by job changes from every replica (PostgreSQL NOTIFY).
         self.store = JobStore(engine, listening_changes(engine))
@@ -116,13 +121,14 @@ class Gateway:
             raise QueueUnavailableError() from exc
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(serve.get_replica_context().app_name)
+        status = await self._serve_status.get()
+        app = status.applications.get(serve.get_replica_context().app_name) if status else None
         pools: dict[str, Any] = {}
+        absent = "MISSING" if status else "UNKNOWN"  # not deployed, or Serve did not say
         for pool in self._pools.router.pools:
             deployment = app.deployments.get(pool.name) if app else None
             pools[pool.name] = {
-                "status": str(deployment.status.value) if deployment else "MISSING",
+                "status": str(deployment.status.value) if deployment else absent,
                 "replicas": dict(deployment.replica_states) if deployment else {},
                 "in_flight": pool.in_flight,
             }

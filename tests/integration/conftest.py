@@ -82,8 +82,16 @@ class Service:
     def health(self) -> dict[str, Any]:
         """/health with its details (an admin key's view)."""
         with self.client(timeout=30, api_key=ADMIN_KEY) as client:
-            body: dict[str, Any] = client.get("/health").json()
-            return body
+            response = client.get("/health")
+        assert response.status_code in (200, 503), f"{response.text}\n{self.errors()}"
+        body: dict[str, Any] = response.json()
+        return body
+
+    def errors(self, lines: int = 60) -> str:
+        """The serve log's last error lines and tracebacks: for failure messages."""
+        text = self.log.read_text(errors="replace").splitlines()
+        marks = ("Traceback", "ERROR", "Error:", "  File ", "    ")
+        return "\n".join([line for line in text if any(m in line for m in marks)][-lines:])
 
 
 def _empty_contract_queues() -> None:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from serve_app.api.app import create_api
@@ -83,6 +84,23 @@ async def test_health_and_docs_stay_open(backend: StandIn) -> None:
     async with client(backend, None) as c:
         assert (await c.get("/health")).status_code == 200
         assert (await c.get("/openapi.json")).status_code == 200
+
+
+async def test_an_unexpected_failure_answers_500_in_the_apis_error_shape_and_is_logged(
+    backend: StandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken() -> tuple[bool, dict[str, Any]]:
+        raise RuntimeError("the controller is gone")
+
+    monkeypatch.setattr(backend, "health", broken)
+    # Starlette answers, then raises the error on to the server (which logs it too).
+    transport = httpx.ASGITransport(app=create_api(backend), raise_app_exceptions=False)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        response = await c.get("/health")
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert "controller is gone" not in response.text  # internals stay in the log
+    assert any("controller is gone" in r.exc_text for r in caplog.records if r.exc_text)
 
 
 # --- jobs belong to the key that made them ------------------------------------------------------
