@@ -1,11 +1,13 @@
 """The deployment files in cluster/, checked as far as this machine allows: the cluster Serve
 config against Serve's schema and the app's arguments, the launcher config against Ray's
-autoscaler schema, the KubeRay manifest's pods against Kubernetes' schemas, the systemd units
-with `systemd-analyze verify`, the Dockerfiles with hadolint and the scripts with shellcheck."""
+autoscaler schema, the KubeRay manifest against KubeRay's RayService schema and its pods and
+policies against Kubernetes' schemas, the systemd units with `systemd-analyze verify`, the
+Dockerfiles with hadolint and the scripts with shellcheck."""
 
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import re
 import subprocess
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30"
+RAYSERVICE_CRD = ROOT / "tests" / "fixtures" / "kuberay" / "ray.io_rayservices.v1.7.0.yaml.gz"
 
 
 def _serve_config() -> dict[str, Any]:
@@ -130,6 +133,61 @@ def test_kuberay_service_embeds_the_cluster_config_and_valid_pods() -> None:
     assert "whisper_cpu" in groups["cpu"]["rayStartParams"]["resources"]
     assert "whisper_gpu" in groups["gpu"]["rayStartParams"]["resources"]
     assert groups["gpu"]["minReplicas"] == 0
+
+
+def _rayservice_schema() -> dict[str, Any]:
+    """KubeRay's RayService schema (tests/fixtures/README.md), stricter than the API server in
+    one way: a field the schema does not know is an error, where the server would drop it
+    unseen (a misspelt option would silently not apply)."""
+    crd = yaml.safe_load(gzip.decompress(RAYSERVICE_CRD.read_bytes()))
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+
+    def strict(node: Any) -> None:
+        if isinstance(node, dict):
+            known = "properties" in node and "additionalProperties" not in node
+            if known and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    strict(schema["properties"]["spec"])
+    return schema
+
+
+def test_kuberay_service_matches_kuberays_schema_and_guards_the_dashboard() -> None:
+    service, others = _kuberay()
+    schema = _rayservice_schema()
+    jsonschema.validate(service, schema)
+    # A misspelt field is caught.
+    broken = copy.deepcopy(service)
+    broken["spec"]["rayClusterConfig"]["enableInTreeAutoscalling"] = True
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+    cluster = service["spec"]["rayClusterConfig"]
+    # The operator deploys through the head's dashboard port: not bound to loopback (KubeRay
+    # binds it to 0.0.0.0 when unset), and behind Ray's token authentication.
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert head.get("dashboard-host", "0.0.0.0") == "0.0.0.0"
+    assert cluster["authOptions"] == {"mode": "token"}
+    # The NetworkPolicy covers every pod of the cluster; 8265 is open to the operator's pods
+    # (and the cluster's own), nothing else; only 8000 is open to everyone.
+    [policy] = [d for d in others if d["kind"] == "NetworkPolicy"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for name, template in _pod_templates(service).items():
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+    rules = policy["spec"]["ingress"]
+    own = [r for r in rules if r.get("from") == [{"podSelector": {"matchLabels": selector}}]]
+    assert own and "ports" not in own[0]
+    by_port = {p["port"]: r.get("from") for r in rules if r not in own for p in r["ports"]}
+    assert by_port[8000] is None  # from anywhere
+    [operator] = by_port[8265]
+    assert operator["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert set(by_port) == {8000, 8265, 8080}
 
 
 def test_kubernetes_schemas_catch_a_broken_pod() -> None:
