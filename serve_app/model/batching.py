@@ -7,9 +7,12 @@ many lanes run. Windows share a batch only when their decoding key matches (a re
 task, language, prompt, temperature): the model decodes a whole batch with one prompt. A
 window here is decoded apart from the others in its batch, which only sit side by side (the
 transcriber packs a request's short windows together before they come here, never two
-requests'). Keys are never mixed; a batch holds the oldest waiting window's key and as many
-windows of that key as fit, in arrival order, so a long unit cannot starve a clip behind it
-for more than one batch.
+requests'). Keys are never mixed. Between tenants (API keys, the AMQP lane) the windows go
+in fair shares (``serve_app.capacity.fair``, on audio seconds): a batch holds the key of the
+oldest waiting window of the tenant served least, and as many windows of that key as fit,
+taken tenant by tenant in the same order and, within a tenant, in arrival order. So a long
+unit cannot starve a clip behind it for more than one batch, and a tenant's flood of them
+cannot hold back another tenant's clip behind all of its windows.
 
 Up to ``lanes`` batches run at once, each in a lane of its own: faster-whisper's batched
 pipeline keeps per-call state on its instance (``last_speech_timestamp``), so the decode
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from serve_app import logcontext, metrics
+from serve_app.capacity.fair import FairShare, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class _Request(Generic[K, S, R]):
     items: Sequence[S]
     future: asyncio.Future[list[R]]
     arrived: float
+    tenant: Tenant
     taken: int = 0  # items handed to a batch so far
     results: dict[int, R] = field(default_factory=dict)
 
@@ -85,8 +90,11 @@ class Batcher(Generic[K, S, R]):
         capacity: float,
         max_wait_s: float,
         lanes: int = 1,
+        cost: Callable[[S], float] = lambda item: 1.0,
     ) -> None:
         self._decode = decode
+        self._cost = cost  # of an item, in what tenants' shares count (audio seconds)
+        self._fair = FairShare()
         # Per batch. Two lanes of 8 (base, 2 cores, in process) peaked at 1357-1405 MB on the
         # 8-minute file and up to 1615 MB on the 40-clip burst; two lanes of 4 at 1034-1122 MB
         # and 1165-1171 MB, as fast on the long file (22.9-24.4 s against 21.4-22.7 s) and
@@ -102,12 +110,17 @@ class Batcher(Generic[K, S, R]):
         self._running: set[asyncio.Task[None]] = set()
         self.stats = BatchStats()
 
-    async def decode(self, key: K, items: Sequence[S]) -> list[R]:
-        """Each item's result, decoded in batches with other callers' items of the same key."""
+    async def decode(self, key: K, items: Sequence[S], tenant: Tenant | None = None) -> list[R]:
+        """Each item's result, decoded in batches with other callers' items of the same key;
+        ``tenant``: whose share the items count against (one for all when not given)."""
         if not items:
             return []
         loop = asyncio.get_running_loop()
-        request = _Request[K, S, R](key, items, loop.create_future(), time.monotonic())
+        tenant = tenant or Tenant()
+        request = _Request[K, S, R](key, items, loop.create_future(), time.monotonic(), tenant)
+        waiting = {r.tenant.id for r in self._pending if r.waiting and not r.future.done()}
+        if tenant.id not in waiting:
+            self._fair.arrive(tenant, waiting)
         self._pending.append(request)
         self._arrived.set()
         if self._worker is None or self._worker.done():
@@ -139,7 +152,16 @@ class Batcher(Generic[K, S, R]):
     def _prune(self) -> bool:
         """Drops requests with nothing left to hand out; whether any are left."""
         self._pending = [r for r in self._pending if r.waiting and not r.future.done()]
+        self._fair.forget_idle(r.tenant.id for r in self._pending)
         return bool(self._pending)
+
+    def _first(self) -> _Request[K, S, R]:
+        """The next tenant's oldest waiting request (of pruned ``_pending``)."""
+        return self._oldest_of_next(self._pending)
+
+    def _oldest_of_next(self, requests: list[_Request[K, S, R]]) -> _Request[K, S, R]:
+        tenant = self._fair.next(dict.fromkeys(r.tenant.id for r in requests))
+        return next(r for r in requests if r.tenant.id == tenant)
 
     @property
     def _busy(self) -> bool:
@@ -150,7 +172,7 @@ class Batcher(Generic[K, S, R]):
         lanes each with whatever waits pack fewer windows together: on the 40-clip burst with
         four requests in flight, 12% slower than one lane; starting the second lane only on
         half a batch, as fast as one lane there, and 19% faster with sixteen in flight."""
-        return self._waiting(self._pending[0].key) >= self.capacity * _BUSY_FILL
+        return self._waiting(self._first().key) >= self.capacity * _BUSY_FILL
 
     async def _lane_freed_or_arrival(self) -> None:
         self._lane_freed.clear()
@@ -165,7 +187,7 @@ class Batcher(Generic[K, S, R]):
     async def _next_batch(self) -> list[tuple[_Request[K, S, R], int]]:
         if not self._prune():
             return []
-        first = self._pending[0]
+        first = self._first()
         deadline = first.arrived + self.max_wait_s
         while self._waiting(first.key) < self.capacity and not first.future.done():
             left = deadline - time.monotonic()
@@ -177,14 +199,15 @@ class Batcher(Generic[K, S, R]):
             except TimeoutError:
                 break
         batch: list[tuple[_Request[K, S, R], int]] = []
-        for request in self._pending:
-            if request.key != first.key or request.future.done():
-                continue
-            while request.waiting:
-                if batch and len(batch) + 1 > self.capacity:
-                    return batch
-                batch.append((request, request.taken))
-                request.taken += 1
+        same = [r for r in self._pending if r.key == first.key]
+        while not batch or len(batch) + 1 <= self.capacity:
+            same = [r for r in same if r.waiting and not r.future.done()]
+            if not same:
+                break
+            request = self._oldest_of_next(same)
+            batch.append((request, request.taken))
+            self._fair.charge(request.tenant, self._cost(request.items[request.taken]))
+            request.taken += 1
         return batch
 
     def _waiting(self, key: K) -> float:

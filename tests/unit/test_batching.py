@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+from serve_app.capacity.fair import Tenant
 from serve_app.media import audio
 from serve_app.model.batching import Batcher
 from serve_app.model.transcriber import Transcriber
@@ -135,6 +136,41 @@ async def test_a_long_request_is_split_over_batches_and_others_join_them() -> No
     assert await clip == ["CLIP"]
     assert [len(items) for _, items in decode.batches] == [3, 3, 2]
     assert "clip" in decode.batches[-1][1]
+
+
+async def test_a_tenants_flood_does_not_hold_back_another_tenants_clip() -> None:
+    decode = Recorder(seconds=0.02)
+    batcher = Batcher(decode, capacity=3, max_wait_s=0)
+    flood = [batcher.decode("en", [f"a{u}w{i}" for i in range(6)], Tenant("a")) for u in range(5)]
+    running = [asyncio.create_task(unit) for unit in flood]
+    await asyncio.sleep(0.01)  # the flood's first batch is decoding
+    clip = await batcher.decode("en", ["b"], Tenant("b"))
+    assert clip == ["B"]
+    # In the batch after the one that was running: first come first served would have put it
+    # behind the flood's 30 windows, in the eleventh.
+    assert "b" in decode.batches[1][1], decode.batches[:3]
+    await asyncio.gather(*running)
+    # Within a tenant, first come first served.
+    flood_order = [item for _, items in decode.batches for item in items if item != "b"]
+    assert flood_order == [f"a{u}w{i}" for u in range(5) for i in range(6)]
+
+
+async def test_tenants_share_batches_by_weight_and_audio_seconds() -> None:
+    decode = Recorder(seconds=0)
+    batcher = Batcher(decode, capacity=4, max_wait_s=0, cost=lambda item: float(len(item)))
+    heavy, light, long = Tenant("heavy", weight=2), Tenant("light"), Tenant("long")
+    requests = [
+        batcher.decode("en", ["h"] * 40, heavy),
+        batcher.decode("en", ["l"] * 40, light),
+        batcher.decode("en", ["LLL"] * 40, long),  # three seconds an item
+    ]
+    await asyncio.gather(*requests)
+    # While all three wait, each gets audio seconds in proportion to its weight (heavy twice
+    # light's, long's items three seconds each), give or take one item.
+    first = [item for _, items in decode.batches[:8] for item in items]
+    shares = [first.count("h") / 2, first.count("l"), first.count("LLL") * 3]
+    assert max(shares) - min(shares) <= 3, first
+    assert first.count("h") > first.count("l") > first.count("LLL")
 
 
 async def test_one_requests_bad_window_fails_only_that_request() -> None:
