@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from serve_app.capacity.fair import Tenant
+
 Task = Literal["transcribe", "translate"]
 # Whisper keeps at most 224 tokens of a prompt (the last ones); a token is rarely under one
 # character, so more text than this is never read.
@@ -129,6 +131,9 @@ class TranscribeOptions(BaseModel):
     vad: ServerVad | None = None  # chunking_strategy=server_vad; None: the service's
     # include[]=logprobs: words carry their tokens' log probabilities (Word.logprobs).
     logprobs: bool = False
+    # Whose share of the model replicas the work counts against (serve_app.capacity.fair): set
+    # by the service from the key or the job, never by a client, and never stored or shown.
+    tenant: Tenant | None = Field(None, exclude=True)
 
     @property
     def hotwords(self) -> str | None:

@@ -9,10 +9,12 @@ from fastapi.responses import Response
 
 from serve_app import formats
 from serve_app.api import known_speakers
+from serve_app.api.auth import ViewerDep
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.params import FormExtrasDep, extra_options
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
+from serve_app.capacity.fair import tenant_of
 from serve_app.errors import InvalidOptionError
 from serve_app.model_options import (
     OPENAI_MODEL_ALIAS,
@@ -54,6 +56,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 async def create_transcription(
     backend: BackendDep,
     limits: LimitsDep,
+    viewer: ViewerDep,
     extras: FormExtrasDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
@@ -88,6 +91,7 @@ async def create_transcription(
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
         **speakers,
+        tenant=tenant_of(viewer.owner),
     )
     if options.logprobs and response_format != "json" and not stream:
         raise InvalidOptionError(
@@ -111,6 +115,7 @@ async def create_transcription(
 async def create_translation(
     backend: BackendDep,
     limits: LimitsDep,
+    viewer: ViewerDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
@@ -126,6 +131,7 @@ async def create_translation(
         task="translate",
         prompt=prompt,
         temperature=temperature,
+        tenant=tenant_of(viewer.owner),
     )
     await backend.backlog.admit()
     return await _respond(backend, limits, file, options, response_format)

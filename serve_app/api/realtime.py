@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from serve_app.api.deps import Backend
 from serve_app.api.errors import code_for
 from serve_app.capacity.admission import StreamLimit
+from serve_app.capacity.fair import tenant_of
 from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.realtime import protocol
 from serve_app.realtime.pacing import LiveLoad, LivePacing
@@ -84,8 +85,11 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                 logger.info("Live session: the client went away while sent to: %r", exc)
 
+    viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
+    tenant = tenant_of(viewer.owner if viewer else None)
+
     async def decode(audio: Any, options: TranscribeOptions) -> Transcript:
-        return await backend.transcribe(audio, options)
+        return await backend.transcribe(audio, options.model_copy(update={"tenant": tenant}))
 
     pacing = LivePacing(max_rate=settings.realtime_max_audio_rate)
     expires = protocol.expiry(started, settings.realtime_max_session_sec)
@@ -93,7 +97,6 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
     session = LiveSession(
         send, decode, settings, silero(), pacing, expires, load=sessions.load, codes=code_for
     )
-    viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
     logger.info("Live session %s opened (owner %s)", session.id, viewer.owner if viewer else "-")
     await session.start()
     max_bytes = settings.realtime_max_event_kb * 1024

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Who a request's work is for when no key says (a service without API keys, the service
-# itself): one tenant, so such a service schedules as before.
+# Who a request's work is for when no key says (a service without API keys, an admin key):
+# one tenant, so such a service schedules as before. The AMQP contract has no keys: its lane
+# is one tenant.
 ANYONE = "*"
+AMQP = "amqp"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,14 @@ class Tenant:
 
     id: str = ANYONE
     weight: float = 1.0
+
+
+def tenant_of(owner: str | None, source: str = "http") -> Tenant:
+    """A request's or job's tenant: the owner id of the key that sent it (an HMAC: never the
+    key); AMQP jobs are the AMQP lane's."""
+    if source == AMQP:
+        return Tenant(AMQP)
+    return Tenant(owner) if owner else Tenant()
 
 
 class FairShare:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_app.capacity.fair import Tenant
 from serve_app.model import token_probs
 from serve_app.model.batching import Batcher
 from serve_app.model.chunking import Window, detect_speech, merge_into_windows, vad_parameters
@@ -36,10 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# VAD pads speech by 400 ms each side: a window shorter than this holds no word.
-_MIN_WINDOW_S = 0.1
-# Silence between windows packed together: enough for word timestamps to tell them apart.
-_PACK_GAP_S = 1.0
+_MIN_WINDOW_S = 0.1  # VAD pads speech by 400 ms each side: a shorter window holds no word
+_PACK_GAP_S = 1.0  # between windows packed together: word timestamps tell them apart
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,9 @@ class Transcriber:
         # runs as many calls at once as it has workers (one per lane).
         self.lanes = lanes
         self._pipelines = [BatchedInferencePipeline(model) for _ in range(lanes)]
-        # Windows of concurrent requests decoded together (serve_app.model.batching); a Transcriber
+        # Windows of concurrent requests decoded together (serve_app.model.batching): a request's
+        # packs (planned from its own windows alone) or its windows unpacked. A Transcriber
         # evicted from a replica's model cache takes its batcher with it.
-        # The batcher's items are decoding windows: a request's packs (planned from its own
-        # windows alone) or its windows unpacked.
         self._pack = settings.whisper_pack_windows
         self._pack_capacity = int(settings.chunk_max_window_sec * self._sample_rate)
         self._pack_gap = int(_PACK_GAP_S * self._sample_rate)
@@ -85,6 +83,7 @@ class Transcriber:
             settings.whisper_batch_size,
             settings.whisper_batch_wait_ms / 1000,
             lanes=lanes,
+            cost=lambda clip: len(clip) / self._sample_rate,  # tenants' shares: audio seconds
         )
         # The pipeline's batch in one lane is the batcher's: WHISPER_BATCH_SIZE windows decode
         # at once across the lanes, re-decoded packs and units without cross-batching too.
@@ -192,7 +191,8 @@ class Transcriber:
         requests' in flight (the blocking steps off the event loop)."""
         language, probability = await asyncio.to_thread(self.language_of, audio, windows, options)
         key = self.decoding_key(options, language)
-        decoded = await self.decode_windows_batched(key, self.slices(audio, windows))
+        slices = self.slices(audio, windows)
+        decoded = await self.decode_windows_batched(key, slices, options.tenant)
         return await asyncio.to_thread(
             self.assemble, audio, windows, decoded, options, language, probability
         )
@@ -259,15 +259,15 @@ class Transcriber:
         return decoded
 
     async def decode_windows_batched(
-        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]]
+        self, key: DecodeKey, slices: list[np.ndarray[Any, Any]], tenant: Tenant | None = None
     ) -> list[list[Segment]]:
         """Like decode_windows, the request's packs decoded in the batcher's batches beside
-        other requests' packs (never inside one)."""
+        other requests' packs (never inside one), in ``tenant``'s fair share."""
         plan = self._plan(slices)
         key = self._keyed(key, plan)
-        decoded, lost = self._settle(plan, await self.batcher.decode(key, plan.clips))
+        decoded, lost = self._settle(plan, await self.batcher.decode(key, plan.clips, tenant))
         if lost:
-            again = await self.batcher.decode(key, [slices[i] for i in lost])
+            again = await self.batcher.decode(key, [slices[i] for i in lost], tenant)
             for i, found in zip(lost, again, strict=True):
                 decoded[i] = found
         return decoded

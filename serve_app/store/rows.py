@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import RowMapping
 
+from serve_app.capacity.fair import tenant_of
 from serve_app.errors import InvalidOptionError
 from serve_app.schemas import Job, TranscribeOptions, Transcript, WebhookAttempt, WebhookState
 
@@ -45,7 +46,10 @@ def to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:
         status=row["status"],
         model=row["model"],
         language=row["language"],
-        options=TranscribeOptions.model_validate(row["options"]),
+        # Whose fair share its work counts against: the tenant is never stored with it.
+        options=TranscribeOptions.model_validate(row["options"]).model_copy(
+            update={"tenant": tenant_of(row.get("owner"), row["source"])}
+        ),
         filename=row["filename"],
         audio_path=row["audio_path"],
         spooled=bool(row["spooled"]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app.capacity.fair import FairShare, Tenant
+from serve_app.capacity.fair import FairShare, Tenant, tenant_of
 
 
 def serve(fair: FairShare, waiting: list[Tenant], rounds: int, cost: float = 1.0) -> list[str]:
@@ -43,3 +43,9 @@ def test_one_tenant_alone_is_served_in_order() -> None:
     only = Tenant()
     fair.arrive(only, [])
     assert serve(fair, [only], 3) == ["*", "*", "*"]
+
+
+def test_a_keys_owner_id_is_its_tenant_and_the_amqp_lane_is_one() -> None:
+    assert tenant_of("0f3a") == Tenant("0f3a")
+    assert tenant_of(None) == tenant_of(None, "http") == Tenant()  # no key, or an admin key
+    assert tenant_of(None, "amqp") == tenant_of("ignored", "amqp") == Tenant("amqp")

@@ -1,11 +1,13 @@
 """What one key can learn or reach of others, in-process (the real app and a real SQLite store,
-a stand-in for the model side): server files in JSON jobs, owner ids, /health, queue places."""
+a stand-in for the model side): server files in JSON jobs, owner ids, /health, queue places,
+tenants."""
 
 from __future__ import annotations
 
 import hashlib
 
 from serve_app.api.auth import owner_id
+from serve_app.capacity.fair import Tenant
 from serve_app.store.tables import jobs
 from tests.support.api_standin import ADMIN, KEY_A, KEY_B, KEY_C, StandIn, client
 
@@ -81,3 +83,28 @@ async def test_queue_places_count_only_the_keys_own_jobs(backend: StandIn) -> No
         listed = (await a.get("/v1/jobs")).json()["data"]
     assert mine["queue_position"] == again["queue_position"] == 1
     assert sorted(j["queue_position"] for j in listed) == [1, 2]
+
+
+async def test_each_key_is_a_tenant_of_its_own_and_no_client_or_store_sees_it(
+    backend: StandIn,
+) -> None:
+    """Fair shares (serve_app.capacity.fair) count each key's work apart: sync requests and
+    jobs carry the owner id of the key that sent them; admin keys share one tenant."""
+    audio, _ = backend.settings.allowed_audio_roots
+    backend.release.set()
+    clip = (audio / "a.mp3").read_bytes()
+    for key in (KEY_A, KEY_B, ADMIN):
+        async with client(backend, key) as c:
+            files = {"file": ("a.mp3", clip)}
+            sent = await c.post("/v1/audio/transcriptions", files=files, data={"tenant": "x"})
+            assert sent.status_code == 200, sent.text
+    a, b = (Tenant(owner_id(key, backend.owner_secret)) for key in (KEY_A, KEY_B))
+    assert [options.tenant for options in backend.asked] == [a, b, Tenant()]
+    async with client(backend, KEY_A) as c:
+        job = (await c.post("/v1/jobs", json=_job(audio / "a.mp3"))).json()
+        shown = (await c.get(f"/v1/jobs/{job['id']}")).json()
+    assert "tenant" not in job["options"] and "tenant" not in shown["options"]
+    assert backend.store.get(job["id"]).options.tenant == a
+    with backend.store.engine.connect() as conn:
+        row = conn.execute(jobs.select().where(jobs.c.id == job["id"])).mappings().one()
+    assert "tenant" not in row["options"]
