@@ -3,16 +3,19 @@ wait for the same thing (a place in a model replica's batch, a decoding lane).
 
 Start-time fair queuing on audio seconds: each tenant has a virtual time, the audio served to
 it divided by its weight, and the tenant with the least goes next; within a tenant, first come
-first served. A tenant that was idle starts at the least virtual time of those waiting (or
-where the service's clock stands), so idling earns no credit to spend later in a burst: a key
+first served. A tenant that was idle starts where the service's clock stands (the virtual
+start of the work served last), so idling earns no credit to spend later in a burst: a key
 that floods a replica gets its share, and a key that sends one clip meanwhile goes ahead of
 the flood's next window instead of behind all of it. With one tenant this is first come
-first served. Plain logic: no Ray, no asyncio.
+first served. ``FairGate`` lets waiters through a bounded number of slots in that order.
+Plain logic: no Ray.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 # Who a request's work is for when no key says (a service without API keys, an admin key):
@@ -46,12 +49,11 @@ class FairShare:
         self._vtime: dict[str, float] = {}
         self._clock = 0.0  # the virtual time of the work served last
 
-    def arrive(self, tenant: Tenant, waiting: Iterable[str]) -> None:
-        """``tenant`` has work again; ``waiting``: the tenants with work waiting already. An
-        idle tenant starts level with them, not behind on what it did not ask for."""
-        others = [self._vtime.get(t, self._clock) for t in waiting if t != tenant.id]
-        floor = min(others, default=self._clock)
-        self._vtime[tenant.id] = max(self._vtime.get(tenant.id, floor), floor)
+    def arrive(self, tenant: Tenant) -> None:
+        """``tenant`` has work again after none waited: it starts where the service's clock
+        stands (the start of the work served last), not behind on what it did not ask for,
+        nor ahead on what it had before."""
+        self._vtime[tenant.id] = max(self._vtime.get(tenant.id, self._clock), self._clock)
 
     def next(self, waiting: Iterable[str]) -> str:
         """Of the tenants with work waiting, the one to serve next (ties: the first given)."""
@@ -68,3 +70,82 @@ class FairShare:
         the table to the tenants of the moment."""
         keep = set(waiting)
         self._vtime = {t: v for t, v in self._vtime.items() if t in keep}
+
+
+@dataclass(eq=False)
+class _Waiter:
+    tenant: Tenant
+    cost: float
+    granted: asyncio.Future[None]
+
+
+class FairGate:
+    """At most ``capacity`` holders at once (a diarizer that takes one file at a time, a
+    replica's decoding lanes); while all are held, waiters are let in by fair share of their
+    cost (audio seconds), first come first served within a tenant. Bounded: past
+    ``max_waiting`` waiters, or ``max_waiting_per_tenant`` of one tenant, ``full`` is raised
+    at once instead of queueing without end (so one tenant's flood fills its own part of the
+    queue, not everyone's)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        full: Callable[[str], Exception],
+        max_waiting: int | None = None,
+        max_waiting_per_tenant: int | None = None,
+    ) -> None:
+        self._free = capacity
+        self._full = full
+        self._max_waiting = max_waiting
+        self._max_per_tenant = max_waiting_per_tenant
+        self._waiting: list[_Waiter] = []
+        self._fair = FairShare()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant: Tenant | None, cost: float) -> AsyncIterator[None]:
+        tenant = tenant or Tenant()
+        if self._free and not self._waiting:
+            self._free -= 1
+            self._fair.arrive(tenant)
+            self._fair.charge(tenant, cost)
+        else:
+            await self._wait(tenant, cost)
+        try:
+            yield
+        finally:
+            self._free += 1
+            self._grant()
+
+    async def _wait(self, tenant: Tenant, cost: float) -> None:
+        mine = sum(w.tenant.id == tenant.id for w in self._waiting)
+        if self._max_waiting is not None and len(self._waiting) >= self._max_waiting:
+            raise self._full(f"{len(self._waiting)} waiting")
+        if self._max_per_tenant is not None and mine >= self._max_per_tenant:
+            raise self._full(f"{mine} of this key's waiting")
+        if not mine:
+            self._fair.arrive(tenant)
+        waiter = _Waiter(tenant, cost, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            await waiter.granted
+        except asyncio.CancelledError:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            elif waiter.granted.done() and not waiter.granted.cancelled():
+                self._free += 1  # let in just as its caller gave up: the slot goes on
+                self._grant()
+            raise
+
+    def _grant(self) -> None:
+        while self._free and self._waiting:
+            tenant = self._fair.next(dict.fromkeys(w.tenant.id for w in self._waiting))
+            waiter = next(w for w in self._waiting if w.tenant.id == tenant)
+            self._waiting.remove(waiter)
+            self._free -= 1
+            self._fair.charge(waiter.tenant, waiter.cost)
+            waiter.granted.set_result(None)
+        self._fair.forget_idle(w.tenant.id for w in self._waiting)

@@ -118,9 +118,8 @@ class Batcher(Generic[K, S, R]):
         loop = asyncio.get_running_loop()
         tenant = tenant or Tenant()
         request = _Request[K, S, R](key, items, loop.create_future(), time.monotonic(), tenant)
-        waiting = {r.tenant.id for r in self._pending if r.waiting and not r.future.done()}
-        if tenant.id not in waiting:
-            self._fair.arrive(tenant, waiting)
+        if not any(r.tenant.id == tenant.id and r.waiting for r in self._pending):
+            self._fair.arrive(tenant)
         self._pending.append(request)
         self._arrived.set()
         if self._worker is None or self._worker.done():
