@@ -64,6 +64,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             .options(
                 logging_config=logs,
                 ray_actor_options={"num_cpus": settings.diarize_num_cpus},
+                # Calls wait in the replica, where they are let in by fair shares between
+                # keys (its own bounds refuse more); a call queued at a caller is not.
+                max_ongoing_requests=settings.diarize_max_queued + 1,
                 max_queued_requests=settings.diarize_max_queued,
             )
             .bind()

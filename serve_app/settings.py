@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     diarize_max_audio_sec: float = Field(3600, gt=0)
     diarize_timeout_sec: float = Field(1800, gt=0)
     diarize_max_queued: int = Field(8, ge=1)
+    # Of those, how many one API key's calls may be (fair shares: a key's flood of diarized
+    # files waits in its own part of the queue, and another key's file goes ahead of it).
+    diarize_max_queued_per_key: int = Field(4, ge=1)
     # How alike (cosine similarity of CAM++ embeddings) a known speaker's reference clip and a
     # found speaker must sound for the speaker to take the reference's name.
     diarize_min_voice_similarity: float = Field(0.75, ge=0, le=1)

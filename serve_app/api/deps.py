@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
+from serve_app.capacity.fair import Tenant
 from serve_app.media.audio import AudioArray, AudioLimits
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
@@ -34,7 +35,7 @@ class Backend(Protocol):
         on_segments: SegmentsFn | None = None,
     ) -> Transcript: ...
 
-    async def voice(self, audio: AudioArray) -> list[float] | None:
+    async def voice(self, audio: AudioArray, tenant: Tenant | None = None) -> list[float] | None:
         """A known speaker's reference clip as a voice embedding; None when it holds no
         speech. DiarizationUnavailableError without the diarize extra."""
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from serve_app.api.deps import Backend
+from serve_app.capacity.fair import Tenant
 from serve_app.errors import InvalidOptionError, ServiceError
 from serve_app.media import audio
 from serve_app.media.audio import AudioLimits
@@ -82,11 +83,12 @@ def parse(
 
 
 async def voices(
-    parsed: list[tuple[str, bytes]], backend: Backend, limits: AudioLimits
+    parsed: list[tuple[str, bytes]], backend: Backend, limits: AudioLimits, tenant: Tenant
 ) -> list[KnownSpeaker] | None:
-    """Each name with its clip's voice embedding; None when the request names nobody."""
+    """Each name with its clip's voice embedding (the Diarizer's work, in ``tenant``'s share);
+    None when the request names nobody."""
     found = [
-        KnownSpeaker(name=name, voice=await _voice(data, i, backend, limits))
+        KnownSpeaker(name=name, voice=await _voice(data, i, backend, limits, tenant))
         for i, (name, data) in enumerate(parsed)
     ]
     return found or None
@@ -117,7 +119,9 @@ def _clip_bytes(url: object, index: int) -> bytes:
     return data
 
 
-async def _voice(data: bytes, index: int, backend: Backend, limits: AudioLimits) -> list[float]:
+async def _voice(
+    data: bytes, index: int, backend: Backend, limits: AudioLimits, tenant: Tenant
+) -> list[float]:
     where = f"known_speaker_references[{index}]"
     clip_limits = replace(limits, max_duration_s=MAX_REFERENCE_S, max_bytes=MAX_REFERENCE_BYTES)
     try:
@@ -136,7 +140,7 @@ async def _voice(data: bytes, index: int, backend: Backend, limits: AudioLimits)
                 f"{MIN_REFERENCE_S:.0f} to {MAX_REFERENCE_S:.0f} s of speech",
                 param=REFERENCES,
             )
-        voice = await backend.voice(decoded.samples)
+        voice = await backend.voice(decoded.samples, tenant)
     if voice is None:
         raise InvalidOptionError(f"{where} holds no speech", param=REFERENCES)
     return voice

@@ -103,7 +103,9 @@ async def create_transcription(
     )
     await backend.backlog.admit()  # 429 before the upload costs a decode
     if speakers_named:
-        named = await known_speakers.voices(speakers_named, backend, limits)
+        named = await known_speakers.voices(
+            speakers_named, backend, limits, tenant_of(viewer.owner)
+        )
         options = options.model_copy(update={"known_speakers": named})
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)

@@ -83,14 +83,14 @@ class FairGate:
     """At most ``capacity`` holders at once (a diarizer that takes one file at a time, a
     replica's decoding lanes); while all are held, waiters are let in by fair share of their
     cost (audio seconds), first come first served within a tenant. Bounded: past
-    ``max_waiting`` waiters, or ``max_waiting_per_tenant`` of one tenant, ``full`` is raised
-    at once instead of queueing without end (so one tenant's flood fills its own part of the
-    queue, not everyone's)."""
+    ``max_waiting`` waiters, or ``max_waiting_per_tenant`` of one tenant, ``full(waiting,
+    of_the_tenant)`` is raised at once instead of queueing without end (so one tenant's flood
+    fills its own part of the queue, not everyone's)."""
 
     def __init__(
         self,
         capacity: int,
-        full: Callable[[str], Exception],
+        full: Callable[[int, bool], Exception],
         max_waiting: int | None = None,
         max_waiting_per_tenant: int | None = None,
     ) -> None:
@@ -122,10 +122,10 @@ class FairGate:
 
     async def _wait(self, tenant: Tenant, cost: float) -> None:
         mine = sum(w.tenant.id == tenant.id for w in self._waiting)
-        if self._max_waiting is not None and len(self._waiting) >= self._max_waiting:
-            raise self._full(f"{len(self._waiting)} waiting")
         if self._max_per_tenant is not None and mine >= self._max_per_tenant:
-            raise self._full(f"{mine} of this key's waiting")
+            raise self._full(mine, True)
+        if self._max_waiting is not None and len(self._waiting) >= self._max_waiting:
+            raise self._full(len(self._waiting), False)
         if not mine:
             self._fair.arrive(tenant)
         waiter = _Waiter(tenant, cost, asyncio.get_running_loop().create_future())

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from ray.serve.schema import DeploymentStatusOverview
 
 from serve_app import logcontext
+from serve_app.capacity.fair import Tenant
 from serve_app.capacity.pools import SERVING, Pool, PoolRouter
 from serve_app.errors import (
     NoReplicaError,
@@ -228,14 +229,15 @@ class DiarizerClient:
                 options.min_speakers,
                 options.max_speakers,
                 known or None,
+                options.tenant,
                 job=logcontext.current(),
             )
             turns: list[Turn] = await _cancelling(cast(DeploymentResponse[Any], response))
             return turns
 
-    async def voice(self, audio: AudioArray) -> list[float] | None:
+    async def voice(self, audio: AudioArray, tenant: Tenant | None = None) -> list[float] | None:
         with _replica_errors(self._handle.deployment_name):
-            response = self._handle.voice.remote(audio, job=logcontext.current())
+            response = self._handle.voice.remote(audio, tenant, job=logcontext.current())
             found: list[float] | None = await _cancelling(cast(DeploymentResponse[Any], response))
             return found
 

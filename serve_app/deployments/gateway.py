@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.app import create_api
 from serve_app.capacity.admission import StreamLimit
 from serve_app.capacity.backlog import Backlog
+from serve_app.capacity.fair import Tenant
 from serve_app.capacity.pools import would_serve
 from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient, running_replicas
@@ -102,10 +103,10 @@ class Gateway:
             audio, options, on_segments=on_segments, live=on_segments is not None
         )
 
-    async def voice(self, audio: AudioArray) -> list[float] | None:
+    async def voice(self, audio: AudioArray, tenant: Tenant | None = None) -> list[float] | None:
         if self._speakers is None:
             raise not_installed()
-        return await self._speakers.voice(audio)
+        return await self._speakers.voice(audio, tenant)
 
     async def submit(self, job_id: str) -> None:
         if self._ingest is None:

@@ -13,6 +13,7 @@ import httpx
 from serve_app.api.app import create_api
 from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
+from serve_app.capacity.fair import Tenant
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import BacklogStore, JobStore, open_engine
@@ -58,7 +59,7 @@ class StandIn:
             text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
         )
 
-    async def voice(self, audio: Any) -> list[float] | None:
+    async def voice(self, audio: Any, tenant: Tenant | None = None) -> list[float] | None:
         """A stand-in embedding: how loud the clip is (silence: no speech)."""
         loudness = float(abs(audio).mean())
         return [loudness, 1.0] if loudness > 1e-3 else None

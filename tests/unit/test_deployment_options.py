@@ -20,12 +20,13 @@ from tests.unit.test_serve_config import _with_gpu_pool
 ROOT = Path(__file__).resolve().parents[2]
 # What app.py sets, from settings: the log encoding (LOG_FORMAT) on every deployment, what
 # the decoders of the Gateway and the Ingest reserve (DECODE_NUM_CPUS, MAX_DECODED_AUDIO_MB),
-# and the Diarizer's reserved CPUs and queue (DIARIZE_NUM_CPUS, DIARIZE_MAX_QUEUED).
+# and the Diarizer's reserved CPUs and queue (DIARIZE_NUM_CPUS, DIARIZE_MAX_QUEUED: its calls
+# wait in the replica, in fair shares, so it takes that many at once).
 FROM_SETTINGS = {"logging_config"}
 FROM_SETTINGS_BY_NAME = {
     "Gateway": {"ray_actor_options"},
     "Ingest": {"ray_actor_options"},
-    "Diarizer": {"ray_actor_options", "max_queued_requests"},
+    "Diarizer": {"ray_actor_options", "max_queued_requests", "max_ongoing_requests"},
 }
 # Serve's own bookkeeping of a bound deployment, not options.
 _BOOKKEEPING = {"name", "_init_args", "_init_kwargs"}

@@ -57,7 +57,9 @@ def test_a_keys_owner_id_is_its_tenant_and_the_amqp_lane_is_one() -> None:
 
 
 class Full(Exception):
-    pass
+    def __init__(self, waiting: int, of_the_tenant: bool) -> None:
+        super().__init__(waiting, of_the_tenant)
+        self.of_the_tenant = of_the_tenant
 
 
 async def test_a_gate_lets_another_tenant_in_ahead_of_a_floods_queue() -> None:
@@ -89,12 +91,14 @@ async def test_a_gates_queue_is_bounded_overall_and_per_tenant() -> None:
 
     held = [asyncio.create_task(work("a")) for _ in range(3)]  # one holds, two wait
     await asyncio.sleep(0.01)
-    with pytest.raises(Full):
+    with pytest.raises(Full) as refused:
         await work("a")  # a third of a's waiting
+    assert refused.value.of_the_tenant
     b = asyncio.create_task(work("b"))
     await asyncio.sleep(0.01)
-    with pytest.raises(Full):
+    with pytest.raises(Full) as refused:
         await work("c")  # three waiting in all
+    assert not refused.value.of_the_tenant
     assert gate.waiting == 3
     release.set()
     await asyncio.gather(*held, b)
