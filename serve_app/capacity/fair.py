@@ -90,7 +90,7 @@ class FairGate:
     def __init__(
         self,
         capacity: int,
-        full: Callable[[int, bool], Exception],
+        full: Callable[[int, bool], Exception] = lambda waiting, mine: RuntimeError("full"),
         max_waiting: int | None = None,
         max_waiting_per_tenant: int | None = None,
     ) -> None:

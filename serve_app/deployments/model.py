@@ -142,7 +142,7 @@ class TranscriberDeployment:
         names the part (``call.label``) and says what this replica decoded and how fast."""
         with logcontext.about(job):
             transcriber = await self._for(call.options)
-            async with self._decoding.unit_lane() as lane:
+            async with self._decoding.unit_lane(call, self._seconds(call.audio)) as lane:
                 started = time.monotonic()  # the wait for a lane is not decoding time
                 with self._measured(transcriber.name, call.audio):
                     result: Transcript = await self._infer(

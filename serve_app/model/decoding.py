@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from serve_app.capacity.fair import FairGate
 from serve_app.model.calls import FileCall, UnitCall
 from serve_app.model.transcriber import Transcriber
 from serve_app.schemas import Transcript
@@ -32,13 +33,14 @@ class Decoding:
     unit of a long file takes a lane of its own (a batched pipeline of the model's, which
     keeps per-call state), so at most one unit per model worker runs (unbounded, they fought:
     a 1-replica pool ran an 8-min file at 0.67x plain batched, 0.82x one at a time). With
-    cross batching the batcher hands out the same lanes; the two modes never run together."""
+    cross batching the batcher hands out the same lanes; the two modes never run together.
+    Units waiting for a lane take it in fair shares between tenants (``capacity.fair``)."""
 
     def __init__(self, policy: DecodePolicy, lanes: int) -> None:
         self.policy = policy
-        self._lanes: asyncio.Queue[int] = asyncio.Queue()
-        for lane in range(lanes):
-            self._lanes.put_nowait(lane)
+        self._free = list(range(lanes))
+        # Unbounded: the replica's max_ongoing_requests bounds the units that reach it.
+        self._gate = FairGate(lanes)
 
     async def file(self, transcriber: Transcriber, call: FileCall) -> Transcript:
         if not self.policy.cross_batch:
@@ -47,17 +49,18 @@ class Decoding:
         return await transcriber.transcribe_batched(call.audio, windows, call.options)
 
     @contextlib.asynccontextmanager
-    async def unit_lane(self) -> AsyncIterator[int | None]:
-        """The lane a unit decodes on, waited for when it is the unit's own; None when the
-        batcher hands lanes out. Held for the ``async with`` block."""
+    async def unit_lane(self, call: UnitCall, seconds: float) -> AsyncIterator[int | None]:
+        """The lane a unit of ``seconds`` of audio decodes on, waited for when it is the
+        unit's own; None when the batcher hands lanes out. Held for the ``async with`` block."""
         if self.policy.cross_batch:
             yield None
             return
-        lane = await self._lanes.get()
-        try:
-            yield lane
-        finally:
-            self._lanes.put_nowait(lane)
+        async with self._gate.slot(call.options.tenant, seconds):
+            lane = self._free.pop()
+            try:
+                yield lane
+            finally:
+                self._free.append(lane)
 
     async def unit(self, transcriber: Transcriber, call: UnitCall, lane: int | None) -> Transcript:
         if lane is None:

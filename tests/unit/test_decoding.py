@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from serve_app.capacity.fair import Tenant
 from serve_app.model.calls import FileCall, UnitCall
 from serve_app.model.chunking import Window
 from serve_app.model.decoding import DecodePolicy, Decoding
@@ -81,13 +82,21 @@ async def test_a_short_file_is_batched_on_its_own_windows_or_decoded_sequentiall
     assert result.text == "sequential" and sequential.paths == ["sequential"]
 
 
-async def _units(decoding: Decoding, model: StandIn, count: int) -> list[str]:
-    async def one() -> str:
-        async with decoding.unit_lane() as lane:
-            call = UnitCall(AUDIO, WINDOWS, TranscribeOptions(), "a part")
+async def _units(
+    decoding: Decoding,
+    model: StandIn,
+    count: int,
+    tenant: str = "*",
+    order: list[str] | None = None,
+) -> list[str]:
+    async def one(n: int) -> str:
+        call = UnitCall(AUDIO, WINDOWS, TranscribeOptions(tenant=Tenant(tenant)), "a part")
+        async with decoding.unit_lane(call, 60.0) as lane:
+            if order is not None:
+                order.append(f"{tenant}{n}")
             return (await decoding.unit(model, call, lane)).text  # type: ignore[arg-type]
 
-    return await asyncio.gather(*(one() for _ in range(count)))
+    return await asyncio.gather(*(one(n) for n in range(count)))
 
 
 async def test_without_cross_batching_each_unit_takes_a_lane_of_its_own() -> None:
@@ -95,6 +104,15 @@ async def test_without_cross_batching_each_unit_takes_a_lane_of_its_own() -> Non
     texts = await _units(Decoding(DecodePolicy(cross_batch=False), lanes=2), model, 6)
     assert sorted(set(texts)) == ["lane 0", "lane 1"]
     assert model.overlap == 2  # both lanes worked, never more at once
+
+
+async def test_without_cross_batching_lanes_go_in_fair_shares_between_tenants() -> None:
+    model, order = StandIn(), []
+    decoding = Decoding(DecodePolicy(cross_batch=False), lanes=1)
+    flood = asyncio.create_task(_units(decoding, model, 5, "a", order))
+    await asyncio.sleep(0.01)  # a0 decodes, a1-a4 wait for the lane
+    await asyncio.gather(flood, _units(decoding, model, 1, "b", order))
+    assert order == ["a0", "b0", "a1", "a2", "a3", "a4"]
 
 
 async def test_with_cross_batching_units_go_to_the_batcher_without_waiting_for_a_lane() -> None:
