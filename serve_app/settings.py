@@ -121,11 +121,14 @@ class Settings(BaseSettings):
     # model spends on the same audio: a quarter of a core covers a replica's. 0: uncounted.
     decode_num_cpus: float = Field(0.25, ge=0, le=64)
 
-    # Admission: past MAX_BACKLOG_AUDIO_SEC of audio waiting or in flight (jobs and sync
-    # requests), the sync transcription routes answer 429 with Retry-After: how long the pools
-    # need, at their measured speed, to get back under it. 0 turns it off. Jobs are queued
-    # whatever the backlog, with estimated_start and estimated_completion.
+    # Admission: past MAX_BACKLOG_AUDIO_SEC of one API key's audio waiting or in flight (its
+    # jobs and sync requests; on a service without keys, everyone's), the sync transcription
+    # routes answer that key 429 with Retry-After: how long the pools need, at their measured
+    # speed, to get back under it. Past MAX_TOTAL_BACKLOG_AUDIO_SEC of everyone's, they answer
+    # every key so: the last guard. 0 turns either off. Jobs are queued whatever the backlog,
+    # with estimated_start and estimated_completion.
     max_backlog_audio_sec: float = Field(1800, ge=0)
+    max_total_backlog_audio_sec: float = Field(14400, ge=0)
 
     # Messaging: WORKERS_COUNT is the prefetch (jobs taken at once) of each ingest replica.
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"

@@ -101,7 +101,7 @@ async def create_transcription(
     speakers_named = known_speakers.parse(
         extras.get(known_speakers.NAMES), extras.get(known_speakers.REFERENCES), diarize
     )
-    await backend.backlog.admit()  # 429 before the upload costs a decode
+    await backend.backlog.admit(options.tenant)  # 429 before the upload costs a decode
     if speakers_named:
         named = await known_speakers.voices(
             speakers_named, backend, limits, tenant_of(viewer.owner)
@@ -135,7 +135,7 @@ async def create_translation(
         temperature=temperature,
         tenant=tenant_of(viewer.owner),
     )
-    await backend.backlog.admit()
+    await backend.backlog.admit(options.tenant)
     return await _respond(backend, limits, file, options, response_format)
 
 

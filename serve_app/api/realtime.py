@@ -58,7 +58,8 @@ async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
             await _refuse(websocket, str(exc), "session_limit_reached", _TRY_AGAIN_LATER)
             return
         try:
-            await backend.backlog.admit()
+            viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
+            await backend.backlog.admit(tenant_of(viewer.owner if viewer else None))
         except ServiceError as exc:
             await _refuse(websocket, str(exc), "server_busy", _TRY_AGAIN_LATER)
             return

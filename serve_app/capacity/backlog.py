@@ -21,6 +21,7 @@ from typing import Any
 
 from serve_app import metrics
 from serve_app.capacity.eta import Eta, Pending, backlog_s, retry_after_s, schedule
+from serve_app.capacity.fair import ANYONE, Tenant
 from serve_app.errors import BacklogFullError
 from serve_app.store.backlog import BacklogStore, PoolSpeed
 from serve_app.store.rows import now
@@ -78,12 +79,14 @@ class Backlog:
         self,
         store: BacklogStore,
         bound_s: float,
-        in_flight: Callable[[], list[float]],
+        in_flight: Callable[[], list[tuple[float, str]]],
         ttl_s: float = 2.0,
         asked: Callable[[], dict[str, int]] = dict,
+        total_bound_s: float = 0.0,
     ) -> None:
         self._store = store
-        self.bound_s = bound_s
+        self.bound_s = bound_s  # of one tenant's audio
+        self.total_bound_s = total_bound_s  # of everyone's: the last guard
         self._in_flight = in_flight
         self._asked = asked
         self._ttl_s = ttl_s
@@ -105,7 +108,7 @@ class Backlog:
             ):
                 jobs, pools = await asyncio.to_thread(self._read)
                 stored = self._last = Snapshot(now(), jobs, pools)
-        requests = [Pending(remaining_s=s, running=True) for s in self._in_flight()]
+        requests = [Pending(remaining_s=s, running=True, tenant=t) for s, t in self._in_flight()]
         asked = self._asked()
         if not requests:
             # Kept while nothing changes, so its estimates are worked out once per read.
@@ -135,20 +138,35 @@ class Backlog:
                 snap.export()
             await asyncio.sleep(every_s)
 
-    async def admit(self) -> None:
-        """BacklogFullError (429) when more audio waits than the bound lets in."""
-        if not self.bound_s:
+    async def admit(self, tenant: Tenant | None = None) -> None:
+        """BacklogFullError (429) when more of ``tenant``'s audio waits than ``bound_s``
+        lets in (one key's flood holds back that key, not the others), or more of everyone's
+        than ``total_bound_s``."""
+        if not self.bound_s and not self.total_bound_s:
             return
         snap = await self.read()
-        if snap is None or snap.backlog_s <= self.bound_s:
+        if snap is None:
             return
-        wait = retry_after_s(snap.backlog_s, self.bound_s, snap.rate)
-        raise BacklogFullError(
-            f"The service is {snap.backlog_s:.0f} s of audio behind (it takes new requests "
-            f"below {self.bound_s:.0f} s); try again in {wait} s, or submit a job to "
-            "/v1/jobs, which queues whatever the backlog",
-            wait,
-        )
+        who = (tenant or Tenant()).id
+        own = backlog_s([p for p in snap.pending if p.tenant == who])
+        if self.bound_s and own > self.bound_s:
+            # At the pools' whole speed: a lower bound when other keys' work shares them.
+            wait = retry_after_s(own, self.bound_s, snap.rate)
+            whose = "The service is" if who == ANYONE else "This API key's work is"
+            raise BacklogFullError(
+                f"{whose} {own:.0f} s of audio behind (new requests are taken below "
+                f"{self.bound_s:.0f} s); try again in {wait} s, or submit a job to "
+                "/v1/jobs, which queues whatever the backlog",
+                wait,
+            )
+        if self.total_bound_s and snap.backlog_s > self.total_bound_s:
+            wait = retry_after_s(snap.backlog_s, self.total_bound_s, snap.rate)
+            raise BacklogFullError(
+                f"The service is {snap.backlog_s:.0f} s of audio behind (it takes new "
+                f"requests below {self.total_bound_s:.0f} s); try again in {wait} s, or submit "
+                "a job to /v1/jobs, which queues whatever the backlog",
+                wait,
+            )
 
     async def estimates(self, job_ids: list[str]) -> dict[str, Eta]:
         """Of unfinished jobs; one the snapshot misses (submitted since) gets a new one."""

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from serve_app.capacity.fair import ANYONE
+
 
 @dataclass(frozen=True)
 class Pending:
@@ -24,6 +26,7 @@ class Pending:
     running: bool
     id: str | None = None
     lane: str | None = None  # a job's: "amqp" (Whisper-Local requests) or "http" (async jobs)
+    tenant: str = ANYONE  # whose work it is (serve_app.capacity.fair)
 
 
 @dataclass(frozen=True)

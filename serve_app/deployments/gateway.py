@@ -84,8 +84,9 @@ class Gateway:
         self.backlog = Backlog(
             BacklogStore(engine),
             self.settings.max_backlog_audio_sec,
-            self._models.in_flight_s,
+            self._models.in_flight,
             asked=lambda: {pool.name: pool.asked for pool in self._pools.router.pools},
+            total_bound_s=self.settings.max_total_backlog_audio_sec,
         )
         self._watching = asyncio.create_task(self.backlog.watch())
 

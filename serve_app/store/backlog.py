@@ -17,6 +17,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.capacity.eta import Pending
+from serve_app.capacity.fair import tenant_of
 from serve_app.store.rows import aware, now
 from serve_app.store.tables import jobs, replica_speeds
 
@@ -102,6 +103,7 @@ class BacklogStore:
         columns = (
             jobs.c.id,
             jobs.c.source,
+            jobs.c.owner,
             jobs.c.status,
             jobs.c.duration,
             jobs.c.processed_s,
@@ -126,6 +128,7 @@ class BacklogStore:
                 running=r["status"] == "running",
                 id=r["id"],
                 lane=r["source"],
+                tenant=tenant_of(r["owner"], r["source"]).id,
             )
             for r in ordered
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from serve_app.capacity.fair import Tenant
 from serve_app.media.audio import AudioArray
 from serve_app.model.calls import FileCall
 from serve_app.model.chunking import ChunkingOptions, detect_speech
@@ -40,12 +41,16 @@ class TranscriptionService:
         self._fan_out = FanOut(model, self._chunking, self._sample_rate)
         # Long files are planned here: load the VAD model now, not in the first one's time.
         detect_speech(np.zeros(self._sample_rate, np.float32), self._chunking)
-        self._in_flight: dict[int, float] = {}  # audio seconds of each call not answered yet
+        # Audio seconds of each call not answered yet, and whose it is.
+        self._in_flight: dict[int, tuple[float, str]] = {}
+
+    def in_flight(self) -> list[tuple[float, str]]:
+        """Audio seconds and tenant of each transcription waited for here (the backlog's part
+        that is not in the job store: sync requests)."""
+        return list(self._in_flight.values())
 
     def in_flight_s(self) -> list[float]:
-        """Audio seconds of each transcription waited for here (the backlog's part that is
-        not in the job store: sync requests)."""
-        return list(self._in_flight.values())
+        return [seconds for seconds, _ in self._in_flight.values()]
 
     async def transcribe(
         self,
@@ -60,7 +65,8 @@ class TranscriptionService:
         from ``checkpoint``. A short file's segments reach ``on_segments`` when it is done,
         or one by one as they are decoded when ``model.decoding`` says it streams."""
         token = object()
-        self._in_flight[id(token)] = len(audio) / self._sample_rate
+        tenant = (options.tenant or Tenant()).id
+        self._in_flight[id(token)] = (len(audio) / self._sample_rate, tenant)
         try:
             if options.diarize:
                 return await self._with_speakers(

@@ -34,9 +34,9 @@ class StandIn:
     backlog: Backlog
     diarization: bool = False  # the extra is not installed here
     owner_secret: bytes = b"test-owner-secret"
-    # Audio seconds of the sync requests being transcribed, as the Gateway's model client
-    # counts them.
-    in_flight: list[float] = field(default_factory=list)
+    # Audio seconds and tenant of the sync requests being transcribed, as the Gateway's model
+    # client counts them.
+    in_flight: list[tuple[float, str]] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)
     asked: list[TranscribeOptions] = field(default_factory=list)  # each transcribe's options
     transcribing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -48,7 +48,8 @@ class StandIn:
         options: TranscribeOptions,
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
-        self.in_flight.append(len(audio) / self.settings.audio_sample_rate)
+        seconds = len(audio) / self.settings.audio_sample_rate
+        self.in_flight.append((seconds, (options.tenant or Tenant()).id))
         self.asked.append(options)
         self.transcribing.set()
         try:
@@ -94,7 +95,7 @@ def make_backend(tmp_path: Path, clip: Path) -> StandIn:
         max_decoded_audio_mb=1,
     )
     engine = open_engine(settings.database)
-    in_flight: list[float] = []
+    in_flight: list[tuple[float, str]] = []
     return StandIn(
         settings,
         JobStore(engine),

@@ -10,10 +10,11 @@ import pytest
 
 from serve_app.capacity import backlog as backlog_module
 from serve_app.capacity.backlog import Backlog
+from serve_app.capacity.fair import ANYONE
 from serve_app.errors import BacklogFullError
 from serve_app.schemas import Transcript
 from serve_app.store import BacklogStore
-from tests.support.api_standin import ADMIN, StandIn, client
+from tests.support.api_standin import ADMIN, KEY_A, KEY_B, StandIn, client
 
 RATE = 10.0  # audio seconds a second, the one replica reported below
 
@@ -52,6 +53,29 @@ async def test_sync_routes_answer_429_with_retry_after_past_the_bound(
     assert "120 s of audio behind" in refused.json()["error"]["message"]
     assert translation.status_code == 429
     assert taken.status_code == 200, taken.text
+
+
+async def test_one_keys_backlog_holds_back_that_key_and_the_total_bound_everyone(
+    backend: StandIn, speeds: BacklogStore, clip
+) -> None:  # type: ignore[no-untyped-def]
+    backend.backlog.bound_s = 100
+    data = clip("en_office", ".mp3").read_bytes()
+    files = {"file": ("a.mp3", data)}
+    backend.release.set()
+    async with client(backend, KEY_A) as a, client(backend, KEY_B) as b:
+        for _ in range(2):  # 120 s of key A's audio, queued
+            assert (await a.post("/v1/jobs", json=_path_job(backend))).status_code == 202
+        refused = await a.post("/v1/audio/transcriptions", files=files)
+        other_key = await b.post("/v1/audio/transcriptions", files=files)
+        async with client(backend, ADMIN) as admin:
+            admin_key = await admin.post("/v1/audio/transcriptions", files=files)
+        backend.backlog.total_bound_s = 100  # everyone's 120 s are past the last guard
+        everyone = await b.post("/v1/audio/transcriptions", files=files)
+    assert refused.status_code == 429, refused.text
+    assert "This API key's work is 120 s of audio behind" in refused.json()["error"]["message"]
+    assert other_key.status_code == admin_key.status_code == 200
+    assert everyone.status_code == 429
+    assert "The service is 120 s of audio behind" in everyone.json()["error"]["message"]
 
 
 async def test_sync_requests_in_flight_count_toward_the_backlog(
@@ -125,10 +149,10 @@ async def test_without_a_measured_speed_jobs_carry_no_estimates(backend: StandIn
 async def test_requests_in_flight_count_afresh_while_the_store_read_is_cached(
     backend: StandIn, speeds: BacklogStore
 ) -> None:
-    in_flight: list[float] = []
+    in_flight: list[tuple[float, str]] = []
     backlog = Backlog(speeds, bound_s=100, in_flight=lambda: in_flight, ttl_s=3600)
     await backlog.admit()  # reads the store once; that read is kept for the hour
-    in_flight.extend([80.0, 80.0])
+    in_flight.extend([(80.0, ANYONE), (80.0, ANYONE)])
     with pytest.raises(BacklogFullError):
         await backlog.admit()
     in_flight.clear()  # both answered: the next request is let in without a store read
