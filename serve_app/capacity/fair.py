@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 # Who a request's work is for when no key says (a service without API keys, an admin key):
@@ -40,6 +40,20 @@ def tenant_of(owner: str | None, source: str = "http") -> Tenant:
     if source == AMQP:
         return Tenant(AMQP)
     return Tenant(owner) if owner else Tenant()
+
+
+def yield_to(
+    tenant: str,
+    running: Mapping[str, int],
+    queued: Iterable[str],
+    weight: Callable[[str], float] = lambda tenant: 1.0,
+) -> str | None:
+    """Whether a free job slot should go to another tenant than ``tenant``, whose job came
+    for it: to one with a job queued and fewer jobs running than ``tenant`` for its weight
+    (max-min fair shares of the slots); ties keep the slot. None: ``tenant`` takes it."""
+    mine = running.get(tenant, 0) / weight(tenant)
+    behind = [t for t in queued if t != tenant and running.get(t, 0) / weight(t) < mine]
+    return min(behind, key=lambda t: running.get(t, 0) / weight(t), default=None)
 
 
 class FairShare:

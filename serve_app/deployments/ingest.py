@@ -24,6 +24,7 @@ from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
+from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
@@ -90,6 +91,7 @@ class Ingest:
                 max_unfinished=settings.job_max_unfinished,
             ),
             renewals=ClaimStore(make_engine(settings.database, pool_size=2)),
+            turns=FairTurns(BacklogStore(engine)),
         )
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)

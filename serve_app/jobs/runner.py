@@ -27,6 +27,7 @@ from typing import NamedTuple, TypeVar
 
 from serve_app import logcontext, metrics
 from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
+from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
 from serve_app.media import spool
@@ -79,6 +80,8 @@ class JobRunner:
     # Renewals through connections of their own (an engine with a pool of its own), so that
     # blocking work holding every connection of the shared pool cannot hold them up either.
     renewals: ClaimStore | None = None
+    # Fair shares of the job slots between tenants; None: first come first served.
+    turns: FairTurns | None = None
     leases: Leases = field(init=False)
 
     def __post_init__(self) -> None:
@@ -175,6 +178,9 @@ class JobRunner:
             return _Ended(
                 Outcome.FAILED, abandoned, await self._hand_on(job_id, deliver, job=failed)
             )
+        if (other := await self._yields(claim)) is not None:
+            # Not started, so nothing to give back: the claim is released on the way out.
+            return _Ended(Outcome.DEFERRED, f"fair share: tenant {other[:8]} runs fewer jobs")
         suspect = claim.unfinished > 0
         if suspect:
             logger.warning(
@@ -191,6 +197,12 @@ class JobRunner:
                 return ended
             handed = await self._hand_on(job_id, deliver, checkpoint=checkpoint, job=ended.job)
         return ended._replace(job=handed)
+
+    async def _yields(self, claim: Claim) -> str | None:
+        """The tenant a queued job gives its slot to (``serve_app.jobs.fairness``), if any."""
+        if claim.status != "queued" or self.turns is None:
+            return None
+        return await self.turns.ahead(claim)
 
     async def _attempt(
         self, claim: Claim, attempt: int, final: bool, checkpoint: UnitCheckpoint

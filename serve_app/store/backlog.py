@@ -11,9 +11,9 @@ of the jobs' estimates (``serve_app.capacity.eta``). Calls are blocking: run the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.capacity.eta import Pending
@@ -96,6 +96,34 @@ class BacklogStore:
         return speeds
 
     # --- work -----------------------------------------------------------------------------------
+
+    def tenant_load(self, queued_since: datetime) -> tuple[dict[str, int], set[str]]:
+        """Jobs running by tenant, and the tenants with a job queued and on its way to a
+        worker: queued (or requeued) since ``queued_since``, and on the broker (an AMQP job
+        came from it; an HTTP job's message was confirmed). Older queued jobs are not waited
+        for: their message may be lost for a while (the outbox sends it again)."""
+        live = jobs.c.enqueued_at.is_not(None)  # an AMQP job's is when it was admitted
+        query = (
+            select(jobs.c.owner, jobs.c.source, jobs.c.status, func.count())
+            .where(
+                or_(
+                    jobs.c.status == "running",
+                    and_(jobs.c.status == "queued", jobs.c.updated_at >= queued_since, live),
+                )
+            )
+            .group_by(jobs.c.owner, jobs.c.source, jobs.c.status)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        running: dict[str, int] = {}
+        queued: set[str] = set()
+        for owner, source, status, count in rows:
+            tenant = tenant_of(owner, source).id
+            if status == "running":
+                running[tenant] = running.get(tenant, 0) + int(count)
+            else:
+                queued.add(tenant)
+        return running, queued
 
     def pending(self, typical_s: float | None = None) -> list[Pending]:
         """Unfinished jobs: the running ones by when they started, then the queue in order;

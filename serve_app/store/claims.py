@@ -29,6 +29,7 @@ class Claim:
     unfinished: int
     source: str = "amqp"  # http | amqp, for the metrics and logs of its run
     external_id: str | None = None  # an AMQP job's attachment_id
+    owner: str | None = None  # the key that made it (an owner id), for fair shares
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ClaimStore:
                     clock.seconds_until(jobs.c.lease_until).label("left_s"),
                     jobs.c.source,
                     jobs.c.external_id,
+                    jobs.c.owner,
                 ).where(jobs.c.id == job_id)
             ).first()
         if row is None:
@@ -88,6 +90,7 @@ class ClaimStore:
             int(row.unfinished or 0),
             row.source,
             row.external_id,
+            row.owner,
         )
 
     def renew(self, job_id: str, holder: str, lease_s: float) -> bool:

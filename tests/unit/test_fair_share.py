@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from serve_app.capacity.fair import FairGate, FairShare, Tenant, tenant_of
+from serve_app.capacity.fair import FairGate, FairShare, Tenant, tenant_of, yield_to
 
 
 def serve(fair: FairShare, waiting: list[Tenant], rounds: int, cost: float = 1.0) -> list[str]:
@@ -141,3 +141,15 @@ async def test_a_waiter_that_gives_up_leaves_and_a_granted_one_passes_its_slot_o
     assert entered[-1] == "after"
     release.set()
     await after
+
+
+def test_a_job_slot_goes_to_the_tenant_with_a_job_waiting_and_fewest_running() -> None:
+    running = {"a": 5, "b": 1, "c": 2}
+    assert yield_to("a", running, {"b", "c"}) == "b"
+    assert yield_to("c", running, {"a", "b"}) == "b"
+    assert yield_to("b", running, {"a", "c"}) is None  # fewest already
+    assert yield_to("a", running, set()) is None  # nobody waits: never held back
+    assert yield_to("a", {"a": 1, "b": 1}, {"b"}) is None  # ties keep the slot
+    assert yield_to("new", running, {"a"}) is None  # nothing running yet
+    # Weights: a of weight 5 with 5 running is level with b running 1.
+    assert yield_to("a", running, {"b"}, weight=lambda t: 5.0 if t == "a" else 1.0) is None
