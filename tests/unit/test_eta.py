@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -59,6 +60,29 @@ def test_sync_requests_take_a_share_of_the_rate_but_no_job_slot() -> None:
     assert set(etas) == {"a", "b"}
     assert _after(etas["a"].completion) == pytest.approx(6)  # half the rate while both run
     assert _after(etas["b"].start) == pytest.approx(6)  # waits for a, not for the request
+
+
+def test_a_tenants_job_starts_at_the_first_free_slot_ahead_of_another_tenants_flood() -> None:
+    # Two slots, both key a's; a has four more queued, then key b's short job.
+    pending = [
+        Pending(20, running=True, id="a1", tenant="a"),
+        Pending(60, running=True, id="a2", tenant="a"),
+        *(Pending(60, running=False, id=f"a{n}", tenant="a") for n in range(3, 7)),
+        Pending(10, running=False, id="b1", tenant="b"),
+    ]
+    etas = schedule(pending, rate=10.0, now=T0)
+    # a1 is done at 4 s (5 a second); b1 takes its slot, not a3.
+    assert _after(etas["b1"].start) == pytest.approx(4)
+    # Then a's one job and b's share the rate by tenant: 5 a second each, b1 done 2 s later.
+    assert _after(etas["b1"].completion) == pytest.approx(6)
+    assert _after(etas["a3"].start) == pytest.approx(6)
+    # The work is the same: everything is done when the whole backlog would be.
+    assert max(_after(e.completion) for e in etas.values()) == pytest.approx(
+        backlog_s(pending) / 10
+    )
+    # First come first served, b1 would have waited for a3 to a6.
+    alone = schedule([replace(p, tenant="a") for p in pending], rate=10.0, now=T0)
+    assert _after(alone["b1"].start) == pytest.approx(28)
 
 
 def test_without_a_known_speed_nothing_is_estimated() -> None:
