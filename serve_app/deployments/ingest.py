@@ -91,7 +91,7 @@ class Ingest:
                 max_unfinished=settings.job_max_unfinished,
             ),
             renewals=ClaimStore(make_engine(settings.database, pool_size=2)),
-            turns=FairTurns(BacklogStore(engine)),
+            turns=FairTurns(BacklogStore(engine)) if settings.fair_shares else None,
         )
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from ray import serve
 
@@ -28,6 +29,7 @@ from serve_app.settings import load_settings
 from serve_app.store import BacklogStore, open_engine
 
 logger = logging.getLogger("ray.serve")
+Call = TypeVar("Call", FileCall, UnitCall)
 
 # A replica whose model keeps failing on audio that decoded fine is replaced by Serve.
 _UNHEALTHY_AFTER_FAILURES = 3
@@ -122,7 +124,7 @@ class TranscriberDeployment:
             transcriber = await self._for(call.options)
             with self._measured(transcriber.name, call.audio):
                 result: Transcript = await self._infer(
-                    self._decoding.file, transcriber, call, asynchronous=True
+                    self._decoding.file, transcriber, self._in_share(call), asynchronous=True
                 )
                 return result
 
@@ -142,6 +144,7 @@ class TranscriberDeployment:
         names the part (``call.label``) and says what this replica decoded and how fast."""
         with logcontext.about(job):
             transcriber = await self._for(call.options)
+            call = self._in_share(call)
             async with self._decoding.unit_lane(call, self._seconds(call.audio)) as lane:
                 started = time.monotonic()  # the wait for a lane is not decoding time
                 with self._measured(transcriber.name, call.audio):
@@ -156,6 +159,13 @@ class TranscriberDeployment:
                 time.monotonic() - started,
             )
             return result
+
+    def _in_share(self, call: Call) -> Call:
+        """The call as this replica schedules it: in its tenant's fair share, or with
+        FAIR_SHARES=false first come first served (every call in one share)."""
+        if self._settings.fair_shares:
+            return call
+        return replace(call, options=call.options.model_copy(update={"tenant": None}))
 
     def _seconds(self, audio: AudioArray) -> float:
         return len(audio) / self._settings.audio_sample_rate
