@@ -1,0 +1,93 @@
+"""Fair shares between keys against the real app (tiny.en, the shared service's two CPU model
+replicas and two Ingest replicas of four job slots): one key floods it with long jobs, and
+another key's short request and short job go ahead of the flood's queued work."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.conftest import API_KEY, INGEST_REPLICAS, OTHER_KEY, WORKERS_COUNT, Service
+from tests.support import speech, sse
+
+SLOTS = INGEST_REPLICAS * WORKERS_COUNT
+FLOOD_JOBS = SLOTS + 4  # four of them queued behind the slots
+# The quiet key's clip in the flood may take this much longer than alone: a batch already
+# decoding when it came, one more that it joins, and the wait for a replica's free call slot.
+FLOODED_EXTRA_S = 20.0
+
+
+def _sync(client: httpx.Client, clip: Path) -> float:
+    started = time.monotonic()
+    with open(clip, "rb") as f:
+        answer = client.post("/v1/audio/transcriptions", files={"file": (clip.name, f)})
+    assert answer.status_code == 200, answer.text
+    return time.monotonic() - started
+
+
+def _jobs(client: httpx.Client, ids: list[str]) -> list[dict[str, Any]]:
+    return [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def test_a_keys_flood_does_not_hold_back_another_keys_request_or_job(
+    service: Service, speech_dir: Path, clip
+) -> None:  # type: ignore[no-untyped-def]
+    long_clip, _ = speech.four_minutes(speech_dir)
+    short = clip("en_office", ".mp3")
+    with service.client(api_key=API_KEY) as flood, service.client(api_key=OTHER_KEY) as quiet:
+        alone = min(_sync(quiet, short) for _ in range(2))  # the first may load the model
+        body = {"audio_file_path": str(long_clip), "language": "en"}
+        ids = [flood.post("/v1/jobs", json=body).json()["id"] for _ in range(FLOOD_JOBS)]
+        try:
+            speech.wait_until(
+                lambda: sum(j["status"] == "running" for j in _jobs(flood, ids)) >= SLOTS,
+                90,
+                "the flood to take every job slot",
+            )
+            flooded = _sync(quiet, short)
+            with open(short, "rb") as f:
+                submitted = quiet.post(
+                    "/v1/jobs", files={"file": (short.name, f)}, data={"language": "en"}
+                )
+            assert submitted.status_code == 202, submitted.text
+            queued_then = [j["id"] for j in _jobs(flood, ids) if j["status"] == "queued"]
+            quiet_id = submitted.json()["id"]
+            speech.wait_until(
+                lambda: quiet.get(f"/v1/jobs/{quiet_id}").json()["status"] == "completed",
+                120,
+                "the quiet key's job to complete",
+            )
+            flood_now = _jobs(flood, ids)
+        finally:
+            for job_id in ids:
+                flood.delete(f"/v1/jobs/{job_id}")
+        quiet_job = quiet.get(f"/v1/jobs/{quiet_id}").json()
+        events = [e.event for e in sse.read(quiet, f"/v1/jobs/{quiet_id}/events")]
+        ended = _jobs(flood, ids)
+
+    started = _at(quiet_job["started_at"])
+    waited = (started - _at(quiet_job["created_at"])).total_seconds()
+    print(
+        f"fairness: quiet clip alone {alone:.1f} s, in the flood {flooded:.1f} s; quiet job "
+        f"started {waited:.1f} s after submission, {len(queued_then)} flood jobs queued before it"
+    )
+    assert flooded < alone + FLOODED_EXTRA_S, (alone, flooded)
+    # The quiet key's job took the first free slot: before any of the flood's jobs that were
+    # queued when it came (first come first served would have run those first).
+    assert queued_then, "the flood did not queue past the slots"
+    for job in flood_now:
+        if job["id"] in queued_then and job["started_at"] is not None:
+            assert _at(job["started_at"]) > started, (job["id"], job["started_at"], started)
+    # Nothing lost or duplicated: one transcript for the quiet job; the flood's jobs end
+    # completed or cancelled, none failed.
+    assert quiet_job["result"]["text"].strip()
+    assert events.count("completed") == 1 and events.count("running") == 1, events
+    assert {j["status"] for j in ended} <= {"completed", "cancelled"}
