@@ -7,6 +7,7 @@ their own environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -197,6 +198,11 @@ class Settings(BaseSettings):
     # ALLOWED_AUDIO_ROOTS, an API key only under the folders given to it here, as a JSON
     # object of key -> folders inside ALLOWED_AUDIO_ROOTS; other keys upload their audio.
     api_key_audio_roots: dict[SecretStr, list[Path]] = Field(default_factory=dict)
+    # Fair shares (FAIR_SHARES): a JSON object of key -> weight; a key of weight 2 gets twice
+    # the model time and job slots of one of weight 1 while both wait. Unnamed keys: 1.
+    api_key_weights: dict[SecretStr, Annotated[float, Field(gt=0, le=1000)]] = Field(
+        default_factory=dict
+    )
     # Per key: jobs not yet finished, and bytes of uploaded audio they keep spooled.
     max_queued_jobs_per_key: int = Field(100, ge=1)
     max_spooled_mb_per_key: float = Field(2048, gt=0)
@@ -241,7 +247,13 @@ class Settings(BaseSettings):
             for root in roots:
                 if not any(Path(os.path.realpath(root)).is_relative_to(a) for a in allowed):
                     raise ValueError(f"API_KEY_AUDIO_ROOTS: {root} is outside ALLOWED_AUDIO_ROOTS")
+        if any(key.get_secret_value() not in keys for key in self.api_key_weights):
+            raise ValueError("API_KEY_WEIGHTS names a key that is not in API_KEYS")
         return self
+
+    def weights_by_owner(self, owner_id: Callable[[str], str]) -> dict[str, float]:
+        """API_KEY_WEIGHTS by the keys' owner ids (``owner_id``: a key's), as tenants have them."""
+        return {owner_id(k.get_secret_value()): w for k, w in self.api_key_weights.items()}
 
     @field_validator("audio_sample_rate")
     @classmethod

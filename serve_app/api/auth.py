@@ -8,8 +8,8 @@ where its JSON jobs may name files (``KeyRing.audio_roots``).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -20,17 +20,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from serve_app.api.errors import error_response
+from serve_app.capacity.fair import Tenant, tenant_of
 from serve_app.settings import Settings
 from serve_app.store.jobs import EVERYONE, Viewer
+from serve_app.store.secrets import owner_id
 
 PROTECTED_PREFIX = "/v1"
 _bearer = HTTPBearer(auto_error=False, description="One of the service's API_KEYS")
-
-
-def owner_id(key: str, secret: bytes) -> str:
-    """What the store keeps of a key: an HMAC under the service's own secret, so that neither
-    a database dump nor a guessed key's plain hash ties jobs to a key."""
-    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 class KeyRing:
@@ -47,6 +43,7 @@ class KeyRing:
             owner_id(key.get_secret_value(), owner_secret): roots
             for key, roots in settings.api_key_audio_roots.items()
         }
+        self._weights = settings.weights_by_owner(lambda key: owner_id(key, owner_secret))
 
     @property
     def required(self) -> bool:
@@ -64,6 +61,11 @@ class KeyRing:
         if any(admin):
             return EVERYONE
         return Viewer(owner=owner_id(given.decode(), self._secret), everyone=False)
+
+    def tenant(self, viewer: Viewer) -> Tenant:
+        """Whose fair share ``viewer``'s work counts in (``serve_app.capacity.fair``)."""
+        tenant = tenant_of(viewer.owner)
+        return replace(tenant, weight=self._weights.get(tenant.id, 1.0))
 
     def audio_roots(self, viewer: Viewer) -> list[Path]:
         """Where ``viewer``'s JSON jobs may name files: nowhere for a key given no roots."""

@@ -25,7 +25,6 @@ from serve_app.api.auth import KeyRing, KeysDep, ViewerDep
 from serve_app.api.deps import Backend, BackendDep, LimitsDep
 from serve_app.api.params import LIST_PARAMS, extra_options, form_values, is_form_extra
 from serve_app.api.uploads import check_upload
-from serve_app.capacity.fair import tenant_of
 from serve_app.errors import (
     AudioNotFoundError,
     ForbiddenError,
@@ -126,9 +125,7 @@ async def submit_job(
     quota = job_service.Quota(settings.max_queued_jobs_per_key, settings.max_spooled_mb_per_key)
     await job_service.check_quota(backend.store, viewer.owner, size or 0, quota)
     if speakers_named:  # voices now: the job keeps them, not the clips
-        named = await known_speakers.voices(
-            speakers_named, backend, limits, tenant_of(viewer.owner)
-        )
+        named = await known_speakers.voices(speakers_named, backend, limits, keys.tenant(viewer))
         options = options.model_copy(update={"known_speakers": named})
     if upload is not None:
         path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)

@@ -9,12 +9,11 @@ from fastapi.responses import Response
 
 from serve_app import formats
 from serve_app.api import known_speakers
-from serve_app.api.auth import ViewerDep
+from serve_app.api.auth import KeysDep, ViewerDep
 from serve_app.api.deps import BackendDep, LimitsDep
 from serve_app.api.params import FormExtrasDep, extra_options
 from serve_app.api.streaming import stream_transcription
 from serve_app.api.uploads import decode_upload
-from serve_app.capacity.fair import tenant_of
 from serve_app.errors import InvalidOptionError
 from serve_app.model_options import (
     OPENAI_MODEL_ALIAS,
@@ -57,6 +56,7 @@ async def create_transcription(
     backend: BackendDep,
     limits: LimitsDep,
     viewer: ViewerDep,
+    keys: KeysDep,
     extras: FormExtrasDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
@@ -91,7 +91,7 @@ async def create_transcription(
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
         **speakers,
-        tenant=tenant_of(viewer.owner),
+        tenant=keys.tenant(viewer),
     )
     if options.logprobs and response_format != "json" and not stream:
         raise InvalidOptionError(
@@ -103,9 +103,7 @@ async def create_transcription(
     )
     await backend.backlog.admit(options.tenant)  # 429 before the upload costs a decode
     if speakers_named:
-        named = await known_speakers.voices(
-            speakers_named, backend, limits, tenant_of(viewer.owner)
-        )
+        named = await known_speakers.voices(speakers_named, backend, limits, keys.tenant(viewer))
         options = options.model_copy(update={"known_speakers": named})
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)
@@ -118,6 +116,7 @@ async def create_translation(
     backend: BackendDep,
     limits: LimitsDep,
     viewer: ViewerDep,
+    keys: KeysDep,
     file: Annotated[UploadFile, File(description="Audio file")],
     model: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
@@ -133,7 +132,7 @@ async def create_translation(
         task="translate",
         prompt=prompt,
         temperature=temperature,
-        tenant=tenant_of(viewer.owner),
+        tenant=keys.tenant(viewer),
     )
     await backend.backlog.admit(options.tenant)
     return await _respond(backend, limits, file, options, response_format)

@@ -14,17 +14,18 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from serve_app.api.auth import KeyRing
 from serve_app.api.deps import Backend
 from serve_app.api.errors import code_for
 from serve_app.capacity.admission import StreamLimit
-from serve_app.capacity.fair import tenant_of
+from serve_app.capacity.fair import Tenant
 from serve_app.errors import ServiceBusyError, ServiceError
 from serve_app.realtime import protocol
 from serve_app.realtime.pacing import LiveLoad, LivePacing
 from serve_app.realtime.session import LiveSession
 from serve_app.realtime.turns import silero
 from serve_app.schemas import TranscribeOptions, Transcript
-from serve_app.store.jobs import Viewer
+from serve_app.store.jobs import EVERYONE, Viewer
 
 logger = logging.getLogger("ray.serve")
 router = APIRouter()
@@ -58,12 +59,17 @@ async def realtime(websocket: WebSocket, intent: str | None = None) -> None:
             await _refuse(websocket, str(exc), "session_limit_reached", _TRY_AGAIN_LATER)
             return
         try:
-            viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
-            await backend.backlog.admit(tenant_of(viewer.owner if viewer else None))
+            await backend.backlog.admit(_tenant(websocket))
         except ServiceError as exc:
             await _refuse(websocket, str(exc), "server_busy", _TRY_AGAIN_LATER)
             return
         await _serve(websocket, backend)
+
+
+def _tenant(websocket: WebSocket) -> Tenant:
+    """Whose fair share the session's work counts in: its key's."""
+    keys: KeyRing = websocket.app.state.keys
+    return keys.tenant(websocket.scope.get("state", {}).get("viewer") or EVERYONE)
 
 
 async def _refuse(websocket: WebSocket, message: str, code: str, close_code: int) -> None:
@@ -87,7 +93,7 @@ async def _serve(websocket: WebSocket, backend: Backend) -> None:
                 logger.info("Live session: the client went away while sent to: %r", exc)
 
     viewer: Viewer | None = websocket.scope.get("state", {}).get("viewer")
-    tenant = tenant_of(viewer.owner if viewer else None)
+    tenant = _tenant(websocket)
 
     async def decode(audio: Any, options: TranscribeOptions) -> Transcript:
         return await backend.transcribe(audio, options.model_copy(update={"tenant": tenant}))

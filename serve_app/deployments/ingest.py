@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from sqlalchemy import Engine
 
 from ingest.consumer import IngestConsumer
 from ingest.transport import PublishError, TransportConfig
@@ -43,6 +44,7 @@ from serve_app.store import (
     make_engine,
     open_engine,
 )
+from serve_app.store.secrets import owner_id, service_secret
 from serve_app.transcription.pipeline import FileRequest, admission_for, transcribe_file
 from serve_app.transcription.service import TranscriptionService
 
@@ -91,7 +93,7 @@ class Ingest:
                 max_unfinished=settings.job_max_unfinished,
             ),
             renewals=ClaimStore(make_engine(settings.database, pool_size=2)),
-            turns=FairTurns(BacklogStore(engine)) if settings.fair_shares else None,
+            turns=await self._turns(engine) if settings.fair_shares else None,
         )
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)
@@ -122,6 +124,12 @@ class Ingest:
         self._reading = asyncio.create_task(
             self._read_backlog(BacklogStore(engine), settings.amqp_depth_poll_sec)
         )
+
+    async def _turns(self, engine: Engine) -> FairTurns:
+        """Fair shares of the job slots, with API_KEY_WEIGHTS by the keys' owner ids."""
+        secret = await asyncio.to_thread(service_secret, engine)
+        weights = self._settings.weights_by_owner(lambda key: owner_id(key, secret))
+        return FairTurns(BacklogStore(engine), weight=lambda tenant: weights.get(tenant, 1.0))
 
     async def submit(self, job_id: str) -> None:
         """Queue an accepted HTTP job; the Gateway calls this after recording it."""

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -31,7 +31,7 @@ from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
 from serve_app.media import spool
-from serve_app.schemas import FINISHED, Job, Transcript
+from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
 from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
 from serve_app.transcription.port import Span
@@ -198,6 +198,14 @@ class JobRunner:
             handed = await self._hand_on(job_id, deliver, checkpoint=checkpoint, job=ended.job)
         return ended._replace(job=handed)
 
+    def _weighed(self, options: TranscribeOptions) -> TranscribeOptions:
+        """The job's options with its tenant's weight (API_KEY_WEIGHTS), which the store does
+        not keep."""
+        if self.turns is None or options.tenant is None:
+            return options
+        tenant = replace(options.tenant, weight=self.turns.weight(options.tenant.id))
+        return options.model_copy(update={"tenant": tenant})
+
     async def _yields(self, claim: Claim) -> str | None:
         """The tenant a queued job gives its slot to (``serve_app.jobs.fairness``), if any."""
         if claim.status != "queued" or self.turns is None:
@@ -240,7 +248,7 @@ class JobRunner:
             metrics.observe("whisper_queue_wait_seconds", waited, source=job.source)
         events = EventWriter(self.store, job_id, holder).start()
         request = FileRequest(
-            job.audio_path, job.options, events.progress, events.segments, checkpoint
+            job.audio_path, self._weighed(job.options), events.progress, events.segments, checkpoint
         )
         work = asyncio.wait_for(self.transcribe(request), self.policy.timeout_s)
         reason: str | None = None

@@ -6,13 +6,15 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from serve_app.capacity.fair import Tenant
 from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.running import Outcome
-from serve_app.schemas import TranscribeOptions
+from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.store import BacklogStore, JobStore, Outbox
 from serve_app.store.jobs import NewJob
 from serve_app.store.rows import now
-from tests.support.runner_standin import StandIn, make_runner
+from serve_app.transcription.pipeline import FileRequest
+from tests.support.runner_standin import StandIn, make_runner, three_parts
 
 
 def _job(
@@ -76,3 +78,19 @@ async def test_a_job_gives_its_slot_to_a_tenant_running_fewer_and_takes_it_when_
     assert (await runner.run(other, 0, final=False))[0] is Outcome.COMPLETED
     # b has nothing waiting now: a's job takes the slot, one running or not.
     assert (await runner.run(mine, 0, final=False))[0] is Outcome.COMPLETED
+
+
+async def test_a_job_runs_with_its_keys_weight(store: JobStore, tmp_path: Path) -> None:
+    seen: list[TranscribeOptions] = []
+
+    async def transcribe(request: FileRequest) -> Transcript:
+        seen.append(request.options)
+        return three_parts()
+
+    runner = make_runner(store, tmp_path, transcribe)
+    runner.turns = FairTurns(BacklogStore(store.engine), weight=lambda t: 3.0 if t == "a" else 1)
+    for owner in ("a", "b"):
+        assert (await runner.run(_job(store, tmp_path, owner), 0, final=False))[0] is (
+            Outcome.COMPLETED
+        )
+    assert [options.tenant for options in seen] == [Tenant("a", 3.0), Tenant("b", 1.0)]

@@ -118,6 +118,20 @@ def test_per_key_audio_roots_must_name_a_key_and_stay_inside_the_allowed_roots(
         load_settings()
 
 
+def test_key_weights_name_keys_and_are_positive_and_go_by_owner_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("API_KEYS", "key-a,key-b")
+    monkeypatch.setenv("API_KEY_WEIGHTS", '{"key-a": 3}')
+    settings = load_settings()
+    assert settings.weights_by_owner(lambda key: f"owner of {key}") == {"owner of key-a": 3.0}
+    for bad in ('{"secret-xyz": 2}', '{"key-a": 0}', '{"key-a": -1}'):
+        monkeypatch.setenv("API_KEY_WEIGHTS", bad)
+        with pytest.raises(SettingsError) as refused:
+            load_settings()
+        assert "secret-xyz" not in str(refused.value)
+
+
 def test_a_bad_secret_setting_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("API_KEY_AUDIO_ROOTS", '{"secret-xyz": 5')
     with pytest.raises(SettingsError, match=r"(?i)api_key_audio_roots") as refused:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 
-from serve_app.api.auth import owner_id
+from pydantic import SecretStr
+
+from serve_app.api.auth import KeyRing, owner_id
 from serve_app.capacity.fair import Tenant
+from serve_app.store.jobs import EVERYONE, Viewer
 from serve_app.store.tables import jobs
 from tests.support.api_standin import ADMIN, KEY_A, KEY_B, KEY_C, StandIn, client
 
@@ -108,3 +111,12 @@ async def test_each_key_is_a_tenant_of_its_own_and_no_client_or_store_sees_it(
     with backend.store.engine.connect() as conn:
         row = conn.execute(jobs.select().where(jobs.c.id == job["id"])).mappings().one()
     assert "tenant" not in row["options"]
+
+
+def test_a_keys_weight_comes_with_its_tenant(backend: StandIn) -> None:
+    settings = backend.settings.model_copy(update={"api_key_weights": {SecretStr(KEY_A): 3.0}})
+    keys = KeyRing(settings, backend.owner_secret)
+    a, b = (Viewer(owner_id(key, backend.owner_secret), everyone=False) for key in (KEY_A, KEY_B))
+    assert keys.tenant(a) == Tenant(a.owner or "", 3.0)
+    assert keys.tenant(b) == Tenant(b.owner or "", 1.0)
+    assert keys.tenant(EVERYONE) == Tenant()
