@@ -182,6 +182,7 @@ class IngestConsumer:
                 delivery_mode=DeliveryMode.PERSISTENT,
                 message_id=message.message_id,
                 correlation_id=message.correlation_id,
+                priority=message.priority,  # honoured where the queue has x-max-priority
             )
             await self.transport.publish(self.transport.out.retries, retry, c.RETRY_ROUTING_KEY)
 

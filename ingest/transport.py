@@ -132,9 +132,12 @@ class AmqpTransport:
         # global: RabbitMQ shares the count among every consumer on the channel, so the contract
         # lane and the jobs lane together hold WORKERS_COUNT, not WORKERS_COUNT each.
         await consumer_channel.set_qos(prefetch_count=self.config.prefetch, global_=True)
+        foreign = await topology.foreign_queues(self.config.url)
+        if foreign:
+            logger.info("Using %s as declared already (arguments of their own)", sorted(foreign))
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._out = await topology.declare(self._publisher)
-        incoming = await topology.declare(consumer_channel)
+        self._out = await topology.declare(self._publisher, foreign)
+        incoming = await topology.declare(consumer_channel, foreign)
         self._consumed = []
         for name, handler in lanes(incoming).items():
             queue: AbstractQueue = getattr(incoming, name)

@@ -54,7 +54,10 @@ def declare_like_a_producer(channel: BlockingChannel) -> None:
 
 
 def publish(
-    url: str, *bodies: dict[str, Any] | bytes, headers: dict[str, Any] | None = None
+    url: str,
+    *bodies: dict[str, Any] | bytes,
+    headers: dict[str, Any] | None = None,
+    priority: int | None = None,
 ) -> None:
     """Publish requests exactly like the seed's example producer (persistent, direct)."""
     with connect(url) as conn:
@@ -66,7 +69,9 @@ def publish(
                 exchange=c.REQUEST_EXCHANGE,
                 routing_key=c.REQUEST_ROUTING_KEY,
                 body=raw,
-                properties=pika.BasicProperties(delivery_mode=2, headers=headers),
+                properties=pika.BasicProperties(
+                    delivery_mode=2, headers=headers, priority=priority
+                ),
             )
 
 
