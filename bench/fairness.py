@@ -173,6 +173,9 @@ def _report(
             f"{flooded:.2f} s / {max(row['flooded']):.2f} s | {flooded / alone:.1f}x | "
             f"{row['job_wait_s']:.1f} s | {row['flood_audio_per_s']:.1f} |"
         )
+    for fair, row in figures.items():
+        each = ", ".join(f"{s:.2f}" for s in row["flooded"])
+        print(f"\n{'fair shares' if fair else 'first come first served'}: each clip {each} s")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,18 @@ async def test_a_tenants_flood_does_not_hold_back_another_tenants_clip() -> None
     assert flood_order == [f"a{u}w{i}" for u in range(5) for i in range(6)]
 
 
+async def test_a_tenant_with_nothing_decoding_takes_a_free_lane_at_once() -> None:
+    decode = Recorder(seconds=0.2)
+    batcher = Batcher(decode, capacity=8, max_wait_s=0, lanes=2)  # batches of 4
+    flood = asyncio.create_task(batcher.decode("en", [f"a{i}" for i in range(4)], Tenant("a")))
+    await asyncio.sleep(0.05)  # a's batch decodes in one lane
+    started = time.monotonic()
+    assert await batcher.decode("en", ["b"], Tenant("b")) == ["B"]
+    # In the free lane beside a's batch: not after it (though one window is no half batch).
+    assert time.monotonic() - started < 0.3 and decode.most_at_once == 2
+    await flood
+
+
 async def test_tenants_share_batches_by_weight_and_audio_seconds() -> None:
     decode = Recorder(seconds=0)
     batcher = Batcher(decode, capacity=4, max_wait_s=0, cost=lambda item: float(len(item)))
