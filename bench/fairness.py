@@ -10,8 +10,8 @@ flight. Then the quiet key sends ``--clips`` short clips one after another to th
 and one short job. Reported: the quiet key's sync latency (median, worst) against the same
 clips sent alone before the flood and against plain faster-whisper on them, the quiet job's
 wait from submission to start, and the flood's own throughput (audio seconds of its jobs
-done per second while the clips ran): fairness must not cost the flood its speed either. One
-model replica, pinned; the flood is cancelled once the quiet key is done.
+done per second, over ``--window`` seconds from when the quiet key starts): fairness must not
+cost the flood its speed either. One model replica, pinned; the flood is cancelled then.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ async def _measure(
     sent = [(clip.name, clip.read_bytes()) for clip in [long_clip, *clips]]
     long_file, short_files = sent[0], sent[1:]
     async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
-        solo = [await _sync(client, QUIET, clip) for clip in short_files]  # the first warms up
+        # The first warms up; the last is the quiet job's.
+        solo = [await _sync(client, QUIET, clip) for clip in short_files[:-1]]
         flood_jobs = [await _job(client, FLOOD, long_clip) for _ in range(args.flood)]
         streams = [
             asyncio.create_task(_sync(client, FLOOD, long_file)) for _ in range(args.streams)
@@ -84,12 +85,14 @@ async def _measure(
         await asyncio.sleep(args.settle)  # the flood's jobs and requests reach the replica
         before = await _done_audio(client, flood_jobs)
         started = time.perf_counter()
-        quiet_job = await _job(client, QUIET, clips[0])
-        flooded = [await _sync(client, QUIET, clip) for clip in short_files]
+        quiet_job = await _job(client, QUIET, clips[-1])
+        flooded = [await _sync(client, QUIET, clip) for clip in short_files[1:-1]]
         for _ in range(3600):  # half an hour at most
             if (job := await _read(client, QUIET, quiet_job))["status"] == "completed":
                 break
             await asyncio.sleep(0.5)
+        # The flood's speed over the same window in both modes (units end every few seconds).
+        await asyncio.sleep(max(0.0, started + args.window - time.perf_counter()))
         took = time.perf_counter() - started
         after = await _done_audio(client, flood_jobs)
         for task in streams:
@@ -99,7 +102,7 @@ async def _measure(
     waited = (_at(job["started_at"]) - _at(job["created_at"])).total_seconds()
     return {
         "solo": solo[1:],
-        "flooded": flooded[1:],
+        "flooded": flooded,
         "job_wait_s": waited,
         "flood_audio_per_s": (after - before) / took,
     }
@@ -122,6 +125,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2, help="its sync requests in flight")
     parser.add_argument("--clips", type=int, default=8, help="short clips the quiet key sends")
     parser.add_argument("--settle", type=float, default=15.0)
+    parser.add_argument("--window", type=float, default=120.0, help="the flood's speed window")
     service_options(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,10 +133,10 @@ def main() -> None:
         audio = work / "audio"
         audio.mkdir()
         long_clip, _ = speech.four_minutes(audio)
-        clips = [path for path, _ in short_clips(audio, args.clips + 1)]
+        clips = [path for path, _ in short_clips(audio, args.clips + 2)]
         plain = plain_sequential(args.model, work / "models", language="en")
         raw = []
-        for clip in clips:
+        for clip in clips[:-1]:
             began = time.perf_counter()
             plain(clip)
             raw.append(time.perf_counter() - began)
