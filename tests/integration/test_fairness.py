@@ -58,8 +58,10 @@ def test_a_keys_flood_does_not_hold_back_another_keys_request_or_job(
                     "/v1/jobs", files={"file": (short.name, f)}, data={"language": "en"}
                 )
             assert submitted.status_code == 202, submitted.text
-            queued_then = [j["id"] for j in _jobs(flood, ids) if j["status"] == "queued"]
             quiet_id = submitted.json()["id"]
+            estimate = quiet.get(f"/v1/jobs/{quiet_id}").json()
+            flood_then = _jobs(flood, ids)
+            queued_then = [j["id"] for j in flood_then if j["status"] == "queued"]
             speech.wait_until(
                 lambda: quiet.get(f"/v1/jobs/{quiet_id}").json()["status"] == "completed",
                 120,
@@ -83,6 +85,15 @@ def test_a_keys_flood_does_not_hold_back_another_keys_request_or_job(
     # The quiet key's job took the first free slot: before any of the flood's jobs that were
     # queued when it came (first come first served would have run those first).
     assert queued_then, "the flood did not queue past the slots"
+    # Its estimate said as much: it starts before every one of the flood's queued jobs (first
+    # come first served estimates put it after all of them), and not before it was submitted.
+    if estimate["status"] == "queued":  # replicas report their speed from the start
+        due = _at(estimate["estimated_start"])
+        print(f"fairness: quiet job estimated to start {(due - started).total_seconds():+.1f} s")
+        assert due >= _at(estimate["created_at"])
+        for job in flood_then:
+            if job["status"] == "queued" and job["estimated_start"] is not None:
+                assert due <= _at(job["estimated_start"]), (estimate, job)
     for job in flood_now:
         if job["id"] in queued_then and job["started_at"] is not None:
             assert _at(job["started_at"]) > started, (job["id"], job["started_at"], started)
