@@ -7,7 +7,6 @@ their own environment.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -250,10 +249,6 @@ class Settings(BaseSettings):
         if any(key.get_secret_value() not in keys for key in self.api_key_weights):
             raise ValueError("API_KEY_WEIGHTS names a key that is not in API_KEYS")
         return self
-
-    def weights_by_owner(self, owner_id: Callable[[str], str]) -> dict[str, float]:
-        """API_KEY_WEIGHTS by the keys' owner ids (``owner_id``: a key's), as tenants have them."""
-        return {owner_id(k.get_secret_value()): w for k, w in self.api_key_weights.items()}
 
     @field_validator("audio_sample_rate")
     @classmethod

@@ -23,7 +23,7 @@ from serve_app.api.errors import error_response
 from serve_app.capacity.fair import Tenant, tenant_of
 from serve_app.settings import Settings
 from serve_app.store.jobs import EVERYONE, Viewer
-from serve_app.store.secrets import owner_id
+from serve_app.store.secrets import owner_id, weights_by_owner
 
 PROTECTED_PREFIX = "/v1"
 _bearer = HTTPBearer(auto_error=False, description="One of the service's API_KEYS")
@@ -43,7 +43,7 @@ class KeyRing:
             owner_id(key.get_secret_value(), owner_secret): roots
             for key, roots in settings.api_key_audio_roots.items()
         }
-        self._weights = settings.weights_by_owner(lambda key: owner_id(key, owner_secret))
+        self._weights = weights_by_owner(settings.api_key_weights, owner_secret)
 
     @property
     def required(self) -> bool:

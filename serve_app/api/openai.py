@@ -82,6 +82,7 @@ async def create_transcription(
         raise InvalidOptionError("diarize cannot stream: speakers are known once the file is done")
     speakers = speaker_options(diarize, min_speakers, max_speakers, backend.diarization)
     language = normalize_language(language)
+    tenant = keys.tenant(viewer)
     options = TranscribeOptions(
         model=served_model(model, backend.settings),
         language=language,
@@ -91,7 +92,7 @@ async def create_transcription(
         word_timestamps=response_format == "verbose_json"
         and "word" in (timestamp_granularities or []),
         **speakers,
-        tenant=keys.tenant(viewer),
+        tenant=tenant,
     )
     if options.logprobs and response_format != "json" and not stream:
         raise InvalidOptionError(
@@ -103,7 +104,7 @@ async def create_transcription(
     )
     await backend.backlog.admit(options.tenant)  # 429 before the upload costs a decode
     if speakers_named:
-        named = await known_speakers.voices(speakers_named, backend, limits, keys.tenant(viewer))
+        named = await known_speakers.voices(speakers_named, backend, limits, tenant)
         options = options.model_copy(update={"known_speakers": named})
     if stream:
         decoded, held = await decode_upload(file, limits, backend.admission)

@@ -151,22 +151,10 @@ class Backlog:
         own = backlog_s([p for p in snap.pending if p.tenant == who])
         if self.bound_s and own > self.bound_s:
             # At the pools' whole speed: a lower bound when other keys' work shares them.
-            wait = retry_after_s(own, self.bound_s, snap.rate)
             whose = "The service is" if who == ANYONE else "This API key's work is"
-            raise BacklogFullError(
-                f"{whose} {own:.0f} s of audio behind (new requests are taken below "
-                f"{self.bound_s:.0f} s); try again in {wait} s, or submit a job to "
-                "/v1/jobs, which queues whatever the backlog",
-                wait,
-            )
+            raise _full(whose, own, self.bound_s, snap.rate)
         if self.total_bound_s and snap.backlog_s > self.total_bound_s:
-            wait = retry_after_s(snap.backlog_s, self.total_bound_s, snap.rate)
-            raise BacklogFullError(
-                f"The service is {snap.backlog_s:.0f} s of audio behind (it takes new "
-                f"requests below {self.total_bound_s:.0f} s); try again in {wait} s, or submit "
-                "a job to /v1/jobs, which queues whatever the backlog",
-                wait,
-            )
+            raise _full("The service is", snap.backlog_s, self.total_bound_s, snap.rate)
 
     async def estimates(self, job_ids: list[str]) -> dict[str, Eta]:
         """Of unfinished jobs; one the snapshot misses (submitted since) gets a new one."""
@@ -186,3 +174,13 @@ class Backlog:
             for job_id in job_ids
             if (eta := snap.etas.get(job_id)) is not None
         }
+
+
+def _full(whose: str, behind_s: float, bound_s: float, rate: float) -> BacklogFullError:
+    wait = retry_after_s(behind_s, bound_s, rate)
+    return BacklogFullError(
+        f"{whose} {behind_s:.0f} s of audio behind (new requests are taken below "
+        f"{bound_s:.0f} s); try again in {wait} s, or submit a job to /v1/jobs, which queues "
+        "whatever the backlog",
+        wait,
+    )

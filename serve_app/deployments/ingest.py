@@ -44,7 +44,7 @@ from serve_app.store import (
     make_engine,
     open_engine,
 )
-from serve_app.store.secrets import owner_id, service_secret
+from serve_app.store.secrets import service_secret, weights_by_owner
 from serve_app.transcription.pipeline import FileRequest, admission_for, transcribe_file
 from serve_app.transcription.service import TranscriptionService
 
@@ -128,7 +128,7 @@ class Ingest:
     async def _turns(self, engine: Engine) -> FairTurns:
         """Fair shares of the job slots, with API_KEY_WEIGHTS by the keys' owner ids."""
         secret = await asyncio.to_thread(service_secret, engine)
-        weights = self._settings.weights_by_owner(lambda key: owner_id(key, secret))
+        weights = weights_by_owner(self._settings.api_key_weights, secret)
         return FairTurns(BacklogStore(engine), weight=lambda tenant: weights.get(tenant, 1.0))
 
     async def submit(self, job_id: str) -> None:

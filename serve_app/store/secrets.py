@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
 from serve_app.store.tables import service_secrets
@@ -16,6 +17,11 @@ def owner_id(key: str, secret: bytes) -> str:
     """What the store keeps of a key: an HMAC under the service's own secret, so that neither
     a database dump nor a guessed key's plain hash ties jobs to a key."""
     return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def weights_by_owner(weights: dict[SecretStr, float], secret: bytes) -> dict[str, float]:
+    """API_KEY_WEIGHTS by the keys' owner ids, as tenants have them."""
+    return {owner_id(key.get_secret_value(), secret): w for key, w in weights.items()}
 
 
 def service_secret(engine: Engine, name: str = OWNER_IDS) -> bytes:

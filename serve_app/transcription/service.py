@@ -49,9 +49,6 @@ class TranscriptionService:
         that is not in the job store: sync requests)."""
         return list(self._in_flight.values())
 
-    def in_flight_s(self) -> list[float]:
-        return [seconds for seconds, _ in self._in_flight.values()]
-
     async def transcribe(
         self,
         audio: AudioArray,

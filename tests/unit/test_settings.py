@@ -6,6 +6,7 @@ import pytest
 
 from serve_app.errors import SettingsError
 from serve_app.settings import load_settings
+from serve_app.store.secrets import owner_id, weights_by_owner
 
 SEED_VARIABLES = [
     "WHISPER_MODEL",
@@ -123,8 +124,8 @@ def test_key_weights_name_keys_and_are_positive_and_go_by_owner_id(
 ) -> None:
     monkeypatch.setenv("API_KEYS", "key-a,key-b")
     monkeypatch.setenv("API_KEY_WEIGHTS", '{"key-a": 3}')
-    settings = load_settings()
-    assert settings.weights_by_owner(lambda key: f"owner of {key}") == {"owner of key-a": 3.0}
+    weights = weights_by_owner(load_settings().api_key_weights, b"secret")
+    assert weights == {owner_id("key-a", b"secret"): 3.0}
     for bad in ('{"secret-xyz": 2}', '{"key-a": 0}', '{"key-a": -1}'):
         monkeypatch.setenv("API_KEY_WEIGHTS", bad)
         with pytest.raises(SettingsError) as refused:

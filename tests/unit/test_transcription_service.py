@@ -61,7 +61,7 @@ class Port:
     def _seen(self, name: str) -> None:
         self.calls.append(name)
         if self.service is not None:
-            self.in_flight.append(self.service.in_flight_s())
+            self.in_flight.append([seconds for seconds, _ in self.service.in_flight()])
 
     async def transcribe(self, call: FileCall) -> Transcript:
         if self.barrier is not None:  # every call in flight before any is recorded
@@ -122,7 +122,7 @@ async def test_a_short_file_is_one_batched_call_its_segments_handed_on_when_done
     )
     assert port.calls == ["transcribe"] and port.in_flight == [[3.0]]
     assert got == [result.segments] and progress == [(0.0, 3.0), (3.0, 3.0)]
-    assert service.in_flight_s() == []
+    assert service.in_flight() == []
 
 
 async def test_a_live_caller_or_sequential_decoding_streams_the_segments() -> None:
@@ -175,4 +175,4 @@ async def test_in_flight_audio_counts_each_call_until_it_is_answered() -> None:
         service.transcribe(np.zeros(SR * 5, np.float32), TranscribeOptions()),
     )
     assert sorted(port.in_flight[0]) == [2.0, 5.0]  # both, while both were waited for
-    assert service.in_flight_s() == []
+    assert service.in_flight() == []
