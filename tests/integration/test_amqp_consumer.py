@@ -322,55 +322,6 @@ async def test_topology_arguments_match_the_contract(vhost: str) -> None:
     }
 
 
-async def test_a_producers_priority_queue_is_used_as_it_is_and_priorities_are_kept(
-    ledger: ResultLedger,
-) -> None:
-    """A producer that declared whisper_transcriptions with x-max-priority keeps it: the
-    consumer uses the queue as it is (declaring it with the contract's arguments would fail),
-    RabbitMQ hands the urgent request out first, and its retry keeps its priority."""
-    vhost = "whisper_priority_test"
-    url = amqp.fresh_vhost(vhost)
-    with amqp.connect(url) as conn:
-        channel = conn.channel()
-        channel.queue_delete(c.REQUEST_QUEUE)
-        channel.queue_declare(c.REQUEST_QUEUE, durable=True, arguments={"x-max-priority": 10})
-        channel.queue_bind(c.REQUEST_QUEUE, c.REQUEST_EXCHANGE, c.REQUEST_ROUTING_KEY)
-    routine = [_request("/tmp/shared_audio/routine.mp3") for _ in range(3)]
-    urgent = _request("/tmp/shared_audio/urgent.mp3")  # the stand-in sees paths, not ids
-    order: list[str] = []
-
-    async def note(request: QueuedTranscriptionRequest) -> Transcript:
-        order.append(Path(request.audio_file_path).stem)
-        if order == ["urgent"]:
-            raise InferenceError("once")  # its retry goes round the TTL queue
-        return Transcript(
-            text="ok", language="en", language_probability=1, duration=1, segments=[], model="m"
-        )
-
-    amqp.publish(url, *routine)
-    amqp.publish(url, urgent, priority=9)
-    retry_priority = None
-    try:
-        async with consumers.Running(url, note, ledger, prefetch=1):
-            await until(lambda: amqp.queue_depth(url, c.RETRY_QUEUE)[0] == 1, 4, "the retry")
-            with amqp.connect(url) as conn:  # a look at it within its 5 s TTL
-                channel = conn.channel()
-                method, properties, _ = channel.basic_get(c.RETRY_QUEUE)
-                retry_priority = properties.priority
-                channel.basic_reject(method.delivery_tag, requeue=True)
-            await until(lambda: len(order) == 5, 60, "every request, and the urgent one again")
-        listing = amqp.rabbitmqctl(
-            "list_queues", "-p", vhost, "name", "arguments", "--formatter", "json"
-        )
-    finally:
-        with amqp.connect(url) as conn:
-            conn.channel().queue_delete(c.REQUEST_QUEUE)  # back to the contract's declaration
-    assert order[0] == "urgent", order  # first, though published last
-    assert order.count("urgent") == 2 and retry_priority == 9
-    arguments = {q["name"]: q["arguments"] for q in json.loads(listing)}[c.REQUEST_QUEUE]
-    assert "x-max-priority" in json.dumps(arguments)  # still the producer's queue
-
-
 async def test_prefetch_is_shared_by_both_lanes(results, ledger) -> None:
     """WORKERS_COUNT bounds a replica's jobs, contract requests and HTTP jobs together."""
     release = asyncio.Event()
