@@ -152,7 +152,7 @@ class IngestConsumer:
             if again and await self._jobs.was_answered(key):
                 return
             if job.status == "completed" and job.result is not None:
-                result = c.success_result(request, job.result, attempt + 1)
+                result = c.success_result(request, job.result, attempt + 1, job.result_objects)
             else:
                 result = c.error_result(
                     request.attachment_id,

@@ -155,7 +155,10 @@ def retry_headers(headers: dict[str, Any], count: int) -> dict[str, Any]:
 
 
 def success_result(
-    request: QueuedTranscriptionRequest, transcript: Transcript, attempts: int = 1
+    request: QueuedTranscriptionRequest,
+    transcript: Transcript,
+    attempts: int = 1,
+    objects: dict[str, str] | None = None,
 ) -> QueuedTranscriptionResult:
     return QueuedTranscriptionResult(
         attachment_id=request.attachment_id,
@@ -170,6 +173,7 @@ def success_result(
             for s in transcript.segments
         ],
         attempts=attempts,
+        result_objects=objects,
     )
 
 

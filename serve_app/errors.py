@@ -160,3 +160,11 @@ class BacklogFullError(ServiceBusyError):
 class NoReplicaError(ServiceBusyError):
     """No model pool has a running replica and none can be started by a request (their nodes
     are down, or they are still starting): a caller that cannot wait comes back later."""
+
+
+class StorageUnavailableError(ServiceBusyError):
+    """Object storage (S3, MinIO) did not answer or failed on its side: the same request
+    later will pass. A job is not charged an attempt for it; it waits for the bucket."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message, retry_after_s)

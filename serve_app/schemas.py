@@ -213,10 +213,12 @@ class QueuedTranscriptionResult(BaseModel):
     language: str | None = None
     segments: list[ResultSegment] | None = None
     attempts: int | None = None
+    # Ours, with RESULTS_BUCKET: where the transcript and its JSON copy were written.
+    result_objects: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
         # import_batch_id is always present (even null); the optional fields only when set.
-        optional_fields = {"error_message", "language", "segments", "attempts"}
+        optional_fields = {"error_message", "language", "segments", "attempts", "result_objects"}
         body = self.model_dump(exclude=optional_fields)
         optional = self.model_dump(include=optional_fields, exclude_none=True)
         return json.dumps({**body, **optional}, ensure_ascii=False).encode()
@@ -233,11 +235,13 @@ FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class JobSubmission(BaseModel):
-    """POST /v1/jobs as JSON: audio already on a path the service can read."""
+    """POST /v1/jobs as JSON: audio already on a path the service can read, or an s3:// object."""
 
     model_config = ConfigDict(extra="forbid")
 
     audio_file_path: str = Field(min_length=1)
+    # The format of the transcript written to RESULTS_BUCKET (GET .../result takes any).
+    response_format: ResponseFormat | None = None
     model: str | None = None
     language: str | None = None
     task: Task = "transcribe"
@@ -299,6 +303,10 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     webhook: WebhookState | None = None
     result: Transcript | None = None
+    # With RESULTS_BUCKET: the format of the transcript written back (null: text), and once
+    # completed, where it and a JSON copy of the result are ({"transcript", "json"}).
+    response_format: ResponseFormat | None = None
+    result_objects: dict[str, str] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

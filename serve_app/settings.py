@@ -14,7 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from serve_app.errors import SettingsError
+from serve_app.errors import PathNotAllowedError, SettingsError
+from serve_app.media import objects
 from serve_app.model.chunking import ChunkingOptions
 from serve_app.retry import Growth, RetryPolicy
 
@@ -180,6 +181,27 @@ class Settings(BaseSettings):
     # nodes); finished jobs, their audio and results are deleted after JOB_RETENTION_HOURS.
     spool_dir: Path | None = None
     job_retention_hours: float = Field(24, gt=0)
+    # Object storage (S3, or MinIO and other S3-compatible servers at S3_ENDPOINT_URL; see
+    # serve_app.media.storage). Credentials: S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, else
+    # boto3's own chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance role). With SPOOL_BUCKET,
+    # uploads of async jobs are kept at s3://SPOOL_BUCKET/SPOOL_PREFIX... instead of SPOOL_DIR,
+    # so replicas on any node read them. AMQP requests and JSON jobs may name s3://bucket/key
+    # sources in ALLOWED_AUDIO_BUCKETS ("bucket" or "bucket/prefix", comma-separated); API keys
+    # only in theirs (API_KEY_AUDIO_BUCKETS, a JSON object of key -> grants inside those). With
+    # RESULTS_BUCKET, each finished job's transcript (in its response_format, text if none)
+    # and a JSON copy are written under RESULTS_PREFIX<job id>/.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Per request to the storage (connect, and each read); a slower one is an outage.
+    s3_timeout_sec: float = Field(10, gt=0)
+    spool_bucket: str | None = None
+    spool_prefix: str = "spool/"
+    allowed_audio_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_key_audio_buckets: dict[SecretStr, list[str]] = Field(default_factory=dict)
+    results_bucket: str | None = None
+    results_prefix: str = "results/"
     # Webhooks: the final job JSON is signed with WEBHOOK_SECRET (HMAC-SHA256) and retried
     # with exponential backoff from WEBHOOK_BACKOFF_SEC, WEBHOOK_MAX_ATTEMPTS times in all.
     webhook_secret: SecretStr | None = None
@@ -225,6 +247,7 @@ class Settings(BaseSettings):
     @field_validator(
         "whisper_extra_models",
         "allowed_audio_roots",
+        "allowed_audio_buckets",
         "api_keys",
         "api_admin_keys",
         "webhook_allowed_hosts",
@@ -246,6 +269,19 @@ class Settings(BaseSettings):
             for root in roots:
                 if not any(Path(os.path.realpath(root)).is_relative_to(a) for a in allowed):
                     raise ValueError(f"API_KEY_AUDIO_ROOTS: {root} is outside ALLOWED_AUDIO_ROOTS")
+        granted = [_grant(g, "ALLOWED_AUDIO_BUCKETS") for g in self.allowed_audio_buckets]
+        for key, grants in self.api_key_audio_buckets.items():
+            if key.get_secret_value() not in keys:
+                raise ValueError("API_KEY_AUDIO_BUCKETS names a key that is not in API_KEYS")
+            for grant in (_grant(g, "API_KEY_AUDIO_BUCKETS") for g in grants):
+                if not any(grant.within(g) for g in granted):
+                    raise ValueError(
+                        f"API_KEY_AUDIO_BUCKETS: {grant} is outside ALLOWED_AUDIO_BUCKETS"
+                    )
+        for name in ("spool", "results"):
+            bucket, prefix = getattr(self, f"{name}_bucket"), getattr(self, f"{name}_prefix")
+            if bucket is not None:  # a bad name fails at start, not at the first job
+                _grant(f"{bucket}/{prefix}", f"{name.upper()}_BUCKET and {name.upper()}_PREFIX")
         if any(key.get_secret_value() not in keys for key in self.api_key_weights):
             raise ValueError("API_KEY_WEIGHTS names a key that is not in API_KEYS")
         return self
@@ -266,6 +302,18 @@ class Settings(BaseSettings):
     @property
     def audio_roots(self) -> list[Path]:
         return [*self.allowed_audio_roots, self.tmp_dir, self.spool]
+
+    @property
+    def audio_grants(self) -> list[objects.Grant]:
+        """Where s3:// sources may be: ALLOWED_AUDIO_BUCKETS, and the spool's own prefix."""
+        grants = [objects.Grant.parse(g) for g in self.allowed_audio_buckets]
+        if self.spool_bucket is not None:
+            grants.append(objects.Grant.parse(f"{self.spool_bucket}/{self.spool_prefix}"))
+        return grants
+
+    @property
+    def uses_object_storage(self) -> bool:
+        return bool(self.spool_bucket or self.results_bucket or self.allowed_audio_buckets)
 
     @property
     def spool(self) -> Path:
@@ -302,11 +350,21 @@ class Settings(BaseSettings):
         return list(dict.fromkeys([self.whisper_model, *self.whisper_extra_models]))
 
 
+def _grant(text: str, variable: str) -> objects.Grant:
+    try:
+        return objects.Grant.parse(text)
+    except PathNotAllowedError as exc:
+        raise ValueError(f"{variable}: {exc.message}") from None
+
+
 # Keys, secrets and URLs that carry passwords.
 _SECRETS = {
     "API_KEYS",
     "API_ADMIN_KEYS",
     "API_KEY_AUDIO_ROOTS",
+    "API_KEY_AUDIO_BUCKETS",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
     "WEBHOOK_SECRET",
     "DATABASE_URL",
     "RABBITMQ_URL",

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import speech
+from tests.support.s3 import S3Server, s3_server
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +23,10 @@ def clip(speech_dir: Path):  # type: ignore[no-untyped-def]
         return wav if suffix == ".wav" else speech.encode(wav, suffix, speech_dir)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3-compatible server process for the whole run (tests/support/s3.py)."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from serve_app.api.errors import error_response
 from serve_app.capacity.fair import Tenant, tenant_of
+from serve_app.media.objects import Grant
 from serve_app.settings import Settings
 from serve_app.store.jobs import EVERYONE, Viewer
 from serve_app.store.secrets import owner_id, weights_by_owner
@@ -44,6 +45,11 @@ class KeyRing:
             for key, roots in settings.api_key_audio_roots.items()
         }
         self._weights = weights_by_owner(settings.api_key_weights, owner_secret)
+        self._all_grants = [Grant.parse(g) for g in settings.allowed_audio_buckets]
+        self._grants = {
+            owner_id(key.get_secret_value(), owner_secret): [Grant.parse(g) for g in grants]
+            for key, grants in settings.api_key_audio_buckets.items()
+        }
 
     @property
     def required(self) -> bool:
@@ -72,6 +78,12 @@ class KeyRing:
         if viewer.everyone:
             return self._all_roots
         return self._roots.get(viewer.owner or "", [])
+
+    def audio_grants(self, viewer: Viewer) -> list[Grant]:
+        """Where ``viewer``'s JSON jobs may name s3:// objects: nowhere for a key given none."""
+        if viewer.everyone:
+            return self._all_grants
+        return self._grants.get(viewer.owner or "", [])
 
 
 class ApiKeyAuth:

@@ -10,6 +10,8 @@ from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.capacity.fair import Tenant
 from serve_app.media.audio import AudioArray, AudioLimits
+from serve_app.media.spool import Spool
+from serve_app.media.storage import ObjectStorage
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import JobStore
@@ -27,6 +29,8 @@ class Backend(Protocol):
     backlog: Backlog
     diarization: bool  # a Diarizer deployment is there to ask
     owner_secret: bytes  # keys the HMAC of API keys into owner ids (the store's own secret)
+    spool: Spool  # where uploads of async jobs wait
+    storage: ObjectStorage | None  # S3 or the like, when the settings name a bucket
 
     async def transcribe(
         self,

@@ -59,6 +59,7 @@ _CODES: list[tuple[type[errors.ServiceError], str]] = [
     (errors.UnsupportedFormatError, "unsupported_format"),
     (errors.UndecodableAudioError, "undecodable_audio"),
     (errors.RequestTooLargeError, "request_too_large"),
+    (errors.StorageUnavailableError, "storage_unavailable"),
 ]
 
 

@@ -34,10 +34,11 @@ from serve_app.errors import (
     RequestTooLargeError,
     UnsupportedFormatError,
 )
+from serve_app.jobs import exports, webhooks
 from serve_app.jobs import service as job_service
-from serve_app.jobs import webhooks
-from serve_app.media import spool
+from serve_app.media import objects, remote
 from serve_app.media.audio import AudioLimits
+from serve_app.media.storage import ObjectStorage
 from serve_app.model_options import normalize_language, served_model, speaker_options
 from serve_app.schemas import (
     FINISHED,
@@ -102,6 +103,7 @@ async def submit_job(
             backend.diarization,
         ),
     )
+    exports.check_format(submission.response_format, options.diarize)
     speakers_named = known_speakers.parse(
         submission.known_speaker_names, submission.known_speaker_references, options.diarize
     )
@@ -128,15 +130,17 @@ async def submit_job(
         named = await known_speakers.voices(speakers_named, backend, limits, keys.tenant(viewer))
         options = options.model_copy(update={"known_speakers": named})
     if upload is not None:
-        path = await asyncio.to_thread(spool.save, upload.file, settings.spool, suffix)
+        audio = await asyncio.to_thread(backend.spool.save, upload.file, suffix)
         filename, spooled = upload.filename, True
     else:
-        path = _own_path(submission.audio_file_path, keys, viewer, limits)
-        filename, spooled = path.name, False
+        audio, filename = await _own_source(
+            submission.audio_file_path, keys, viewer, limits, backend.storage
+        )
+        spooled = False
 
     new = NewJob(
         source="http",
-        audio_path=str(path),
+        audio_path=audio,
         options=options,
         model=options.model or settings.whisper_model,
         spooled=spooled,
@@ -145,8 +149,9 @@ async def submit_job(
         idempotency_key=key,
         owner=viewer.owner,
         audio_bytes=size,
+        response_format=submission.response_format,
     )
-    job, created = await job_service.submit(backend.store, new, backend.submit, settings.spool)
+    job, created = await job_service.submit(backend.store, new, backend.submit, backend.spool)
     if not created:  # the same key won a race with this request
         return _job_response(job, 200)
     [job] = await _estimated(backend, [job])
@@ -194,7 +199,7 @@ async def get_result(
 
 @router.delete("/{job_id}", response_model=Job)
 async def cancel_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> Job:
-    return await job_service.cancel(backend.store, job_id, viewer, backend.settings.spool)
+    return await job_service.cancel(backend.store, job_id, viewer, backend.spool)
 
 
 async def _existing_job(job_id: str, backend: BackendDep, viewer: ViewerDep) -> str:
@@ -285,6 +290,46 @@ async def _small_body(request: Request) -> bytes:
 def scoped_idempotency_key(owner: str | None, key: str) -> str:
     """Client keys live in their owner's namespace, apart from the internal ``amqp:`` keys."""
     return f"http:{owner or '-'}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+async def _own_source(
+    raw: str, keys: KeyRing, viewer: Viewer, limits: AudioLimits, storage: ObjectStorage | None
+) -> tuple[str, str]:
+    """(where the job reads its audio, its file name) of a JSON job's audio_file_path: a
+    server file (``_own_path``) or an s3:// object (``_own_object``)."""
+    if objects.is_object_name(raw):
+        ref = await _own_object(raw, keys.audio_grants(viewer), viewer, limits, storage)
+        return str(ref), ref.name
+    path = _own_path(raw, keys, viewer, limits)
+    return str(path), path.name
+
+
+async def _own_object(
+    raw: str,
+    grants: list[objects.Grant],
+    viewer: Viewer,
+    limits: AudioLimits,
+    storage: ObjectStorage | None,
+) -> objects.ObjectRef:
+    """An object the caller may read, with the rules of ``_own_path``: admin keys anywhere in
+    ALLOWED_AUDIO_BUCKETS, other keys in theirs only, and the answer for an object outside
+    them the one for a missing object. Its size is checked now, without reading it."""
+    ref = objects.ObjectRef.parse(raw)  # a malformed name says nothing about any object
+    if not grants or storage is None:
+        raise ForbiddenError(
+            "This API key may not name s3:// objects: upload the audio instead "
+            "(or ask the operator for buckets for this key)"
+        )
+    try:
+        objects.resolve_object(raw, grants)
+        await asyncio.to_thread(remote.check_object, storage, ref, limits)
+    except (AudioNotFoundError, PathNotAllowedError):
+        if viewer.everyone:
+            raise
+        raise AudioNotFoundError(
+            f"No audio object this key may read at {ref}: objects must lie in its buckets"
+        ) from None
+    return ref
 
 
 def _own_path(raw: str, keys: KeyRing, viewer: Viewer, limits: AudioLimits) -> Path:

@@ -21,6 +21,8 @@ from serve_app.deployments.client import DiarizerClient, ModelClient, running_re
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
+from serve_app.media.spool import Spool
+from serve_app.media.storage import storage_for
 from serve_app.periodic import Recent
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
@@ -73,6 +75,8 @@ class Gateway:
         self._models = TranscriptionService(self._pools, self.settings, self._speakers)
         self.admission = admission_for(self.settings, self.settings.decode_queue)
         self.streams = StreamLimit(self.settings.sse_max_subscribers)
+        self.storage = storage_for(self.settings)
+        self.spool = Spool.from_settings(self.settings, self.storage)
         self._ingest = ingest
         self._serve_status = Recent(
             lambda: asyncio.to_thread(serve.status), _STATUS_STALE_S, "read Serve's status", logger

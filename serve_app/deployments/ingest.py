@@ -25,10 +25,13 @@ from serve_app.deployments import telemetry
 from serve_app.deployments.client import DiarizerClient, ModelClient
 from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError
+from serve_app.jobs.exports import ResultExport
 from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
+from serve_app.media.spool import Spool
+from serve_app.media.storage import storage_for
 from serve_app.periodic import every
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
@@ -75,6 +78,8 @@ class Ingest:
         self._transcription = TranscriptionService(
             ModelClient(pools, weights), settings, DiarizerClient(diarizer) if diarizer else None
         )
+        self._storage = storage_for(settings)
+        spool = Spool.from_settings(settings, self._storage)
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,7 @@ class Ingest:
             ClaimStore(engine),
             UnitStore(engine),
             self._transcribe_path,
-            settings.spool,
+            spool,
             RunPolicy(
                 timeout_s=settings.job_timeout_sec,
                 lease_s=settings.job_lease_sec,
@@ -94,6 +99,7 @@ class Ingest:
             ),
             renewals=ClaimStore(make_engine(settings.database, pool_size=2)),
             turns=await self._turns(engine) if settings.fair_shares else None,
+            exports=ResultExport.from_settings(settings, self._storage),
         )
         ledger = ResultLedger(engine)
         jobs = JobService(store, runner, ledger, Outbox(engine), settings.whisper_model)
@@ -115,6 +121,7 @@ class Ingest:
             lambda: ledger.purge(retention),
             webhook_store=WebhookStore(engine),
             publish_job=self._consumer.submit_job,
+            spool=spool,
         )
         self._consuming = asyncio.create_task(self._consumer.run())
         self._housekeeping = asyncio.create_task(self._housekeeper.run())
@@ -146,7 +153,12 @@ class Ingest:
             )
 
         return await transcribe_file(
-            request.path, request.options, self._settings, transcribe, self._admission
+            request.path,
+            request.options,
+            self._settings,
+            transcribe,
+            self._admission,
+            self._storage,
         )
 
     def record_autoscaling_stats(self) -> dict[str, float]:

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 
 from serve_app import metrics
+from serve_app.errors import ServiceError
 from serve_app.jobs import webhooks
-from serve_app.media import spool
+from serve_app.media.spool import Spool
 from serve_app.schemas import Job
 from serve_app.settings import Settings
 from serve_app.store import JobStore, Outbox, RetentionStore, WebhookClaim, WebhookStore
@@ -45,12 +46,14 @@ class Housekeeper:
         retention_every_s: float = RETENTION_EVERY_S,
         max_deliveries: int = MAX_DELIVERIES,
         publish_job: Callable[[str], Awaitable[None]] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._store = store
         # The job store's own engine: both tables live in one database.
         self._webhooks = webhook_store or WebhookStore(store.engine)
         self._retention = RetentionStore(store.engine)
         self._settings = settings
+        self._spool = spool or Spool(settings.spool)
         self._purge_ledger = purge_ledger
         self._outbox = Outbox(store.engine)
         self._publish_job = publish_job
@@ -160,12 +163,14 @@ class Housekeeper:
     def apply_retention(self) -> int:
         """Delete jobs finished longer ago than JOB_RETENTION_HOURS, their audio and events,
         and spool files no job needs any more. Blocking."""
-        spool_dir = self._settings.spool
         purged = self._retention.purge_finished(timedelta(hours=self._settings.job_retention_hours))
         for job in purged:
             if job.spooled:
-                spool.remove(job.audio_path, spool_dir)
-        orphans = spool.sweep_orphans(spool_dir, self._retention.spooled_paths())
+                try:
+                    self._spool.remove(job.audio_path)
+                except ServiceError as exc:  # the job is gone: the orphan sweep gets it later
+                    logger.warning("Could not delete %s of job %s: %s", job.audio_path, job.id, exc)
+        orphans = self._spool.sweep_orphans(self._retention.spooled_paths())
         if purged or orphans:
             logger.info("Retention: %d jobs and %d orphan files deleted", len(purged), orphans)
         return len(purged)

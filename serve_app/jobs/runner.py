@@ -22,15 +22,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from serve_app import logcontext, metrics
 from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
+from serve_app.jobs.exports import ResultExport
 from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
 from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
-from serve_app.media import spool
+from serve_app.media.spool import Spool
 from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
 from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
@@ -66,7 +66,7 @@ class JobRunner:
     claims: ClaimStore
     units: UnitStore
     transcribe: TranscribePathFn
-    spool_dir: Path
+    spool: Spool
     policy: RunPolicy
     # Claims are held as "<host>:<pid>:<replica>:<delivery>" (the store keeps 64 characters):
     # naming the host and process lets an operator, or a fault test, see who holds a job.
@@ -82,6 +82,8 @@ class JobRunner:
     renewals: ClaimStore | None = None
     # Fair shares of the job slots between tenants; None: first come first served.
     turns: FairTurns | None = None
+    # RESULTS_BUCKET: where finished transcripts are written back; None: the store only.
+    exports: ResultExport | None = None
     leases: Leases = field(init=False)
 
     def __post_init__(self) -> None:
@@ -254,8 +256,14 @@ class JobRunner:
         reason: str | None = None
         retryable = cancelled = busy = False
         transcript: Transcript | None = None
+        objects: dict[str, str] | None = None
         try:
-            transcript = await run_cancellable(self.store, job_id, work, self.policy.cancel_poll_s)
+            done = await run_cancellable(self.store, job_id, work, self.policy.cancel_poll_s)
+            if self.exports is not None:
+                # A storage outage here defers the job like a busy service: its units stay
+                # stored, so the next try reassembles the transcript instead of redoing it.
+                objects = await asyncio.to_thread(self.exports.write, job, done)
+            transcript = done
         except JobCancelledError:
             cancelled = True
         except ServiceBusyError as exc:  # the service's own limit, not the job's fault
@@ -273,8 +281,10 @@ class JobRunner:
             logger.info("Job %s cancelled while running", job_id)
             return _Ended(Outcome.CANCELLED)
         if transcript is not None:
-            done = await self._written(claim, self.store.complete, job_id, transcript, holder)
-            return _Ended(Outcome.COMPLETED, job=done)
+            completed = await self._written(
+                claim, self.store.complete, job_id, transcript, holder, objects
+            )
+            return _Ended(Outcome.COMPLETED, job=completed)
         assert reason is not None
         if busy:
             # Waiting for room is not an attempt: the job comes back with its count unchanged.
@@ -323,7 +333,7 @@ class JobRunner:
             if checkpoint is None or checkpoint.stored:
                 await asyncio.to_thread(self.units.drop_results, job_id)
             if job.spooled:
-                await asyncio.to_thread(spool.remove, job.audio_path, self.spool_dir)
+                await asyncio.to_thread(self.spool.remove, job.audio_path)
         except Exception:
             logger.exception("Could not tidy up after job %s; retention will", job_id)
         return job

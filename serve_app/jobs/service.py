@@ -14,20 +14,28 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import get_args
 
 from sqlalchemy.exc import DataError, IntegrityError
 
-from serve_app.errors import MalformedRequestError, QueueUnavailableError, QuotaExceededError
+from serve_app.errors import (
+    InvalidOptionError,
+    MalformedRequestError,
+    QueueUnavailableError,
+    QuotaExceededError,
+    ServiceError,
+)
+from serve_app.jobs import exports
 from serve_app.jobs.runner import Deliver, JobRunner
 from serve_app.jobs.running import Outcome
-from serve_app.media import spool
+from serve_app.media.spool import Spool
 from serve_app.model_options import check_keywords, check_languages, normalize_language
 from serve_app.retry import Growth, RetryPolicy
 from serve_app.schemas import (
     Job,
     QueuedTranscriptionRequest,
     QueuedTranscriptionResult,
+    ResponseFormat,
     TranscribeOptions,
 )
 from serve_app.store import JobStore, Outbox, ResultLedger
@@ -67,7 +75,7 @@ async def check_quota(store: JobStore, owner: str | None, new_bytes: int, quota:
 
 
 async def submit(
-    store: JobStore, new: NewJob, enqueue: Callable[[str], Awaitable[None]], spool_dir: Path
+    store: JobStore, new: NewJob, enqueue: Callable[[str], Awaitable[None]], spool: Spool
 ) -> tuple[Job, bool]:
     """The job recorded, then queued: (job, True). The same idempotency key's job if another
     request won the race to record it: (that job, False), this one's upload dropped. If it
@@ -75,29 +83,37 @@ async def submit(
     client's retry starts clean."""
     job, created = await asyncio.to_thread(store.create, new)
     if not created:
-        await _drop_upload(new, spool_dir)
+        await _drop_upload(new, spool)
         return job, False
     try:
         await enqueue(job.id)
     except QueueUnavailableError:
         await asyncio.to_thread(store.delete, job.id)
-        await _drop_upload(new, spool_dir)
+        await _drop_upload(new, spool)
         raise
     return job, True
 
 
-async def cancel(store: JobStore, job_id: str, viewer: Viewer, spool_dir: Path) -> Job:
+async def cancel(store: JobStore, job_id: str, viewer: Viewer, spool: Spool) -> Job:
     """Cancelled (a running job stops at its next check); its upload goes at once, since a
     running job has its samples decoded already."""
     job = await asyncio.to_thread(store.cancel, job_id, viewer)
     if job.spooled:
-        await asyncio.to_thread(spool.remove, job.audio_path, spool_dir)
+        await _removed(spool, job.audio_path)
     return job
 
 
-async def _drop_upload(new: NewJob, spool_dir: Path) -> None:
+async def _drop_upload(new: NewJob, spool: Spool) -> None:
     if new.spooled:
-        await asyncio.to_thread(spool.remove, new.audio_path, spool_dir)
+        await _removed(spool, new.audio_path)
+
+
+async def _removed(spool: Spool, name: str) -> None:
+    """An upload deleted now if the spool can; else the orphan sweep deletes it later."""
+    try:
+        await asyncio.to_thread(spool.remove, name)
+    except ServiceError as exc:
+        logger.warning("Could not delete the upload %s now (%s); the sweep will", name, exc)
 
 
 @dataclass
@@ -113,7 +129,9 @@ class JobService:
 
     async def admit(self, request: QueuedTranscriptionRequest, key: str) -> str:
         # "diarize": an extra field of ours; producers of the seed never send it.
-        diarize = (request.model_extra or {}).get("diarize") is True
+        extra = request.model_extra or {}
+        diarize = extra.get("diarize") is True
+        response_format = _response_format(extra.get("response_format"), diarize)
         language = normalize_language(request.language)
         options = TranscribeOptions(
             model=self.model,
@@ -130,6 +148,7 @@ class JobService:
             external_id=str(request.attachment_id),
             idempotency_key=f"amqp:{key}",
             id=key,
+            response_format=response_format,
         )
         try:
             job, _ = await asyncio.to_thread(self.store.create, new)
@@ -179,3 +198,17 @@ class JobService:
             await asyncio.to_thread(self.outbox.mark_enqueued, job_id)
         except Exception:  # the job is on the broker; the sweeper may publish it once more
             logger.exception("Could not mark job %s as queued", job_id)
+
+
+def _response_format(value: object, diarize: bool) -> ResponseFormat | None:
+    """A request's "response_format" (ours, for RESULTS_BUCKET): one of the HTTP formats."""
+    if value is None:
+        return None
+    if value not in get_args(ResponseFormat):
+        raise InvalidOptionError(
+            f"response_format must be one of {', '.join(get_args(ResponseFormat))}",
+            param="response_format",
+        )
+    fmt: ResponseFormat = value  # type: ignore[assignment]
+    exports.check_format(fmt, diarize)
+    return fmt

@@ -1,7 +1,8 @@
 """Uploaded audio of async jobs, kept until the job finishes.
 
-SPOOL_DIR must be a path every node can read when replicas run on several nodes (NFS, a
-shared volume): the job carries the path, not the bytes, through RabbitMQ.
+The job carries where its audio is, not the bytes, through RabbitMQ: so when replicas run on
+several nodes, every node must reach the spool. With SPOOL_BUCKET it is an object storage
+prefix (``Spool``); SPOOL_DIR is a shared path then (NFS, a shared volume), or one node's disk.
 """
 
 from __future__ import annotations
@@ -13,8 +14,15 @@ import shutil
 import stat
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
+
+from serve_app.errors import PathNotAllowedError
+from serve_app.media import objects
+from serve_app.media.storage import ObjectStorage
+from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +75,53 @@ def sweep_orphans(spool: Path, in_use: set[str], max_age_s: float = ORPHAN_AGE_S
         except OSError:
             logger.exception("Could not sweep %s from the spool", entry)
     return removed
+
+
+@dataclass(frozen=True)
+class Spool:
+    """Where uploads wait: ``directory``, or under ``bucket`` (a grant: bucket and prefix)
+    in ``storage``. Files a job names are what ``save`` returned: a path or an s3:// name."""
+
+    directory: Path
+    bucket: objects.Grant | None = None
+    storage: ObjectStorage | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, storage: ObjectStorage | None) -> Spool:
+        if settings.spool_bucket is None or storage is None:
+            return cls(settings.spool)
+        grant = objects.Grant.parse(f"{settings.spool_bucket}/{settings.spool_prefix}")
+        return cls(settings.spool, grant, storage)
+
+    def save(self, source: BinaryIO, suffix: str) -> str:
+        if self.bucket is None or self.storage is None:
+            return str(save(source, self.directory, suffix))
+        ref = self.bucket.ref(f"{uuid.uuid4().hex}{suffix.lower()}")
+        source.seek(0)
+        self.storage.upload(source, ref)  # an object appears whole or not at all
+        return str(ref)
+
+    def remove(self, name: str) -> None:
+        """Delete a spooled upload; never anything the spool did not write."""
+        if not objects.is_object_name(name):
+            remove(name, self.directory)
+            return
+        try:
+            ref = objects.ObjectRef.parse(name)
+        except PathNotAllowedError:
+            return
+        if self.storage is not None and self.bucket is not None and self.bucket.covers(ref):
+            self.storage.delete(ref)
+
+    def sweep_orphans(self, in_use: set[str], max_age_s: float = ORPHAN_AGE_S) -> int:
+        """Delete uploads no unfinished job refers to, once they are old enough: in the
+        directory (files from before a switch to a bucket too) and in the bucket."""
+        removed = sweep_orphans(self.directory, in_use, max_age_s)
+        if self.bucket is None or self.storage is None:
+            return removed
+        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_s)
+        for ref, written in self.storage.listed(self.bucket.bucket, self.bucket.prefix):
+            if written < cutoff and str(ref) not in in_use:
+                self.storage.delete(ref)
+                removed += 1
+        return removed

@@ -21,6 +21,7 @@ from serve_app.schemas import (
     Job,
     JobSource,
     JobStatus,
+    ResponseFormat,
     TranscribeOptions,
     Transcript,
 )
@@ -47,6 +48,7 @@ class NewJob:
     status: JobStatus = "queued"
     owner: str | None = None
     audio_bytes: int | None = None
+    response_format: ResponseFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class JobStore(EventLog):
             "model": new.model,
             "language": new.options.language,
             "callback_url": new.callback_url,
+            "response_format": new.response_format,
             "attempts": 0,
             "processed_s": 0.0,
             "webhook_status": "pending" if new.callback_url else None,
@@ -200,10 +203,14 @@ class JobStore(EventLog):
         return job
 
     def complete(
-        self, job_id: str, transcript: Transcript, holder: str | None = None
+        self,
+        job_id: str,
+        transcript: Transcript,
+        holder: str | None = None,
+        objects: dict[str, str] | None = None,
     ) -> Job | None:
         """The completed job, or None if it changed nothing (no longer ``holder``'s, or no
-        longer running: cancelled meanwhile)."""
+        longer running: cancelled meanwhile). ``objects``: where its results were written."""
         result = transcript.model_dump(mode="json")
         return self._finish(
             job_id,
@@ -214,6 +221,7 @@ class JobStore(EventLog):
                 "duration": transcript.duration,
                 "processed_s": transcript.duration,
                 "error": None,
+                "result_objects": objects,
             },
             # The transcript stays on the row only; events_after adds it to this event.
             {"status": "completed"},

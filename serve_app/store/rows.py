@@ -64,6 +64,8 @@ def to_job(row: RowMapping, with_result: bool, position: int | None) -> Job:
         finished_at=aware(row["finished_at"]),
         webhook=webhook,
         result=Transcript.model_validate(row["result"]) if with_result and row["result"] else None,
+        response_format=row.get("response_format"),
+        result_objects=row.get("result_objects"),
     )
 
 

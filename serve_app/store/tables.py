@@ -56,6 +56,10 @@ jobs = Table(
     Column("processed_s", Float, nullable=False, default=0.0),
     Column("error", Text),
     Column("result", JSON),
+    # RESULTS_BUCKET: the format the job asked for (NULL: text), and where its transcript
+    # and a JSON copy were written ({"transcript": "s3://...", "json": "s3://..."}).
+    Column("response_format", String(16)),
+    Column("result_objects", JSON),
     Column("webhook_status", String(16)),  # pending | delivered | failed
     Column("webhook_attempts", JSON),
     Column("webhook_next_at", DateTime(timezone=True), index=True),

@@ -1,4 +1,4 @@
-"""A transcription job from a file path: path checked, audio checked, model runs.
+"""A transcription job from a file path or an object: source checked, audio checked, model runs.
 
 Used by every edge that takes a path rather than an upload (AMQP ingest, JSON jobs); the model
 call is passed in, so this runs without Ray.
@@ -6,15 +6,18 @@ call is passed in, so this runs without Ray.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.capacity.admission import AudioAdmission
-from serve_app.media import audio
+from serve_app.errors import PathNotAllowedError
+from serve_app.media import audio, objects, remote
 from serve_app.media.audio import AudioArray, AudioLimits, DecodedAudio
 from serve_app.media.decoder import Sandbox, bundled_ffmpeg
 from serve_app.media.paths import resolve_audio_path
+from serve_app.media.storage import ObjectStorage
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.transcription.port import Checkpoint, ProgressFn, SegmentsFn
@@ -65,10 +68,19 @@ async def transcribe_file(
     settings: Settings,
     transcribe: TranscribeFn,
     admission: AudioAdmission,
+    storage: ObjectStorage | None = None,
 ) -> Transcript:
+    """A job's audio (a path, or an s3:// object) checked, decoded, transcribed."""
     limits = audio_limits(settings)
-    path = check_path(raw_path, settings.audio_roots, limits)
-    decoded, held = await admission.decode(_decode_path, path, limits)
+    if objects.is_object_name(raw_path):
+        ref = objects.resolve_object(raw_path, settings.audio_grants)
+        if storage is None:  # grants come from settings that also make the client
+            raise PathNotAllowedError("s3:// sources are not enabled here")
+        await asyncio.to_thread(remote.check_object, storage, ref, limits)
+        decoded, held = await admission.decode(remote.decode_object, storage, ref, limits)
+    else:
+        path = check_path(raw_path, settings.audio_roots, limits)
+        decoded, held = await admission.decode(_decode_path, path, limits)
     with held:
         return await transcribe(decoded.samples, options)
 

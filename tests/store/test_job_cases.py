@@ -9,6 +9,7 @@ import pytest
 
 from serve_app.errors import JobNotFoundError, QueueUnavailableError, QuotaExceededError
 from serve_app.jobs import service
+from serve_app.media.spool import Spool
 from serve_app.schemas import TranscribeOptions
 from serve_app.store import JobStore
 from serve_app.store.jobs import EVERYONE, NewJob, Viewer
@@ -48,11 +49,11 @@ async def test_a_job_the_queue_refused_is_forgotten_with_its_upload(
     spool = tmp_path / "spool"
     upload = _upload(spool, "a.wav")
     with pytest.raises(QueueUnavailableError):
-        await service.submit(store, _new(upload, key="k"), _queue_down, spool)
+        await service.submit(store, _new(upload, key="k"), _queue_down, Spool(spool))
     assert not upload.exists()
     assert store.find_by_idempotency_key("k") is None  # the client's retry starts clean
     job, created = await service.submit(
-        store, _new(_upload(spool, "b.wav"), key="k"), _queued, spool
+        store, _new(_upload(spool, "b.wav"), key="k"), _queued, Spool(spool)
     )
     assert created and job.status == "queued"
 
@@ -62,8 +63,8 @@ async def test_the_loser_of_an_idempotency_race_gets_the_winners_job_and_drops_i
 ) -> None:
     spool = tmp_path / "spool"
     first, second = _upload(spool, "a.wav"), _upload(spool, "b.wav")
-    winner, created = await service.submit(store, _new(first, key="k"), _queued, spool)
-    again, created_again = await service.submit(store, _new(second, key="k"), _queued, spool)
+    winner, created = await service.submit(store, _new(first, key="k"), _queued, Spool(spool))
+    again, created_again = await service.submit(store, _new(second, key="k"), _queued, Spool(spool))
     assert created and not created_again and again.id == winner.id
     assert first.exists() and not second.exists()
 
@@ -73,11 +74,11 @@ async def test_a_cancelled_job_loses_its_upload_and_others_cannot_cancel_it(
 ) -> None:
     spool = tmp_path / "spool"
     upload = _upload(spool, "a.wav")
-    job, _ = await service.submit(store, _new(upload, owner="a"), _queued, spool)
+    job, _ = await service.submit(store, _new(upload, owner="a"), _queued, Spool(spool))
     with pytest.raises(JobNotFoundError):
-        await service.cancel(store, job.id, Viewer(owner="b", everyone=False), spool)
+        await service.cancel(store, job.id, Viewer(owner="b", everyone=False), Spool(spool))
     assert upload.exists()
-    cancelled = await service.cancel(store, job.id, EVERYONE, spool)
+    cancelled = await service.cancel(store, job.id, EVERYONE, Spool(spool))
     assert cancelled.status == "cancelled" and not upload.exists()
 
 
@@ -85,7 +86,7 @@ async def test_an_owners_quota_counts_its_unfinished_jobs_and_uploads(
     store: JobStore, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    await service.submit(store, _new(_upload(spool, "a.wav"), owner="a"), _queued, spool)
+    await service.submit(store, _new(_upload(spool, "a.wav"), owner="a"), _queued, Spool(spool))
     await service.check_quota(store, "a", 0, service.Quota(max_jobs=2, max_spooled_mb=1))
     with pytest.raises(QuotaExceededError, match="1 unfinished jobs"):
         await service.check_quota(store, "a", 0, service.Quota(max_jobs=1, max_spooled_mb=1))

@@ -74,7 +74,7 @@ def test_migration_scopes_existing_idempotency_keys(url: str) -> None:
             )
         )
     migrate(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     with engine.connect() as conn:
         keys = dict(conn.execute(select(jobs.c.id, jobs.c.idempotency_key)).all())
         owners = {row.owner for row in conn.execute(select(jobs.c.owner))}

@@ -64,7 +64,7 @@ def _transcript() -> Transcript:
 def test_migrations_create_the_schema_and_are_idempotent(url: str) -> None:
     engine = open_engine(url)
     try:
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == "0007"
         tables = set(inspect(engine).get_table_names())
         assert {
             "jobs",
@@ -75,7 +75,7 @@ def test_migrations_create_the_schema_and_are_idempotent(url: str) -> None:
             "alembic_version",
         } <= tables
         migrate(engine)  # a second replica starting finds nothing to do
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == "0007"
     finally:
         engine.dispose()
 
@@ -96,7 +96,7 @@ def test_replicas_migrating_at_once_apply_each_migration_once(url: str) -> None:
         thread.join()
     assert errors == []
     engine = make_engine(url)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     engine.dispose()
 
 
@@ -116,7 +116,7 @@ def test_a_database_from_before_migrations_keeps_its_ledger(url: str) -> None:
             text("INSERT INTO published_results VALUES ('k1', 7, 'm', true, CURRENT_TIMESTAMP)")
         )
     migrate(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     assert ResultLedger(engine).was_published("k1")
     engine.dispose()
 

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from serve_app.errors import ServiceBusyError
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.running import Outcome
+from serve_app.media.spool import Spool
 from serve_app.schemas import Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore, make_engine
 from serve_app.store.tables import jobs
@@ -224,7 +225,7 @@ async def test_renewals_go_on_while_every_shared_connection_is_held(
         ClaimStore(engine),
         UnitStore(engine),
         stand_in,
-        tmp_path / "spool",
+        Spool(tmp_path / "spool"),
         policy,
         renewals=ClaimStore(own),
     )

@@ -14,6 +14,8 @@ from serve_app.api.app import create_api
 from serve_app.capacity.admission import AudioAdmission, StreamLimit
 from serve_app.capacity.backlog import Backlog
 from serve_app.capacity.fair import Tenant
+from serve_app.media.spool import Spool
+from serve_app.media.storage import ObjectStorage
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import Settings
 from serve_app.store import BacklogStore, JobStore, open_engine
@@ -34,6 +36,8 @@ class StandIn:
     backlog: Backlog
     diarization: bool = False  # the extra is not installed here
     owner_secret: bytes = b"test-owner-secret"
+    storage: ObjectStorage | None = None
+    spool: Spool = field(init=False)
     # Audio seconds and tenant of the sync requests being transcribed, as the Gateway's model
     # client counts them.
     in_flight: list[tuple[float, str]] = field(default_factory=list)
@@ -41,6 +45,9 @@ class StandIn:
     asked: list[TranscribeOptions] = field(default_factory=list)  # each transcribe's options
     transcribing: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.spool = Spool.from_settings(self.settings, self.storage)
 
     async def transcribe(
         self,
@@ -72,9 +79,12 @@ class StandIn:
         return True, {"pools": {"TranscriberCPU": {"in_flight": len(self.in_flight)}}}
 
 
-def make_backend(tmp_path: Path, clip: Path) -> StandIn:
+def make_backend(
+    tmp_path: Path, clip: Path, storage: ObjectStorage | None = None, **values: Any
+) -> StandIn:
     """Keys A, B and C, an admin key, and small limits to reach them cheaply; ``clip`` is
-    copied under the allowed roots as audio/a.mp3 and shared/z.mp3."""
+    copied under the allowed roots as audio/a.mp3 and shared/z.mp3. ``values``: more
+    settings (buckets, with the ``storage`` that reaches them)."""
     audio_dir, shared = tmp_path / "audio", tmp_path / "shared"
     for folder in (audio_dir, shared):
         folder.mkdir()
@@ -93,6 +103,7 @@ def make_backend(tmp_path: Path, clip: Path) -> StandIn:
         sse_max_subscribers=1,
         sse_max_lifetime_sec=1,
         max_decoded_audio_mb=1,
+        **values,
     )
     engine = open_engine(settings.database)
     in_flight: list[tuple[float, str]] = []
@@ -104,6 +115,7 @@ def make_backend(tmp_path: Path, clip: Path) -> StandIn:
         # A snapshot per read: tests change the backlog between requests.
         Backlog(BacklogStore(engine), settings.max_backlog_audio_sec, lambda: in_flight, 0),
         in_flight=in_flight,
+        storage=storage,
     )
 
 

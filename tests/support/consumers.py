@@ -12,12 +12,13 @@ from ingest.consumer import IngestConsumer
 from ingest.transport import TransportConfig
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.jobs.service import JobService
+from serve_app.media.spool import Spool
 from serve_app.schemas import QueuedTranscriptionRequest, Transcript
 from serve_app.store import ClaimStore, JobStore, Outbox, ResultLedger, UnitStore
 from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
 
 Runner = Callable[[QueuedTranscriptionRequest], Awaitable[Transcript]]
-SPOOL = Path(tempfile.gettempdir()) / "whisper-test-spool"
+SPOOL = Spool(Path(tempfile.gettempdir()) / "whisper-test-spool")
 
 
 def by_request(run: Runner) -> TranscribePathFn:

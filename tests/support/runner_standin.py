@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from serve_app.jobs.runner import JobRunner, RunPolicy
+from serve_app.media.spool import Spool
 from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore
 from serve_app.store.jobs import NewJob
@@ -98,7 +99,7 @@ def make_runner(
     )
     engine = store.engine
     return JobRunner(
-        store, ClaimStore(engine), UnitStore(engine), stand_in, tmp_path / "spool", policy
+        store, ClaimStore(engine), UnitStore(engine), stand_in, Spool(tmp_path / "spool"), policy
     )
 
 

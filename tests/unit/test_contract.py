@@ -159,3 +159,15 @@ def test_success_result_adds_language_and_segments_only() -> None:
         "segments": [{"id": 0, "start": 0.0, "end": 1.2, "text": "Hola."}],
         "attempts": 2,
     }
+
+
+def test_a_success_result_names_the_objects_written_back_only_when_there_are_some() -> None:
+    request = _parse({"attachment_id": 9, "audio_file_path": "s3://audio-in/a.mp3"}).request
+    transcript = Transcript(
+        text="Hola.", language="es", language_probability=1, duration=1, segments=[], model="base"
+    )
+    objects = {"transcript": "s3://out/r/x/transcript.txt", "json": "s3://out/r/x/result.json"}
+    written = json.loads(c.success_result(request, transcript, 1, objects).to_json())
+    plain = json.loads(c.success_result(request, transcript, 1).to_json())
+    assert written["result_objects"] == objects and "result_objects" not in plain
+    assert {k: v for k, v in written.items() if k != "result_objects"} == plain

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.errors import SettingsError
+from serve_app.media.storage import StorageConfig
 from serve_app.settings import load_settings
 from serve_app.store.secrets import owner_id, weights_by_owner
 
@@ -138,3 +139,43 @@ def test_a_bad_secret_setting_is_named_without_its_value(monkeypatch: pytest.Mon
     with pytest.raises(SettingsError, match=r"(?i)api_key_audio_roots") as refused:
         load_settings()
     assert "secret-xyz" not in str(refused.value)
+
+
+def test_bucket_grants_are_checked_at_start_and_keys_stay_inside_the_allowed_buckets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("API_KEYS", "key-a")
+    monkeypatch.setenv("ALLOWED_AUDIO_BUCKETS", "audio-in/calls, s3://archive")
+    monkeypatch.setenv("API_KEY_AUDIO_BUCKETS", '{"key-a": ["audio-in/calls/key-a"]}')
+    monkeypatch.setenv("SPOOL_BUCKET", "spool-bucket")
+    settings = load_settings()
+    assert [str(g) for g in settings.audio_grants] == [
+        "audio-in/calls/",
+        "archive/",
+        "spool-bucket/spool/",  # the spool's own uploads, for the AMQP lane as its folder is
+    ]
+    for variable, value, problem in (
+        ("API_KEY_AUDIO_BUCKETS", '{"key-a": ["audio-in/other"]}', "outside ALLOWED_AUDIO_BUCKETS"),
+        ("API_KEY_AUDIO_BUCKETS", '{"secret-xyz": ["audio-in/calls"]}', "not in API_KEYS"),
+        ("ALLOWED_AUDIO_BUCKETS", "audio-in/../x", "segment"),
+        ("RESULTS_BUCKET", "Bad_Bucket", "RESULTS_BUCKET"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(variable, value)
+            with pytest.raises(SettingsError, match=problem) as refused:
+                load_settings()
+            assert "secret-xyz" not in str(refused.value)
+
+
+def test_storage_credentials_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3_ACCESS_KEY_ID", "AKIA-visible-nowhere")
+    monkeypatch.setenv("S3_SECRET_ACCESS_KEY", "very-secret")
+    monkeypatch.setenv("RESULTS_BUCKET", "results")
+    settings = load_settings()
+    shown = repr(settings) + str(settings.model_dump())
+    assert "very-secret" not in shown and "AKIA-visible-nowhere" not in shown
+    config = StorageConfig.from_settings(settings)
+    assert config.secret_access_key == "very-secret" and "very-secret" not in repr(config)
+    monkeypatch.setenv("S3_TIMEOUT_SEC", "-1")
+    with pytest.raises(SettingsError, match="S3_TIMEOUT_SEC"):
+        load_settings()
