@@ -23,7 +23,9 @@ import httpx
 import pytest
 
 from ingest import contract as c
+from serve_app.store import JobStore, open_engine
 from tests.support import amqp, speech
+from tests.support.s3 import S3Server
 from tests.support.serve_process import ServiceFailedError, replica_pids, serve_run
 
 MAX_FILE_SIZE_MB = 2
@@ -40,6 +42,14 @@ OTHER_KEY = "test-key-1"
 API_KEYS = f"{OTHER_KEY},{API_KEY}"
 ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "webhook-test-secret"
+# Object storage (tests/support/s3.py): uploads spool to a bucket, so a job's audio reaches the
+# Ingest through the storage only; s3:// sources in AUDIO_BUCKET (API_KEY's under its
+# folder); results written back to RESULTS_BUCKET.
+SPOOL_BUCKET = "whisper-spool"
+AUDIO_BUCKET = "audio-in"
+RESULTS_BUCKET = "whisper-results"
+KEY_AUDIO_PREFIX = "key2/"
+S3_TIMEOUT_SEC = 2
 DEPLOYMENT_OVERRIDES = {
     # Held at two (the shipped policy still runs): tests count their consumers and prefetch.
     "Ingest": {
@@ -70,6 +80,20 @@ class Service:
     job_broker_down: int = 0
     restart: Callable[[], None] = field(default=lambda: None)
     pid: int = 0  # of `serve run`: every Ray process of this app descends from it
+    s3: S3Server | None = None
+
+    @property
+    def storage(self) -> S3Server:
+        assert self.s3 is not None
+        return self.s3
+
+    def audio_of(self, job_id: str) -> str:
+        """Where the service keeps a job's audio (never in its API answers), from its store."""
+        engine = open_engine(f"sqlite:///{self.data_dir / 'whisper.db'}")
+        try:
+            return JobStore(engine).get(job_id).audio_path
+        finally:
+            engine.dispose()
 
     def replica_pids(self, deployment: str) -> list[int]:
         """Processes of this app's replicas of ``deployment`` (for fault tests to kill)."""
@@ -106,7 +130,9 @@ def _empty_contract_queues() -> None:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[Service]:
+def service(
+    tmp_path_factory: pytest.TempPathFactory, speech_dir: Path, s3: S3Server
+) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("service")
     tmp_dir = work / "spool"
     audio_dir = work / "shared_audio"
@@ -147,6 +173,12 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
         "API_KEY_AUDIO_ROOTS": json.dumps(
             {API_KEY: [str(audio_dir), str(speech_dir)], OTHER_KEY: [str(speech_dir)]}
         ),
+        **s3.env(),
+        "S3_TIMEOUT_SEC": str(S3_TIMEOUT_SEC),
+        "SPOOL_BUCKET": s3.bucket(SPOOL_BUCKET),
+        "ALLOWED_AUDIO_BUCKETS": s3.bucket(AUDIO_BUCKET),
+        "API_KEY_AUDIO_BUCKETS": json.dumps({API_KEY: [f"{AUDIO_BUCKET}/{KEY_AUDIO_PREFIX}"]}),
+        "RESULTS_BUCKET": s3.bucket(RESULTS_BUCKET),
         # Every replica log line in serve run's output: Ray folds lines that differ only in
         # numbers ("[repeated 2x across cluster]"), and the fault tests count them.
         "RAY_DEDUP_LOGS": "0",
@@ -164,7 +196,13 @@ def service(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Itera
     try:
         url, log, pid = start()
         service = Service(
-            url=url, tmp_dir=tmp_dir, audio_dir=audio_dir, log=log, data_dir=work / "data", pid=pid
+            url=url,
+            tmp_dir=tmp_dir,
+            audio_dir=audio_dir,
+            log=log,
+            data_dir=work / "data",
+            pid=pid,
+            s3=s3,
         )
         service.health_broker_down = service.health()
         with service.client() as client:

@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from serve_app.jobs import webhooks
-from tests.integration.conftest import AMQP_PUBLISH_TIMEOUT_SEC, WEBHOOK_SECRET, Service
+from serve_app.media.objects import ObjectRef
+from tests.integration.conftest import (
+    AMQP_PUBLISH_TIMEOUT_SEC,
+    RESULTS_BUCKET,
+    SPOOL_BUCKET,
+    WEBHOOK_SECRET,
+    Service,
+)
 from tests.support import amqp, speech, sse
 from tests.support.webhook_server import webhook_server
 
@@ -50,6 +57,9 @@ def test_submit_poll_and_read_every_format(service: Service, clip) -> None:
         accepted = response.json()
         assert accepted["status"] == "queued" and accepted["source"] == "http"
         job_id = accepted["id"]
+        # Spooled to the bucket, where the Ingest (any node's) reads it: not to this disk.
+        audio = ObjectRef.parse(service.audio_of(job_id))
+        assert audio.bucket == SPOOL_BUCKET and _spool_files(service) == []
         assert response.headers["location"] == f"/v1/jobs/{job_id}"
         assert accepted["links"] == {
             "self": f"/v1/jobs/{job_id}",
@@ -74,13 +84,23 @@ def test_submit_poll_and_read_every_format(service: Service, clip) -> None:
         assert vtt.startswith("WEBVTT")
         verbose = client.get(f"/v1/jobs/{job_id}/result", params={"format": "verbose_json"})
         assert verbose.json()["language"] == "en" and verbose.json()["segments"]
+        # Written back too: the transcript as text (no response_format) and a JSON copy.
+        place = f"s3://{RESULTS_BUCKET}/results/{job_id}"
+        assert job["result_objects"] == {
+            "transcript": f"{place}/transcript.txt",
+            "json": f"{place}/result.json",
+        }
+        written = service.storage.client().get_object(
+            Bucket=RESULTS_BUCKET, Key=f"results/{job_id}/transcript.txt"
+        )
+        assert written["Body"].read().decode() == text.text
         bad = client.get(f"/v1/jobs/{job_id}/result", params={"format": "docx"})
         assert bad.status_code == 422
 
         listed = client.get("/v1/jobs", params={"status": "completed", "limit": 100}).json()
         assert job_id in [j["id"] for j in listed["data"]]
     # The upload was spooled for the job and deleted once it finished.
-    assert not [p for p in _spool_files(service) if job_id in p.name]
+    assert audio.key not in service.storage.keys(SPOOL_BUCKET)
 
 
 def test_json_job_with_a_shared_path(service: Service, clip) -> None:
@@ -262,6 +282,7 @@ def test_cancel_a_queued_job(service: Service, clip) -> None:
         # More jobs than the ingest replicas take at once (2 x WORKERS_COUNT 4): the last one
         # is still waiting in RabbitMQ when it is cancelled.
         ids = [_submit(client, path).json()["id"] for _ in range(10)]
+        audio = [service.audio_of(job_id) for job_id in ids]
         cancelled = client.delete(f"/v1/jobs/{ids[-1]}")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         assert cancelled.json()["started_at"] is None, "it was cancelled before it started"
@@ -275,7 +296,8 @@ def test_cancel_a_queued_job(service: Service, clip) -> None:
         assert events[-1].event == "cancelled"
         assert "segment" not in [e.event for e in events]
         assert client.get(f"/v1/jobs/{ids[-1]}/result").status_code == 409
-    assert not [p for p in _spool_files(service) if any(i in p.name for i in ids)]
+    spooled = set(service.storage.keys(SPOOL_BUCKET))
+    assert not spooled & {ObjectRef.parse(a).key for a in audio} and _spool_files(service) == []
 
 
 def test_webhook_is_signed_and_retried_after_a_500(service: Service, clip) -> None:
