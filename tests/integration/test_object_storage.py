@@ -106,13 +106,15 @@ def test_missing_refused_and_hostile_objects_get_one_error_result_each(
         f"s3://{AUDIO_BUCKET}//etc/passwd.mp3": "must not start with '/'",
         f"s3://{AUDIO_BUCKET}/{'a' * 2000}.mp3": "the limit is 1024",
     }
-    requests = {source: _request(source) for source in cases}
-    amqp.publish(RABBITMQ_URL, *requests.values())
-    for source, problem in cases.items():
-        result = results.wait(requests[source]["attachment_id"], 60)
+    requests = [(_request(source), problem) for source, problem in cases.items()]
+    bad_format = _request(f"s3://{AUDIO_BUCKET}/amqp/a.mp3", response_format="docx")
+    requests.append((bad_format, "response_format must be one of"))
+    amqp.publish(RABBITMQ_URL, *(request for request, _ in requests))
+    for request, problem in requests:
+        result = results.wait(request["attachment_id"], 60)
         assert result["success"] is False and problem in result["error_message"], result
         assert result["attempts"] == 1  # answered at once: no retry can change it
-    assert all(len(results.all(r["attachment_id"])) == 1 for r in requests.values())
+        assert len(results.all(request["attachment_id"])) == 1
 
 
 def test_a_json_job_names_objects_in_its_keys_folder_only(service: Service, clip: Any) -> None:
