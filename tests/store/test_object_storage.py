@@ -18,12 +18,18 @@ from serve_app.errors import (
     AudioTooLongError,
     StorageUnavailableError,
 )
+from serve_app.jobs.housekeeping import Housekeeper
 from serve_app.media import remote
 from serve_app.media.audio import AudioLimits
 from serve_app.media.objects import Grant, ObjectRef
 from serve_app.media.spool import Spool
 from serve_app.media.storage import ObjectStorage, StorageConfig
+from serve_app.schemas import TranscribeOptions
+from serve_app.settings import Settings
+from serve_app.store import JobStore
+from serve_app.store.jobs import NewJob
 from tests.support import speech
+from tests.support.runner_standin import three_parts
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
 LIMITS = AudioLimits(max_bytes=20 * 1024 * 1024, max_duration_s=600)
@@ -177,3 +183,29 @@ def test_the_spool_in_a_bucket_keeps_uploads_and_removes_only_its_own(
     assert s3.keys(bucket, "uploads/") == [ObjectRef.parse(in_use).key]
     spool.remove(in_use)
     assert s3.keys(bucket, "uploads/") == []
+
+
+def test_retention_deletes_a_finished_jobs_upload_from_the_bucket(
+    store: JobStore, tmp_path: Path, s3: S3Server
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", job_retention_hours=0.5 / 3600)
+    bucket = s3.bucket(f"retention-{uuid.uuid4().hex[:12]}")
+    spool = Spool(tmp_path / "local", Grant(bucket, "spool/"), _storage(s3))
+    upload = tmp_path / "upload.mp3"
+    upload.write_bytes(b"ID3" + b"\0" * 100)
+    jobs = []
+    for _ in range(2):
+        with open(upload, "rb") as f:
+            name = spool.save(f, ".mp3")
+        new = NewJob("http", name, TranscribeOptions(), "tiny.en", spooled=True)
+        jobs.append(store.create(new)[0])
+    finished, waiting = jobs
+    store.start(finished.id)
+    store.complete(finished.id, three_parts())
+    housekeeper = Housekeeper(store, settings, spool=spool)
+    deadline = time.monotonic() + 30
+    while housekeeper.apply_retention() == 0:  # once the job is past its half second
+        assert time.monotonic() < deadline, "retention never took the finished job"
+        time.sleep(0.05)
+    assert store.find(finished.id) is None
+    assert s3.keys(bucket) == [ObjectRef.parse(waiting.audio_path).key]
