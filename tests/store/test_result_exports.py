@@ -11,31 +11,15 @@ from serve_app.jobs.exports import ResultExport
 from serve_app.jobs.running import Outcome
 from serve_app.media.objects import Grant
 from serve_app.media.storage import ObjectStorage, StorageConfig
-from serve_app.schemas import ResponseFormat, TranscribeOptions, Transcript
+from serve_app.schemas import Transcript
 from serve_app.store import JobStore
-from serve_app.store.jobs import NewJob
-from tests.support.runner_standin import StandIn, make_runner, three_parts
+from tests.support.runner_standin import StandIn, make_runner, new_job, three_parts
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
 
 def _exports(s3: S3Server, bucket: str) -> ResultExport:
     config = StorageConfig(s3.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY, timeout_s=1)
     return ResultExport(ObjectStorage(config), Grant(s3.bucket(bucket), "out/"))
-
-
-def _job(store: JobStore, tmp_path: Path, response_format: ResponseFormat | None) -> str:
-    audio = tmp_path / "a.mp3"
-    audio.write_bytes(b"x")
-    job, _ = store.create(
-        NewJob(
-            source="http",
-            audio_path=str(audio),
-            options=TranscribeOptions(),
-            model="tiny.en",
-            response_format=response_format,
-        )
-    )
-    return job.id
 
 
 def _read(s3: S3Server, name: str) -> tuple[str, str]:
@@ -50,7 +34,7 @@ async def test_a_finished_job_has_its_transcript_and_a_json_copy_in_the_bucket(
     runner = make_runner(store, tmp_path, StandIn())
     runner.exports = _exports(s3, "results-a")
     for fmt, extension in (("srt", "srt"), (None, "txt")):
-        job_id = _job(store, tmp_path, fmt)  # type: ignore[arg-type]
+        job_id, _ = new_job(store, tmp_path, fmt)  # type: ignore[arg-type]
         outcome, _ = await runner.run(job_id, 0, final=False)
         assert outcome is Outcome.COMPLETED
         job = store.get(job_id)
@@ -73,7 +57,7 @@ async def test_a_bucket_outage_defers_the_job_without_using_an_attempt(
     transcribe = StandIn()
     runner = make_runner(store, tmp_path, transcribe)
     runner.exports = _exports(s3, "results-b")
-    job_id = _job(store, tmp_path, "vtt")
+    job_id, _ = new_job(store, tmp_path, "vtt")
     with s3.outage():
         # Even on what would be its last attempt: waiting for the bucket is no failure.
         outcome, reason = await runner.run(job_id, 2, final=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from serve_app.jobs.runner import JobRunner, RunPolicy
 from serve_app.media.spool import Spool
-from serve_app.schemas import Job, Segment, TranscribeOptions, Transcript
+from serve_app.schemas import Job, ResponseFormat, Segment, TranscribeOptions, Transcript
 from serve_app.store import ClaimStore, JobStore, UnitStore
 from serve_app.store.jobs import NewJob
 from serve_app.transcription.pipeline import FileRequest
@@ -69,7 +69,9 @@ def three_parts() -> Transcript:
     )
 
 
-def new_job(store: JobStore, tmp_path: Path) -> tuple[str, Path]:
+def new_job(
+    store: JobStore, tmp_path: Path, response_format: ResponseFormat | None = None
+) -> tuple[str, Path]:
     spool = tmp_path / "spool"
     spool.mkdir(exist_ok=True)
     audio = spool / "a.mp3"
@@ -81,6 +83,7 @@ def new_job(store: JobStore, tmp_path: Path) -> tuple[str, Path]:
             options=TranscribeOptions(),
             model="tiny.en",
             spooled=True,
+            response_format=response_format,
         )
     )
     return job.id, audio
