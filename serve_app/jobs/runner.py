@@ -29,12 +29,11 @@ from serve_app.errors import JobCancelledError, ServiceBusyError, ServiceError
 from serve_app.jobs.exports import ResultExport
 from serve_app.jobs.fairness import FairTurns
 from serve_app.jobs.leases import HeldElsewhere, LeaseLostError, Leases
-from serve_app.jobs.running import EventWriter, Outcome, run_cancellable
+from serve_app.jobs.running import EventWriter, Outcome, UnitCheckpoint, run_cancellable
 from serve_app.media.spool import Spool
 from serve_app.schemas import FINISHED, Job, TranscribeOptions, Transcript
 from serve_app.store import Claim, ClaimStore, JobStore, UnitStore
 from serve_app.transcription.pipeline import FileRequest, TranscribePathFn
-from serve_app.transcription.port import Span
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -346,34 +345,6 @@ class _Ended(NamedTuple):
     outcome: Outcome
     reason: str | None = None
     job: Job | None = None
-
-
-@dataclass
-class UnitCheckpoint:
-    """A job's finished units in the store; failing to save one costs only its redo."""
-
-    units: UnitStore
-    job_id: str
-    attempt: int
-    holder: str | None = None
-    # Whether the store may hold units of this job (saved now, or by an earlier attempt).
-    stored: bool = False
-
-    async def load(self) -> dict[Span, Transcript]:
-        done = await asyncio.to_thread(self.units.done, self.job_id)
-        # Units of an earlier delivery (one stopped in order gives its attempt back, so the
-        # attempt count alone does not tell) go once the job is over.
-        self.stored = self.stored or bool(done)
-        return done
-
-    async def save(self, span: Span, transcript: Transcript) -> None:
-        try:
-            self.stored = True  # before the write: it may land though it raises
-            await asyncio.to_thread(
-                self.units.save, self.job_id, span, self.attempt, transcript, self.holder
-            )
-        except Exception:
-            logger.exception("Could not checkpoint a unit of job %s", self.job_id)
 
 
 async def _despite_cancel(work: Awaitable[T]) -> T:

@@ -1,5 +1,6 @@
-"""What a running job needs around the work: its events written in order, and a stop when
-it is cancelled from any replica. The runner (``serve_app.jobs.runner``) puts these together."""
+"""What a running job needs around the work: its events written in order, a stop when it is
+cancelled from any replica, and its finished units kept for a retry. The runner
+(``serve_app.jobs.runner``) puts these together."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 
 from serve_app.errors import JobCancelledError
 from serve_app.schemas import Segment, Transcript
-from serve_app.store import JobStore
+from serve_app.store import JobStore, UnitStore
 from serve_app.store.events import EventItem
+from serve_app.transcription.port import Span
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +140,31 @@ async def _watch(
 
 def segment_event(segment: Segment) -> dict[str, Any]:
     return {"id": segment.id, "start": segment.start, "end": segment.end, "text": segment.text}
+
+
+@dataclass
+class UnitCheckpoint:
+    """A job's finished units in the store; failing to save one costs only its redo."""
+
+    units: UnitStore
+    job_id: str
+    attempt: int
+    holder: str | None = None
+    # Whether the store may hold units of this job (saved now, or by an earlier attempt).
+    stored: bool = False
+
+    async def load(self) -> dict[Span, Transcript]:
+        done = await asyncio.to_thread(self.units.done, self.job_id)
+        # Units of an earlier delivery (one stopped in order gives its attempt back, so the
+        # attempt count alone does not tell) go once the job is over.
+        self.stored = self.stored or bool(done)
+        return done
+
+    async def save(self, span: Span, transcript: Transcript) -> None:
+        try:
+            self.stored = True  # before the write: it may land though it raises
+            await asyncio.to_thread(
+                self.units.save, self.job_id, span, self.attempt, transcript, self.holder
+            )
+        except Exception:
+            logger.exception("Could not checkpoint a unit of job %s", self.job_id)
