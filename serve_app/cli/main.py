@@ -102,7 +102,10 @@ def transcribe(
 @app.command("publish")
 def publish_files(
     ctx: typer.Context,
-    files: Files,
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Audio files, or s3://bucket/key objects", show_default=False),
+    ],
     wait: Annotated[bool, typer.Option(help="Follow each job and print its text")] = False,
     language: Annotated[str | None, typer.Option(help="ISO-639-1; detected if unset")] = None,
     batch: Annotated[int | None, typer.Option(help="import_batch_id for every request")] = None,
@@ -113,12 +116,13 @@ def publish_files(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each job")] = 3600,
 ) -> None:
     """Publish Whisper-Local requests for files the service can read (its
-    ALLOWED_AUDIO_ROOTS); with --wait, follow them over HTTP (an admin key sees AMQP jobs)."""
+    ALLOWED_AUDIO_ROOTS) or objects in its ALLOWED_AUDIO_BUCKETS; with --wait, follow them over
+    HTTP (an admin key sees AMQP jobs)."""
 
     async def work() -> int:
-        requests = requests_for(files, language, batch, diarize)
+        requests = requests_for(sources, language, batch, diarize)
         await publish(amqp_url, requests)
-        published = [Published(f, r) for f, r in zip(files, requests, strict=True)]
+        published = [Published(s, r) for s, r in zip(sources, requests, strict=True)]
         for item in published:
             err.print(f"published {item.audio} as attachment_id {item.request.attachment_id}")
         if not wait:

@@ -22,30 +22,35 @@ from ingest import contract as c
 from ingest.topology import declare
 from serve_app.cli.http import FAILED, CliError, Service
 from serve_app.cli.transcribe import bar_for, one_line, printable, progress_bars
+from serve_app.errors import PathNotAllowedError
+from serve_app.media import objects
 from serve_app.schemas import QueuedTranscriptionRequest
 
 
 @dataclass(frozen=True)
 class Published:
-    audio: Path
+    audio: str  # as the command line named it
     request: QueuedTranscriptionRequest
 
     @property
     def job_id(self) -> str:
         return c.job_key(self.request)
 
+    @property
+    def name(self) -> str:
+        return self.audio.rstrip("/").rsplit("/", 1)[-1]
+
 
 def requests_for(
-    files: list[Path], language: str | None, batch: int | None, diarize: bool = False
+    sources: list[str], language: str | None, batch: int | None, diarize: bool = False
 ) -> list[QueuedTranscriptionRequest]:
-    """Absolute paths (the service reads them under its ALLOWED_AUDIO_ROOTS); attachment ids
-    from the clock, in microseconds, one apart."""
+    """Files as absolute paths (the service reads them under its ALLOWED_AUDIO_ROOTS), or
+    s3:// objects as named (in its ALLOWED_AUDIO_BUCKETS); attachment ids from the clock, in
+    microseconds, one apart."""
     first = time.time_ns() // 1000
     requests = []
-    for i, audio in enumerate(files):
-        if not audio.is_file():
-            raise CliError(f"{audio}: no such file")
-        body: dict[str, Any] = {"attachment_id": first + i, "audio_file_path": str(audio.resolve())}
+    for i, source in enumerate(sources):
+        body: dict[str, Any] = {"attachment_id": first + i, "audio_file_path": _where(source)}
         if language:
             body["language"] = language
         if batch is not None:
@@ -54,6 +59,17 @@ def requests_for(
             body["diarize"] = True
         requests.append(QueuedTranscriptionRequest.model_validate(body))
     return requests
+
+
+def _where(source: str) -> str:
+    if objects.is_object_name(source):
+        try:
+            return str(objects.ObjectRef.parse(source))
+        except PathNotAllowedError as exc:
+            raise CliError(f"{source}: {exc.message}") from None
+    if not Path(source).is_file():
+        raise CliError(f"{source}: no such file")
+    return str(Path(source).resolve())
 
 
 async def publish(amqp_url: str, requests: list[QueuedTranscriptionRequest]) -> None:
@@ -87,7 +103,7 @@ async def wait_for(
     with progress_bars(console) as bars:
 
         async def one(item: Published) -> dict[str, Any]:
-            task = bars.add_task(escape(item.audio.name), total=None, status="published")
+            task = bars.add_task(escape(item.name), total=None, status="published")
             await _taken(service, item.job_id, timeout_s)
 
             final = await asyncio.wait_for(

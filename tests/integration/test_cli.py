@@ -7,9 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.integration.conftest import ADMIN_KEY, API_KEY, RABBITMQ_URL, Service
+from tests.integration.conftest import ADMIN_KEY, API_KEY, AUDIO_BUCKET, RABBITMQ_URL, Service
 from tests.support import amqp, speech
 from tests.support.serve_process import free_port
 
@@ -131,3 +132,19 @@ def test_publish_and_wait_prints_the_text_and_answers_the_queue_once(
     assert results.wait(attachment, 60)["success"] is True
     assert len(results.all(attachment)) == 1
     assert amqp.queue_depth(RABBITMQ_URL, "whisper_transcriptions")[0] == 0
+
+
+def test_publish_names_an_object_in_the_services_bucket(service: Service, clip, results) -> None:  # type: ignore[no-untyped-def]
+    key = f"cli/{time.time_ns()}.flac"
+    service.storage.client().upload_file(str(clip("en_office", ".flac")), AUDIO_BUCKET, key)
+    source = f"s3://{AUDIO_BUCKET}/{key}"
+    run = _cli(service, "publish", "--wait", "--amqp-url", RABBITMQ_URL, source, key=ADMIN_KEY)
+    assert run.returncode == 0, run.stderr
+    assert f"published {source}" in run.stderr
+    assert speech.word_error_rate(OFFICE, run.stdout) < 0.25, run.stdout
+    attachment = int(re.findall(r"attachment_id (\d+)", run.stderr)[0])
+    assert results.wait(attachment, 60)["result_objects"]["json"].endswith("/result.json")
+    hostile = _cli(
+        service, "publish", "--amqp-url", RABBITMQ_URL, f"s3://{AUDIO_BUCKET}/a/../b.mp3"
+    )
+    assert hostile.returncode != 0 and "segment" in hostile.stderr

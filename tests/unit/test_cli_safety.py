@@ -18,6 +18,7 @@ from rich.console import Console
 
 from serve_app.cli.http import CliError, Service
 from serve_app.cli.main import global_options_first
+from serve_app.cli.publish import requests_for
 from serve_app.cli.transcribe import Request, plan_targets, transcribe_files, write_result
 
 CLI = Path(sys.executable).parent / "whisper-serve"
@@ -198,3 +199,20 @@ def test_the_installed_command_takes_url_after_the_subcommand(tmp_path: Path) ->
     )
     assert run.returncode == 2, run.stderr
     assert "No such option" not in run.stderr and "http://127.0.0.1:9" in run.stderr
+
+
+def test_publish_sends_files_as_absolute_paths_and_objects_as_named(tmp_path: Path) -> None:
+    [audio] = _audio(tmp_path, "a.mp3")
+    requests = requests_for([str(audio), "s3://audio-in/calls/b.mp3"], "en", None)
+    assert [r.audio_file_path for r in requests] == [
+        str(audio.resolve()),
+        "s3://audio-in/calls/b.mp3",
+    ]
+    assert requests[1].attachment_id == requests[0].attachment_id + 1
+    for bad, problem in (
+        ("s3://audio-in/../b.mp3", "segment"),
+        ("s3://Bad_Bucket/b.mp3", "bucket name"),
+        (str(tmp_path / "none.mp3"), "no such file"),
+    ):
+        with pytest.raises(CliError, match=problem):
+            requests_for([bad], None, None)
