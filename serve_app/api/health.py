@@ -16,10 +16,12 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 async def health(request: Request, backend: BackendDep) -> JSONResponse:
     ready, details = await backend.health()
-    # 503 only when no model pool can take work: HTTP transcription does not need the broker,
-    # so a broker outage shows as "degraded" with its details, not as a failed probe.
+    # 503 only when no model pool can take work: HTTP transcription needs neither the broker
+    # nor the object storage, so their outages show as "degraded" with their details, not as
+    # a failed probe.
     broker_up = details.get("broker", {}).get("status", "up") == "up"
-    status = "ok" if ready and broker_up else "degraded" if ready else "down"
+    storage_up = details.get("storage", {}).get("status", "up") != "down"
+    status = "ok" if ready and broker_up and storage_up else "degraded" if ready else "down"
     body: dict[str, Any] = {"status": status}
     # Pools, backlog and broker describe every tenant's load: for admin keys (or everyone,
     # on a service without keys), not for whoever can reach the port.

@@ -22,8 +22,8 @@ from serve_app.deployments.logs import share_serve_handlers
 from serve_app.errors import QueueUnavailableError, ServiceError
 from serve_app.media.audio import AudioArray
 from serve_app.media.spool import Spool
-from serve_app.media.storage import storage_for
-from serve_app.periodic import Recent
+from serve_app.media.storage import StorageWatch, storage_for
+from serve_app.periodic import Recent, every
 from serve_app.schemas import TranscribeOptions, Transcript
 from serve_app.settings import load_settings
 from serve_app.store import (
@@ -40,6 +40,7 @@ from serve_app.transcription.service import TranscriptionService
 
 _STATUS_TIMEOUT_S = 3
 _STATUS_STALE_S = 30.0  # how long /health may go on Serve's last status
+_STORAGE_CHECK_S = 10.0  # how often the object storage is asked whether it answers
 logger = logging.getLogger("ray.serve")
 
 
@@ -93,6 +94,12 @@ class Gateway:
             total_bound_s=self.settings.max_total_backlog_audio_sec,
         )
         self._watching = asyncio.create_task(self.backlog.watch())
+        self._storage_watch = StorageWatch.for_settings(self.settings, self.storage)
+        if self._storage_watch is not None:
+            check = self._storage_watch.check
+            self._checking_storage = asyncio.create_task(
+                every(_STORAGE_CHECK_S, check, "check the object storage", logger)
+            )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -145,6 +152,8 @@ class Gateway:
         }
         if backlog := await self.backlog.read():
             details["backlog"] = backlog.summary()
+        if self._storage_watch is not None:
+            details["storage"] = self._storage_watch.summary()
         if self._ingest is not None:
             details["broker"] = await self._broker_status()
             ingest = app.deployments.get("Ingest") if app else None

@@ -9,6 +9,7 @@ jobs wait out instead of failing. Credentials never reach a message or a log lin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,6 +137,19 @@ class ObjectStorage:
         except (ClientError, BotoCoreError) as exc:
             raise _translated(exc, ref, "delete") from None
 
+    def answers(self, bucket: str) -> bool:
+        """Whether the storage answers for ``bucket`` at all: any answer counts, a refusal
+        too (credentials limited to a folder may not ask about the bucket); silence, a
+        timeout or a failure on its side does not."""
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return 0 < status < 500
+        except BotoCoreError:
+            return False
+        return True
+
     def listed(self, bucket: str, prefix: str) -> Iterator[tuple[ObjectRef, datetime]]:
         """Every object under ``prefix``, with when it was last written."""
         try:
@@ -181,3 +195,32 @@ def storage_for(settings: Settings) -> ObjectStorage | None:
         if settings.uses_object_storage
         else None
     )
+
+
+class StorageWatch:
+    """Whether each configured bucket's storage answers, checked in the background (a health
+    probe must not wait out a hung storage's timeouts), for /health."""
+
+    def __init__(self, storage: ObjectStorage, buckets: list[str]) -> None:
+        self._storage = storage
+        self._state = dict.fromkeys(dict.fromkeys(buckets), "unknown")
+
+    async def check(self) -> None:
+        for bucket in self._state:
+            answered = await asyncio.to_thread(self._storage.answers, bucket)
+            if not answered and self._state[bucket] != "down":
+                logger.warning("Object storage does not answer for bucket %s", bucket)
+            self._state[bucket] = "up" if answered else "down"
+
+    def summary(self) -> dict[str, Any]:
+        states = set(self._state.values())
+        status = "down" if "down" in states else "unknown" if "unknown" in states else "up"
+        return {"status": status, "buckets": dict(self._state)}
+
+    @classmethod
+    def for_settings(cls, settings: Settings, storage: ObjectStorage | None) -> StorageWatch | None:
+        if storage is None:
+            return None
+        named = [settings.spool_bucket, settings.results_bucket]
+        named += [g.bucket for g in settings.audio_grants]
+        return cls(storage, [b for b in named if b])

@@ -158,6 +158,10 @@ def test_a_storage_outage_is_waited_out_with_one_result_and_no_attempt_used(
             "the job to wait for the storage more times than it has attempts",
         )
         assert results.all(attachment) == []
+        # HTTP transcription goes on without the storage: degraded, not down.
+        health = service.health()
+        assert health["status"] == "degraded" and health["storage"]["status"] == "down"
+        assert health["storage"]["buckets"][AUDIO_BUCKET] == "down"
     result = results.wait(attachment, 120)
     assert result["success"] is True and result["attempts"] == 1, result
     speech.wait_until(
@@ -169,3 +173,6 @@ def test_a_storage_outage_is_waited_out_with_one_result_and_no_attempt_used(
         "the request and retry queues to be empty",
     )
     assert len(results.all(attachment)) == 1
+    speech.wait_until(
+        lambda: service.health()["status"] == "ok", 30, "/health to see the storage again"
+    )

@@ -23,7 +23,7 @@ from serve_app.media import remote
 from serve_app.media.audio import AudioLimits
 from serve_app.media.objects import Grant, ObjectRef
 from serve_app.media.spool import Spool
-from serve_app.media.storage import ObjectStorage, StorageConfig
+from serve_app.media.storage import ObjectStorage, StorageConfig, StorageWatch
 from serve_app.schemas import TranscribeOptions
 from serve_app.settings import Settings
 from serve_app.store import JobStore
@@ -209,3 +209,16 @@ def test_retention_deletes_a_finished_jobs_upload_from_the_bucket(
         time.sleep(0.05)
     assert store.find(finished.id) is None
     assert s3.keys(bucket) == [ObjectRef.parse(waiting.audio_path).key]
+
+
+async def test_the_watch_tells_a_hung_storage_from_one_that_answers(s3: S3Server) -> None:
+    buckets = [s3.bucket("audio-in"), "no-such-bucket-here"]  # a refusal is an answer too
+    watch = StorageWatch(_storage(s3, timeout_s=1), buckets)
+    assert watch.summary() == {"status": "unknown", "buckets": dict.fromkeys(buckets, "unknown")}
+    await watch.check()
+    assert watch.summary() == {"status": "up", "buckets": dict.fromkeys(buckets, "up")}
+    with s3.outage():
+        await watch.check()
+    assert watch.summary() == {"status": "down", "buckets": dict.fromkeys(buckets, "down")}
+    await watch.check()
+    assert watch.summary()["status"] == "up"
