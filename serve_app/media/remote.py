@@ -10,7 +10,6 @@ their index often comes last, and FFmpeg cannot go back for the audio in a strea
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 import threading
@@ -22,8 +21,6 @@ from serve_app.media import audio
 from serve_app.media.audio import AudioLimits, DecodedAudio
 from serve_app.media.objects import ObjectRef
 from serve_app.media.storage import ObjectStorage
-
-logger = logging.getLogger(__name__)
 
 # Containers whose index may follow the audio (the mov demuxer's).
 SEEKABLE_ONLY = frozenset({".mp4", ".m4a"})
