@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from datetime import timedelta
 from typing import Any
 
@@ -83,6 +84,9 @@ class Ingest:
         # Prefetch bounds how many jobs wait here, so decodes queue instead of being refused.
         self._admission = admission_for(settings, queue=None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Objects fetched whole before decoding (MP4, M4A) wait here, not on the root disk.
+        tempfile.tempdir = str(settings.tmp_dir)
         engine = await asyncio.to_thread(open_engine, settings.database)
         # A running job's cancel, and webhooks, are woken by changes (PostgreSQL NOTIFY).
         store = JobStore(engine, listening_changes(engine))
