@@ -141,9 +141,10 @@ def test_a_storage_outage_is_waited_out_with_one_result_and_no_attempt_used(
     service: Service, results: amqp.ResultCollector, clip: Any
 ) -> None:
     """The storage hangs (its process paused) while a request that names an object arrives:
-    each try times out and the job waits for the storage, uncounted, more times than it has
-    attempts; an upload meanwhile is answered 503 with Retry-After. Once the storage answers
-    again, the job runs and is answered once."""
+    each try times out and the job waits for the storage, uncounted, as many times as it has
+    attempts (the last of them on what would have been its final attempt, had waiting
+    counted); an upload meanwhile is answered 503 with Retry-After. Once the storage answers
+    again, the job runs and is answered once, on its first attempt."""
     request = _request(_put(service, clip("en_office", ".wav")))
     attachment = request["attachment_id"]
     waiting = f"Job {attachment} waits for room (Object storage could not"
@@ -154,9 +155,11 @@ def test_a_storage_outage_is_waited_out_with_one_result_and_no_attempt_used(
         assert upload.status_code == 503 and upload.json()["error"]["code"] == "storage_unavailable"
         assert int(upload.headers["retry-after"]) > 0
         speech.wait_until(
-            lambda: service.log.read_text(errors="replace").count(waiting) > c.MAX_RETRIES + 1,
+            lambda: (
+                service.log.read_text(errors="replace").count(waiting) >= c.JOB_RETRIES.attempts
+            ),
             120,
-            "the job to wait for the storage more times than it has attempts",
+            "the job to wait for the storage as many times as it has attempts",
         )
         assert results.all(attachment) == []
         # HTTP transcription goes on without the storage: degraded, not down.
