@@ -279,9 +279,11 @@ class Settings(BaseSettings):
                         f"API_KEY_AUDIO_BUCKETS: {grant} is outside ALLOWED_AUDIO_BUCKETS"
                     )
         for name in ("spool", "results"):
-            bucket, prefix = getattr(self, f"{name}_bucket"), getattr(self, f"{name}_prefix")
-            if bucket is not None:  # a bad name fails at start, not at the first job
-                _grant(f"{bucket}/{prefix}", f"{name.upper()}_BUCKET and {name.upper()}_PREFIX")
+            try:  # a bad name fails at start, not at the first job
+                getattr(self, f"{name}_place")
+            except PathNotAllowedError as exc:
+                variables = f"{name.upper()}_BUCKET and {name.upper()}_PREFIX"
+                raise ValueError(f"{variables}: {exc.message}") from None
         if any(key.get_secret_value() not in keys for key in self.api_key_weights):
             raise ValueError("API_KEY_WEIGHTS names a key that is not in API_KEYS")
         return self
@@ -307,13 +309,17 @@ class Settings(BaseSettings):
     def audio_grants(self) -> list[objects.Grant]:
         """Where s3:// sources may be: ALLOWED_AUDIO_BUCKETS, and the spool's own prefix."""
         grants = [objects.Grant.parse(g) for g in self.allowed_audio_buckets]
-        if self.spool_bucket is not None:
-            grants.append(objects.Grant.parse(f"{self.spool_bucket}/{self.spool_prefix}"))
-        return grants
+        return grants if self.spool_place is None else [*grants, self.spool_place]
 
     @property
-    def uses_object_storage(self) -> bool:
-        return bool(self.spool_bucket or self.results_bucket or self.allowed_audio_buckets)
+    def spool_place(self) -> objects.Grant | None:
+        """Where uploads are spooled in object storage (SPOOL_BUCKET and SPOOL_PREFIX)."""
+        return objects.Grant.place(self.spool_bucket, self.spool_prefix)
+
+    @property
+    def results_place(self) -> objects.Grant | None:
+        """Where results are written back (RESULTS_BUCKET and RESULTS_PREFIX)."""
+        return objects.Grant.place(self.results_bucket, self.results_prefix)
 
     @property
     def spool(self) -> Path:

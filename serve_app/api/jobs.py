@@ -321,7 +321,7 @@ async def _own_object(
             "(or ask the operator for buckets for this key)"
         )
     try:
-        objects.resolve_object(raw, grants)
+        objects.check_granted(ref, grants)
         await asyncio.to_thread(remote.check_object, storage, ref, limits)
     except (AudioNotFoundError, PathNotAllowedError):
         if viewer.everyone:

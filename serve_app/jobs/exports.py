@@ -43,10 +43,8 @@ class ResultExport:
     def from_settings(
         cls, settings: Settings, storage: ObjectStorage | None
     ) -> ResultExport | None:
-        if settings.results_bucket is None or storage is None:
-            return None
-        place = Grant.parse(f"{settings.results_bucket}/{settings.results_prefix}")
-        return cls(storage, place)
+        place = settings.results_place
+        return None if place is None or storage is None else cls(storage, place)
 
     def write(self, job: Job, transcript: Transcript) -> dict[str, str]:
         """Both objects written (StorageUnavailableError if either could not be); their

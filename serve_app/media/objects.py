@@ -99,6 +99,11 @@ class Grant:
         check_key(prefix, prefix=True)
         return cls(bucket, prefix if not prefix or prefix.endswith("/") else prefix + "/")
 
+    @classmethod
+    def place(cls, bucket: str | None, prefix: str) -> Grant | None:
+        """Where the service writes (a bucket setting and its prefix); None without a bucket."""
+        return None if bucket is None else cls.parse(f"{bucket}/{prefix}")
+
     def covers(self, ref: ObjectRef) -> bool:
         return ref.bucket == self.bucket and ref.key.startswith(self.prefix)
 
@@ -113,6 +118,12 @@ class Grant:
 def resolve_object(raw: str, grants: Iterable[Grant]) -> ObjectRef:
     """A source from outside, well formed and inside one of ``grants``."""
     ref = ObjectRef.parse(raw)
+    check_granted(ref, grants)
+    return ref
+
+
+def check_granted(ref: ObjectRef, grants: Iterable[Grant]) -> None:
+    """PathNotAllowedError unless ``ref`` lies inside one of ``grants``."""
     granted = list(grants)
     if not granted:
         raise PathNotAllowedError(
@@ -122,4 +133,3 @@ def resolve_object(raw: str, grants: Iterable[Grant]) -> ObjectRef:
         raise PathNotAllowedError(
             f"{ref} is outside the allowed buckets ({', '.join(str(g) for g in granted)})"
         )
-    return ref

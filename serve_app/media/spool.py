@@ -88,10 +88,10 @@ class Spool:
 
     @classmethod
     def from_settings(cls, settings: Settings, storage: ObjectStorage | None) -> Spool:
-        if settings.spool_bucket is None or storage is None:
+        place = settings.spool_place
+        if place is None or storage is None:
             return cls(settings.spool)
-        grant = objects.Grant.parse(f"{settings.spool_bucket}/{settings.spool_prefix}")
-        return cls(settings.spool, grant, storage)
+        return cls(settings.spool, place, storage)
 
     def save(self, source: BinaryIO, suffix: str) -> str:
         if self.bucket is None or self.storage is None:

@@ -190,11 +190,8 @@ def _kind(exc: Exception) -> str:
 
 def storage_for(settings: Settings) -> ObjectStorage | None:
     """A replica's client, when the settings name any bucket."""
-    return (
-        ObjectStorage(StorageConfig.from_settings(settings))
-        if settings.uses_object_storage
-        else None
-    )
+    named = settings.spool_bucket or settings.results_bucket or settings.allowed_audio_buckets
+    return ObjectStorage(StorageConfig.from_settings(settings)) if named else None
 
 
 class StorageWatch:
@@ -203,7 +200,7 @@ class StorageWatch:
 
     def __init__(self, storage: ObjectStorage, buckets: list[str]) -> None:
         self._storage = storage
-        self._state = dict.fromkeys(dict.fromkeys(buckets), "unknown")
+        self._state = dict.fromkeys(buckets, "unknown")  # each bucket once, in order
 
     async def check(self) -> None:
         for bucket in self._state:
