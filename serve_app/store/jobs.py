@@ -8,6 +8,8 @@ Calls are blocking: run them in a thread from async code.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -165,7 +167,8 @@ class JobStore(EventLog):
             )
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(limit + 1)).mappings().all()
-            page = [to_job(r, False, self._queue_position(conn, r)) for r in rows[:limit]]
+            positions = self._queue_positions(conn, rows[:limit])
+            page = [to_job(r, False, positions.get(r["id"])) for r in rows[:limit]]
         more = len(rows) > limit
         return page, encode_cursor(page[-1]) if more and page else None
 
@@ -360,20 +363,32 @@ class JobStore(EventLog):
         found = row.mappings().first()
         if found is None:
             raise JobNotFoundError(f"No job with id '{job_id}'")
-        return to_job(found, with_result, self._queue_position(conn, found))
+        return to_job(found, with_result, self._queue_positions(conn, [found]).get(job_id))
 
     @staticmethod
-    def _queue_position(conn: Connection, row: RowMapping) -> int | None:
-        """1 for its owner's next job: other keys' queues are not this owner's to count."""
-        if row["status"] != "queued":
-            return None
-        mine = jobs.c.owner.is_(None) if row["owner"] is None else jobs.c.owner == row["owner"]
-        ahead = conn.execute(
-            select(func.count())
-            .select_from(jobs)
-            .where(jobs.c.status == "queued", mine, jobs.c.created_at < row["created_at"])
-        ).scalar()
-        return int(ahead or 0) + 1
+    def _queue_positions(conn: Connection, rows: Sequence[RowMapping]) -> dict[str, int]:
+        """Each queued row's place in its owner's queue, 1 for the owner's next job (other
+        keys' queues are not this owner's to count), in one query for a whole page: the
+        queued jobs of the page's owners, which their quota bounds."""
+        queued = [r for r in rows if r["status"] == "queued"]
+        if not queued:
+            return {}
+        owners = {r["owner"] for r in queued}
+        named = [o for o in owners if o is not None]
+        whose = [jobs.c.owner.in_(named)] if named else []
+        if None in owners:
+            whose.append(jobs.c.owner.is_(None))
+        found = conn.execute(
+            select(jobs.c.owner, jobs.c.created_at).where(jobs.c.status == "queued", or_(*whose))
+        )
+        times: dict[str | None, list[Any]] = {}
+        for owner, created in found:
+            times.setdefault(owner, []).append(created)
+        for line in times.values():
+            line.sort()
+        return {
+            r["id"]: bisect_left(times.get(r["owner"], []), r["created_at"]) + 1 for r in queued
+        }
 
 
 def _visible(viewer: Viewer) -> list[Any]:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from serve_app.errors import InvalidOptionError, JobNotFoundError, JobStateError
@@ -148,6 +148,28 @@ def test_queue_position_counts_earlier_queued_jobs(store: JobStore) -> None:
     assert store.get(second.id).queue_position == 2
     store.start(first.id)
     assert store.get(second.id).queue_position == 1
+
+
+def test_a_page_of_jobs_gets_every_owners_positions_in_one_query(
+    store: JobStore, engine: Engine
+) -> None:
+    owners = ["a", "b", None, "a", "a", None, "b", "a"]
+    created = [store.create(_new(owner=owner))[0] for owner in owners]
+    store.start(created[3].id)  # the second of a's: the ones after it move up
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        page, _ = store.list_jobs(limit=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    listed = {job.id: job.queue_position for job in page}
+    assert listed == {job.id: store.get(job.id).queue_position for job in created}
+    assert [listed[job.id] for job in created] == [1, 1, 1, None, 2, 2, 2, 3]
+    assert len(statements) == 2, statements  # the page, then the positions of all its owners
 
 
 def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
