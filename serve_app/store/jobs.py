@@ -8,7 +8,6 @@ Calls are blocking: run them in a thread from async code.
 from __future__ import annotations
 
 import uuid
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -368,27 +367,23 @@ class JobStore(EventLog):
     @staticmethod
     def _queue_positions(conn: Connection, rows: Sequence[RowMapping]) -> dict[str, int]:
         """Each queued row's place in its owner's queue, 1 for the owner's next job (other
-        keys' queues are not this owner's to count), in one query for a whole page: the
-        queued jobs of the page's owners, which their quota bounds."""
-        queued = [r for r in rows if r["status"] == "queued"]
+        keys' queues are not this owner's to count): one statement for a whole page, each
+        count made by the database."""
+        queued = [r["id"] for r in rows if r["status"] == "queued"]
         if not queued:
             return {}
-        owners = {r["owner"] for r in queued}
-        named = [o for o in owners if o is not None]
-        whose = [jobs.c.owner.in_(named)] if named else []
-        if None in owners:
-            whose.append(jobs.c.owner.is_(None))
-        found = conn.execute(
-            select(jobs.c.owner, jobs.c.created_at).where(jobs.c.status == "queued", or_(*whose))
+        ahead = jobs.alias("ahead")
+        same_owner = or_(
+            ahead.c.owner == jobs.c.owner, and_(ahead.c.owner.is_(None), jobs.c.owner.is_(None))
         )
-        times: dict[str | None, list[Any]] = {}
-        for owner, created in found:
-            times.setdefault(owner, []).append(created)
-        for line in times.values():
-            line.sort()
-        return {
-            r["id"]: bisect_left(times.get(r["owner"], []), r["created_at"]) + 1 for r in queued
-        }
+        earlier = (
+            select(func.count())
+            .select_from(ahead)
+            .where(ahead.c.status == "queued", same_owner, ahead.c.created_at < jobs.c.created_at)
+            .scalar_subquery()
+        )
+        found = conn.execute(select(jobs.c.id, earlier).where(jobs.c.id.in_(queued)))
+        return {job_id: int(count) + 1 for job_id, count in found}
 
 
 def _visible(viewer: Viewer) -> list[Any]:
