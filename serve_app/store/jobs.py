@@ -373,9 +373,7 @@ class JobStore(EventLog):
         if not queued:
             return {}
         ahead = jobs.alias("ahead")
-        same_owner = or_(
-            ahead.c.owner == jobs.c.owner, and_(ahead.c.owner.is_(None), jobs.c.owner.is_(None))
-        )
+        same_owner = ahead.c.owner.is_not_distinct_from(jobs.c.owner)  # keyless jobs: NULL
         earlier = (
             select(func.count())
             .select_from(ahead)
